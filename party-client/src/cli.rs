@@ -1,0 +1,157 @@
+//! Command-line interface of the `party-client` binary.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use shared_model::eval::Metrics;
+use shared_model::keys;
+use shared_model::spec::ModelSpec;
+
+use crate::local::{train_local, write_blob};
+
+/// Yosegi party client: trains the declared network on this site's data; only signed weight
+/// blobs ever leave the site.
+#[derive(Debug, Parser)]
+#[command(name = "party-client", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create this site's ed25519 key pair: party.key.pem (mode 0600) and party.pub.pem.
+    Keygen {
+        /// Directory to write the key files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Train the declared network on local data only (the local-only baseline) and report
+    /// holdout metrics. Nothing is sent anywhere.
+    Train {
+        /// The ModelSpec TOML file.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The site's CSV (header row; columns named as in the spec).
+        #[arg(long)]
+        data: PathBuf,
+        /// Override the spec's local epochs.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Seed of the train/validation/holdout split.
+        #[arg(long, default_value_t = 0)]
+        split_seed: u64,
+        /// Write the trained model as a safetensors blob here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print metrics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Sets up logging to stderr; `RUST_LOG` filters (default `info`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Runs a parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Keygen { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            let key = keys::generate()?;
+            let (sk, pk) = (out.join("party.key.pem"), out.join("party.pub.pem"));
+            keys::write_private(&sk, &key)?;
+            keys::write_public(&pk, &key.verifying_key())?;
+            println!(
+                "private key  {} (mode 0600, never leaves this site)",
+                sk.display()
+            );
+            println!(
+                "public key   {} (give this file to the operator)",
+                pk.display()
+            );
+            println!("fingerprint  {}", keys::fingerprint(&key.verifying_key()));
+        }
+        Command::Train {
+            spec,
+            data,
+            epochs,
+            split_seed,
+            out,
+            json,
+        } => {
+            let spec = ModelSpec::from_file(&spec)?;
+            let run = train_local(&spec, &data, epochs, split_seed)?;
+            if let Some(path) = &out {
+                write_blob(path, &spec, &run.weights)?;
+            }
+            if json {
+                let v = serde_json::json!({
+                    "spec_id": spec.id().to_string(),
+                    "rows": {"train": run.rows.0, "validation": run.rows.1, "holdout": run.rows.2},
+                    "epoch_losses": run.epoch_losses,
+                    "holdout": run.holdout,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("spec {} ({})", spec.id().0.short(), spec.name);
+                println!(
+                    "rows: {} train, {} validation, {} holdout",
+                    run.rows.0, run.rows.1, run.rows.2
+                );
+                println!(
+                    "loss: {:.4} → {:.4}",
+                    run.epoch_losses.first().copied().unwrap_or(f64::NAN),
+                    run.epoch_losses.last().copied().unwrap_or(f64::NAN)
+                );
+                print_metrics(&run.holdout);
+                if let Some(path) = out {
+                    println!("model written to {}", path.display());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_metrics(m: &Metrics) {
+    match m {
+        Metrics::Binary(b) => println!(
+            "holdout: accuracy {:.4}  precision {:.4}  recall {:.4}  F1 {:.4}  AUC {:.4}  log-loss {:.4}  (n = {})",
+            b.accuracy, b.precision, b.recall, b.f1, b.roc_auc, b.log_loss, b.count
+        ),
+        Metrics::Multiclass(c) => println!(
+            "holdout: accuracy {:.4}  macro-P {:.4}  macro-R {:.4}  macro-F1 {:.4}  log-loss {:.4}  (n = {})",
+            c.accuracy, c.macro_precision, c.macro_recall, c.macro_f1, c.log_loss, c.count
+        ),
+        Metrics::Regression(r) => println!(
+            "holdout: MSE {:.4}  MAE {:.4}  R² {:.4}  (n = {})",
+            r.mse, r.mae, r.r2, r.count
+        ),
+    }
+}

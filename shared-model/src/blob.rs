@@ -1,0 +1,447 @@
+//! The weight-blob codec. A blob is a safetensors file: named little-endian f32 tensors plus a
+//! `__metadata__` map (`format`, `spec_id`, `role`). It is data only — no code runs on load —
+//! and PyTorch reads it with `safetensors.torch.load_file`.
+//!
+//! Encoding is canonical (sorted JSON header, tensors in spec order, space padding to 8 bytes),
+//! so the same weights always give the same bytes and the same sha256. Decoding is strict and
+//! checks sizes *before* allocating: total size against the spec's cap, the declared header
+//! length against the header cap; then the `safetensors` crate validates the structure, and
+//! every tensor's name, dtype, shape and finiteness is checked against the spec.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::ids::SpecId;
+use crate::spec::{ModelSpec, TensorSpec};
+use crate::weights::{NamedTensor, Weights, WeightsError};
+
+/// Value of the `format` metadata key this build writes and accepts.
+pub const BLOB_FORMAT: &str = "yosegi.weights.v1";
+
+/// What a blob is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BlobRole {
+    /// The starting model of a task, derived from its spec and normalisation.
+    Initial,
+    /// A party's locally trained model.
+    Update,
+    /// A model merged and published by the coordinator.
+    Merged,
+}
+
+impl BlobRole {
+    /// The metadata spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BlobRole::Initial => "initial",
+            BlobRole::Update => "update",
+            BlobRole::Merged => "merged",
+        }
+    }
+}
+
+impl fmt::Display for BlobRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BlobRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "initial" => Ok(Self::Initial),
+            "update" => Ok(Self::Update),
+            "merged" => Ok(Self::Merged),
+            other => Err(other.to_string()),
+        }
+    }
+}
+
+/// Errors from decoding a blob. Each names what is at fault.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BlobError {
+    /// The blob is larger than the spec allows.
+    #[error("blob is {size} bytes; this spec allows at most {max}")]
+    TooLarge {
+        /// Bytes received.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// Shorter than its own size prefix or header says.
+    #[error("blob is truncated: {0}")]
+    Truncated(String),
+    /// The header length prefix is over the cap.
+    #[error("blob header declares {declared} bytes; this spec allows at most {max}")]
+    HeaderTooLarge {
+        /// The declared header length.
+        declared: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The safetensors structure is invalid.
+    #[error("blob is not valid safetensors: {0}")]
+    Malformed(String),
+    /// A metadata entry is missing or wrong.
+    #[error("blob metadata `{key}`: expected {expected:?}, found {found:?}")]
+    Metadata {
+        /// The key.
+        key: &'static str,
+        /// What was expected.
+        expected: String,
+        /// What was found (`None` if absent).
+        found: Option<String>,
+    },
+    /// A tensor is not f32.
+    #[error("tensor `{name}`: expected dtype F32, found {found}")]
+    WrongDtype {
+        /// The tensor.
+        name: String,
+        /// Its dtype.
+        found: String,
+    },
+    /// The tensors do not match the spec.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+}
+
+/// The metadata every blob carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobMeta {
+    /// The spec the weights follow.
+    pub spec_id: SpecId,
+    /// What the blob is for.
+    pub role: BlobRole,
+}
+
+/// Encodes tensors canonically as safetensors bytes.
+pub fn encode_tensors(tensors: &[NamedTensor], meta: &BlobMeta) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    let metadata: BTreeMap<&str, String> = BTreeMap::from([
+        ("format", BLOB_FORMAT.to_string()),
+        ("role", meta.role.to_string()),
+        ("spec_id", meta.spec_id.to_string()),
+    ]);
+    header.insert(
+        "__metadata__".into(),
+        serde_json::to_value(metadata).expect("strings serialise"),
+    );
+    let mut offset = 0usize;
+    for t in tensors {
+        let end = offset + 4 * t.data.len();
+        header.insert(
+            t.name.clone(),
+            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, end]}),
+        );
+        offset = end;
+    }
+    // serde_json keeps keys sorted (BTreeMap) or, if some crate enables `preserve_order`, in
+    // insertion order; either way the same weights give the same bytes.
+    let mut json = serde_json::to_vec(&serde_json::Value::Object(header)).expect("json");
+    while !json.len().is_multiple_of(8) {
+        json.push(b' ');
+    }
+    let mut out = Vec::with_capacity(8 + json.len() + offset);
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    for t in tensors {
+        for v in &t.data {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    out
+}
+
+/// Encodes a model's weights.
+pub fn encode(weights: &Weights, meta: &BlobMeta) -> Vec<u8> {
+    encode_tensors(weights.tensors(), meta)
+}
+
+/// Size limits a decode enforces before it allocates anything.
+#[derive(Clone, Copy, Debug)]
+pub struct BlobLimits {
+    /// Largest acceptable blob.
+    pub max_bytes: u64,
+    /// Largest acceptable declared header.
+    pub max_header_bytes: u64,
+}
+
+impl BlobLimits {
+    /// The limits a spec implies for a single model.
+    pub fn for_spec(spec: &ModelSpec) -> Self {
+        Self {
+            max_bytes: spec.max_blob_bytes(),
+            max_header_bytes: spec.max_header_bytes(),
+        }
+    }
+}
+
+/// Decodes tensors against an arbitrary layout; the building block of [`decode`].
+pub fn decode_tensors(
+    bytes: &[u8],
+    layout: &[TensorSpec],
+    limits: BlobLimits,
+    spec_id: SpecId,
+    role: BlobRole,
+) -> Result<Vec<NamedTensor>, BlobError> {
+    let size = bytes.len() as u64;
+    if size > limits.max_bytes {
+        return Err(BlobError::TooLarge {
+            size,
+            max: limits.max_bytes,
+        });
+    }
+    let prefix: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| BlobError::Truncated(format!("{size} bytes, no 8-byte header length")))?;
+    let declared = u64::from_le_bytes(prefix);
+    if declared > limits.max_header_bytes {
+        return Err(BlobError::HeaderTooLarge {
+            declared,
+            max: limits.max_header_bytes,
+        });
+    }
+    if 8 + declared > size {
+        return Err(BlobError::Truncated(format!(
+            "header declares {declared} bytes but only {} follow",
+            size - 8
+        )));
+    }
+    let st = SafeTensors::deserialize(bytes).map_err(|e| BlobError::Malformed(e.to_string()))?;
+    let (_, metadata) =
+        SafeTensors::read_metadata(bytes).map_err(|e| BlobError::Malformed(e.to_string()))?;
+    let meta = metadata.metadata().clone().unwrap_or_default();
+    for (key, expected) in [
+        ("format", BLOB_FORMAT.to_string()),
+        ("spec_id", spec_id.to_string()),
+        ("role", role.to_string()),
+    ] {
+        let found = meta.get(key).cloned();
+        if found.as_deref() != Some(expected.as_str()) {
+            return Err(BlobError::Metadata {
+                key,
+                expected,
+                found,
+            });
+        }
+    }
+    // Names first, so a blob with an unexpected tensor is named before any data is copied.
+    for name in st.names() {
+        if !layout.iter().any(|t| t.name == name) {
+            return Err(WeightsError::Unexpected {
+                name: name.to_string(),
+            }
+            .into());
+        }
+    }
+    let mut tensors = Vec::with_capacity(layout.len());
+    for want in layout {
+        let view = st.tensor(&want.name).map_err(|_| WeightsError::Missing {
+            name: want.name.clone(),
+        })?;
+        if view.dtype() != Dtype::F32 {
+            return Err(BlobError::WrongDtype {
+                name: want.name.clone(),
+                found: format!("{:?}", view.dtype()),
+            });
+        }
+        if view.shape() != want.shape.as_slice() {
+            return Err(WeightsError::WrongShape {
+                name: want.name.clone(),
+                expected: want.shape.clone(),
+                found: view.shape().to_vec(),
+            }
+            .into());
+        }
+        let data = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.push(NamedTensor {
+            name: want.name.clone(),
+            shape: want.shape.clone(),
+            data,
+        });
+    }
+    Ok(tensors)
+}
+
+/// Decodes a single-model blob strictly against `spec`, expecting `role`.
+pub fn decode(bytes: &[u8], spec: &ModelSpec, role: BlobRole) -> Result<Weights, BlobError> {
+    let layout = spec.tensors();
+    let tensors = decode_tensors(bytes, &layout, BlobLimits::for_spec(spec), spec.id(), role)?;
+    Ok(Weights::from_tensors(&layout, tensors)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::tests::SMALL;
+    use crate::stats::Normalization;
+    use proptest::prelude::*;
+
+    fn fixture() -> (ModelSpec, Weights, BlobMeta) {
+        let spec = ModelSpec::parse(SMALL, "<t>").unwrap();
+        let w = Weights::initial(&spec, &Normalization::identity(3));
+        let meta = BlobMeta {
+            spec_id: spec.id(),
+            role: BlobRole::Update,
+        };
+        (spec, w, meta)
+    }
+
+    /// Rewrites the header JSON of a blob (keeping the data) with `f`.
+    fn rewrite_header(bytes: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        f(&mut header);
+        let mut json = serde_json::to_vec(&header).unwrap();
+        while !json.len().is_multiple_of(8) {
+            json.push(b' ');
+        }
+        let mut out = (json.len() as u64).to_le_bytes().to_vec();
+        out.extend(json);
+        out.extend_from_slice(&bytes[8 + n..]);
+        out
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_canonical() {
+        let (spec, w, meta) = fixture();
+        let bytes = encode(&w, &meta);
+        assert_eq!(bytes, encode(&w, &meta), "encoding is deterministic");
+        assert_eq!(bytes.len() % 4, 0);
+        let back = decode(&bytes, &spec, BlobRole::Update).unwrap();
+        assert_eq!(back, w);
+        // The reference safetensors reader sees the same tensors and metadata.
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        assert_eq!(st.tensor("layers.0.weight").unwrap().shape(), &[4, 3]);
+    }
+
+    #[test]
+    fn wrong_role_or_spec_is_refused() {
+        let (spec, w, meta) = fixture();
+        let bytes = encode(&w, &meta);
+        assert!(matches!(
+            decode(&bytes, &spec, BlobRole::Merged),
+            Err(BlobError::Metadata { key: "role", .. })
+        ));
+        let other = ModelSpec::parse(&SMALL.replace("seed = 3", "seed = 5"), "<t>").unwrap();
+        assert!(matches!(
+            decode(&bytes, &other, BlobRole::Update),
+            Err(BlobError::Metadata { key: "spec_id", .. })
+        ));
+        let no_meta = rewrite_header(&bytes, |h| {
+            h.as_object_mut().unwrap().remove("__metadata__");
+        });
+        assert!(matches!(
+            decode(&no_meta, &spec, BlobRole::Update),
+            Err(BlobError::Metadata {
+                key: "format",
+                found: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn size_caps_are_checked_before_parsing() {
+        let (spec, w, meta) = fixture();
+        let mut bytes = encode(&w, &meta);
+        let max = spec.max_blob_bytes();
+        let mut huge = bytes.clone();
+        huge.resize(max as usize + 1, 0);
+        assert!(matches!(
+            decode(&huge, &spec, BlobRole::Update),
+            Err(BlobError::TooLarge { .. })
+        ));
+        // a header length of 2^60 must be refused without allocating it
+        bytes[..8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+        assert!(matches!(
+            decode(&bytes, &spec, BlobRole::Update),
+            Err(BlobError::HeaderTooLarge { .. })
+        ));
+        assert!(matches!(
+            decode(&[1, 2, 3], &spec, BlobRole::Update),
+            Err(BlobError::Truncated(_))
+        ));
+        let good = encode(&w, &meta);
+        assert!(matches!(
+            decode(&good[..good.len() - 4], &spec, BlobRole::Update),
+            Err(BlobError::Malformed(_))
+        ));
+        let mut trailing = good.clone();
+        trailing.extend_from_slice(&[0; 4]);
+        assert!(matches!(
+            decode(&trailing, &spec, BlobRole::Update),
+            Err(BlobError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn every_tensor_failure_names_the_tensor() {
+        let (spec, w, meta) = fixture();
+        let bytes = encode(&w, &meta);
+        let wrong_dtype = rewrite_header(&bytes, |h| {
+            h["layers.1.bias"]["dtype"] = "I32".into();
+        });
+        let err = decode(&wrong_dtype, &spec, BlobRole::Update).unwrap_err();
+        assert!(matches!(&err, BlobError::WrongDtype { name, .. } if name == "layers.1.bias"));
+        assert!(err.to_string().contains("layers.1.bias"));
+
+        let wrong_shape = rewrite_header(&bytes, |h| {
+            h["layers.0.weight"]["shape"] = serde_json::json!([3, 4]);
+        });
+        let err = decode(&wrong_shape, &spec, BlobRole::Update).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tensor `layers.0.weight`: expected shape [4, 3]"),
+            "{err}"
+        );
+
+        let renamed = rewrite_header(&bytes, |h| {
+            let o = h.as_object_mut().unwrap();
+            let t = o.remove("layers.1.bias").unwrap();
+            o.insert("layers.1.bias_".into(), t);
+        });
+        let err = decode(&renamed, &spec, BlobRole::Update).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tensor `layers.1.bias_` is not part of this spec"
+        );
+
+        let mut nan = w.tensors().to_vec();
+        nan[4].data[1] = f32::INFINITY;
+        let err = decode(&encode_tensors(&nan, &meta), &spec, BlobRole::Update).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("tensor `layers.1.weight`: value inf at index 1"),
+            "{err}"
+        );
+    }
+
+    proptest! {
+        /// Any finite weights survive encode → decode bit for bit.
+        #[test]
+        fn any_finite_weights_round_trip(values in prop::collection::vec(-1e30f32..1e30, 21)) {
+            let (spec, w, meta) = fixture();
+            let mut it = values.into_iter();
+            let w = w.map_trainable(|t| t.data.iter().map(|_| it.next().unwrap()).collect()).unwrap();
+            let back = decode(&encode(&w, &meta), &spec, BlobRole::Update).unwrap();
+            prop_assert_eq!(back, w);
+        }
+
+        /// Arbitrary bytes never panic the decoder.
+        #[test]
+        fn garbage_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let (spec, _, _) = fixture();
+            let _ = decode(&bytes, &spec, BlobRole::Update);
+        }
+    }
+}

@@ -1,0 +1,779 @@
+//! The declared model: a `ModelSpec` TOML file says what the task is (kind, target and feature
+//! columns), what the network is (MLP widths, activation, dropout) and how each party trains it.
+//! Parties never receive code, only this declaration and weight blobs. The spec id is the sha256
+//! of a canonical encoding of the *validated* spec, so formatting, comments, key order and
+//! spelled-out defaults do not change it, while any change of meaning does.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Sha256, SpecId};
+
+/// The spec format this build reads and writes.
+pub const SPEC_FORMAT: u32 = 1;
+
+/// Upper bound on the number of parameters a spec may declare (4 GiB of f32).
+pub const MAX_PARAMETERS: u64 = 1 << 30;
+
+/// Errors from reading or validating a spec.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// The file could not be read.
+    #[error("cannot read spec file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or had unknown or mistyped fields.
+    #[error("spec {origin} is not a valid model spec: {message}")]
+    Parse {
+        /// The file name, or `<text>`.
+        origin: String,
+        /// The TOML parser's message, with line and column.
+        message: String,
+    },
+    /// A field had a value outside what it allows.
+    #[error("spec {origin}: field `{field}`: {message}")]
+    Invalid {
+        /// The file name, or `<text>`.
+        origin: String,
+        /// The dotted field path, e.g. `training.learning_rate`.
+        field: &'static str,
+        /// What was expected and what was found.
+        message: String,
+    },
+}
+
+/// What the network predicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TaskKind {
+    /// Two classes, labels 0 and 1 (1 is the positive class); one logit output.
+    Binary,
+    /// `classes` classes, labels 0..classes-1; one logit per class.
+    Multiclass {
+        /// Number of classes (at least 3).
+        classes: usize,
+    },
+    /// A real-valued target; one output.
+    Regression,
+}
+
+impl TaskKind {
+    /// Width of the network's last layer.
+    pub fn output_width(self) -> usize {
+        match self {
+            TaskKind::Binary | TaskKind::Regression => 1,
+            TaskKind::Multiclass { classes } => classes,
+        }
+    }
+
+    /// The kind's name as written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            TaskKind::Binary => "binary",
+            TaskKind::Multiclass { .. } => "multiclass",
+            TaskKind::Regression => "regression",
+        }
+    }
+}
+
+/// Hidden-layer activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// max(0, x)
+    Relu,
+    /// tanh(x)
+    Tanh,
+    /// 1 / (1 + e^-x)
+    Sigmoid,
+    /// Gaussian error linear unit.
+    Gelu,
+}
+
+/// Local optimiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam with burn's default betas and epsilon.
+    Adam,
+    /// Plain stochastic gradient descent.
+    Sgd,
+}
+
+/// The prediction task: what is learned from which columns.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TaskSpec {
+    /// Binary, multiclass or regression.
+    pub kind: TaskKind,
+    /// Name of the target column in each site's CSV.
+    pub target: String,
+    /// Names of the feature columns, in the order the network sees them.
+    pub features: Vec<String>,
+}
+
+/// The multilayer perceptron.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct MlpSpec {
+    /// Widths of the hidden layers, input side first. May be empty (a linear model).
+    pub hidden: Vec<usize>,
+    /// Activation after each hidden layer.
+    pub activation: Activation,
+    /// Dropout probability after each hidden activation, in [0, 1).
+    pub dropout: f64,
+}
+
+/// How each party trains locally.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TrainingSpec {
+    /// Adam or SGD.
+    pub optimizer: OptimizerKind,
+    /// Step size, > 0.
+    pub learning_rate: f64,
+    /// Passes over the local training rows per round, ≥ 1.
+    pub local_epochs: u32,
+    /// Rows per mini-batch, ≥ 1.
+    pub batch_size: usize,
+    /// Seed for initial weights, shuffling and dropout.
+    pub seed: u64,
+    /// FedProx proximal coefficient μ (`None` or 0 = plain local training).
+    pub fedprox_mu: Option<f64>,
+    /// L2 penalty coefficient on weights (not biases), ≥ 0.
+    pub weight_decay: f64,
+}
+
+/// A validated model specification.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ModelSpec {
+    /// Human-readable name (not part of the task's identity beyond the spec id).
+    pub name: String,
+    /// What is predicted.
+    pub task: TaskSpec,
+    /// The network.
+    pub model: MlpSpec,
+    /// Local training.
+    pub training: TrainingSpec,
+}
+
+/// One tensor the spec demands in a weight blob.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Stable name, e.g. `layers.0.weight`.
+    pub name: String,
+    /// Shape, e.g. `[out, in]` for a weight (PyTorch's `nn.Linear` layout).
+    pub shape: Vec<usize>,
+}
+
+impl TensorSpec {
+    /// Number of f32 values.
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+// ---- raw (serde) form ------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    format: u32,
+    name: String,
+    task: RawTask,
+    model: RawModel,
+    training: RawTraining,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    kind: String,
+    target: String,
+    features: Vec<String>,
+    classes: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    hidden: Vec<usize>,
+    #[serde(default = "default_activation")]
+    activation: Activation,
+    #[serde(default)]
+    dropout: f64,
+}
+
+fn default_activation() -> Activation {
+    Activation::Relu
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTraining {
+    #[serde(default = "default_optimizer")]
+    optimizer: OptimizerKind,
+    learning_rate: f64,
+    local_epochs: u32,
+    batch_size: usize,
+    seed: u64,
+    fedprox_mu: Option<f64>,
+    #[serde(default)]
+    weight_decay: f64,
+}
+
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+
+impl ModelSpec {
+    /// Reads and validates a spec file.
+    pub fn from_file(path: &Path) -> Result<Self, SpecError> {
+        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates spec text; `origin` names it in errors (a file name or `<text>`).
+    pub fn parse(text: &str, origin: &str) -> Result<Self, SpecError> {
+        let raw: RawSpec = toml::from_str(text).map_err(|e| SpecError::Parse {
+            origin: origin.to_string(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        validate(raw, origin)
+    }
+
+    /// The canonical encoding the spec id is computed over: a domain tag followed by compact
+    /// JSON of the validated spec (fields in declaration order, defaults filled in).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        let mut out = b"yosegi.spec.v1\n".to_vec();
+        out.extend(serde_json::to_vec(self).expect("a validated spec always serialises"));
+        out
+    }
+
+    /// The spec id: sha256 of [`Self::canonical_bytes`].
+    pub fn id(&self) -> SpecId {
+        SpecId(Sha256::of(&self.canonical_bytes()))
+    }
+
+    /// Writes the spec back as TOML in the documented layout (round-trips through [`Self::parse`]).
+    pub fn to_toml(&self) -> String {
+        let mut s = format!(
+            "format = {SPEC_FORMAT}\nname = {}\n\n[task]\n",
+            toml_str(&self.name)
+        );
+        s += &format!("kind = \"{}\"\n", self.task.kind.name());
+        if let TaskKind::Multiclass { classes } = self.task.kind {
+            s += &format!("classes = {classes}\n");
+        }
+        s += &format!("target = {}\nfeatures = [", toml_str(&self.task.target));
+        s += &self
+            .task
+            .features
+            .iter()
+            .map(|f| toml_str(f))
+            .collect::<Vec<_>>()
+            .join(", ");
+        s += "]\n\n[model]\n";
+        s += &format!(
+            "hidden = [{}]\nactivation = \"{}\"\ndropout = {:?}\n\n[training]\n",
+            self.model
+                .hidden
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            serde_json::to_value(self.model.activation)
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            self.model.dropout
+        );
+        s += &format!(
+            "optimizer = \"{}\"\nlearning_rate = {:?}\nlocal_epochs = {}\nbatch_size = {}\nseed = {}\nweight_decay = {:?}\n",
+            serde_json::to_value(self.training.optimizer)
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            self.training.learning_rate,
+            self.training.local_epochs,
+            self.training.batch_size,
+            self.training.seed,
+            self.training.weight_decay,
+        );
+        if let Some(mu) = self.training.fedprox_mu {
+            s += &format!("fedprox_mu = {mu:?}\n");
+        }
+        s
+    }
+
+    /// Number of input features.
+    pub fn input_width(&self) -> usize {
+        self.task.features.len()
+    }
+
+    /// Layer widths from input to output, e.g. `[30, 16, 8, 1]`.
+    pub fn layer_widths(&self) -> Vec<usize> {
+        let mut w = vec![self.input_width()];
+        w.extend(&self.model.hidden);
+        w.push(self.task.kind.output_width());
+        w
+    }
+
+    /// The tensors a weight blob of this spec holds, in canonical order: the normalisation
+    /// (`norm.mean`, `norm.std`, one value per feature) then `layers.{i}.weight` `[out, in]` and
+    /// `layers.{i}.bias` `[out]` for each dense layer.
+    pub fn tensors(&self) -> Vec<TensorSpec> {
+        let d = self.input_width();
+        let mut out = vec![
+            TensorSpec {
+                name: "norm.mean".into(),
+                shape: vec![d],
+            },
+            TensorSpec {
+                name: "norm.std".into(),
+                shape: vec![d],
+            },
+        ];
+        for (i, pair) in self.layer_widths().windows(2).enumerate() {
+            out.push(TensorSpec {
+                name: format!("layers.{i}.weight"),
+                shape: vec![pair[1], pair[0]],
+            });
+            out.push(TensorSpec {
+                name: format!("layers.{i}.bias"),
+                shape: vec![pair[1]],
+            });
+        }
+        out
+    }
+
+    /// Number of trainable parameters (weights and biases; the normalisation is fixed).
+    pub fn parameter_count(&self) -> u64 {
+        self.layer_widths()
+            .windows(2)
+            .map(|p| (p[0] as u64 + 1) * p[1] as u64)
+            .sum()
+    }
+
+    /// Largest safetensors header a blob of this spec may declare, in bytes.
+    pub fn max_header_bytes(&self) -> u64 {
+        4096 + 256 * self.tensors().len() as u64
+    }
+
+    /// Largest blob of this spec, in bytes: the size prefix, the header cap and the data.
+    pub fn max_blob_bytes(&self) -> u64 {
+        let floats: u64 = self.tensors().iter().map(|t| t.numel() as u64).sum();
+        8 + self.max_header_bytes() + 4 * floats
+    }
+}
+
+impl fmt::Display for ModelSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} ({} on {:?}, {} features, MLP {:?}, {} parameters)",
+            self.name,
+            self.task.kind.name(),
+            self.task.target,
+            self.input_width(),
+            self.layer_widths(),
+            self.parameter_count()
+        )
+    }
+}
+
+fn toml_str(s: &str) -> String {
+    // JSON string escaping is valid TOML basic-string escaping for the characters it produces.
+    serde_json::to_string(s).expect("strings serialise")
+}
+
+fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
+    let invalid = |field: &'static str, message: String| SpecError::Invalid {
+        origin: origin.to_string(),
+        field,
+        message,
+    };
+    if raw.format != SPEC_FORMAT {
+        return Err(invalid(
+            "format",
+            format!("expected {SPEC_FORMAT}, found {}", raw.format),
+        ));
+    }
+    if raw.name.trim().is_empty() || raw.name.len() > 128 {
+        return Err(invalid(
+            "name",
+            "expected a non-empty name of at most 128 bytes".into(),
+        ));
+    }
+    let kind = match (raw.task.kind.as_str(), raw.task.classes) {
+        ("binary", None) => TaskKind::Binary,
+        ("regression", None) => TaskKind::Regression,
+        ("binary" | "regression", Some(_)) => {
+            return Err(invalid(
+                "task.classes",
+                format!(
+                    "only multiclass tasks take `classes`; this task is {}",
+                    raw.task.kind
+                ),
+            ));
+        }
+        ("multiclass", Some(classes)) if (3..=10_000).contains(&classes) => {
+            TaskKind::Multiclass { classes }
+        }
+        ("multiclass", Some(classes)) => {
+            return Err(invalid(
+                "task.classes",
+                format!(
+                    "expected 3 to 10000 classes (use kind = \"binary\" for two), found {classes}"
+                ),
+            ));
+        }
+        ("multiclass", None) => {
+            return Err(invalid(
+                "task.classes",
+                "a multiclass task must say how many classes it has".into(),
+            ));
+        }
+        (other, _) => {
+            return Err(invalid(
+                "task.kind",
+                format!("expected \"binary\", \"multiclass\" or \"regression\", found {other:?}"),
+            ));
+        }
+    };
+    if raw.task.target.trim().is_empty() {
+        return Err(invalid(
+            "task.target",
+            "expected a column name, found an empty string".into(),
+        ));
+    }
+    if raw.task.features.is_empty() {
+        return Err(invalid(
+            "task.features",
+            "expected at least one feature column".into(),
+        ));
+    }
+    if raw.task.features.len() > 100_000 {
+        return Err(invalid(
+            "task.features",
+            format!(
+                "expected at most 100000 features, found {}",
+                raw.task.features.len()
+            ),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for f in &raw.task.features {
+        if f.trim().is_empty() {
+            return Err(invalid("task.features", "a feature name is empty".into()));
+        }
+        if !seen.insert(f.as_str()) {
+            return Err(invalid(
+                "task.features",
+                format!("feature {f:?} is listed twice"),
+            ));
+        }
+        if *f == raw.task.target {
+            return Err(invalid(
+                "task.features",
+                format!("the target column {f:?} cannot also be a feature"),
+            ));
+        }
+    }
+    if raw.model.hidden.len() > 64 {
+        return Err(invalid(
+            "model.hidden",
+            format!(
+                "expected at most 64 hidden layers, found {}",
+                raw.model.hidden.len()
+            ),
+        ));
+    }
+    if let Some(pos) = raw
+        .model
+        .hidden
+        .iter()
+        .position(|&w| !(1..=1 << 20).contains(&w))
+    {
+        return Err(invalid(
+            "model.hidden",
+            format!(
+                "expected widths from 1 to {}, found {} at position {pos}",
+                1 << 20,
+                raw.model.hidden[pos]
+            ),
+        ));
+    }
+    if !(0.0..1.0).contains(&raw.model.dropout) {
+        return Err(invalid(
+            "model.dropout",
+            format!(
+                "expected a probability in [0, 1), found {}",
+                raw.model.dropout
+            ),
+        ));
+    }
+    let t = &raw.training;
+    if !(t.learning_rate.is_finite() && t.learning_rate > 0.0 && t.learning_rate <= 10.0) {
+        return Err(invalid(
+            "training.learning_rate",
+            format!("expected a number in (0, 10], found {}", t.learning_rate),
+        ));
+    }
+    if !(1..=100_000).contains(&t.local_epochs) {
+        return Err(invalid(
+            "training.local_epochs",
+            format!("expected 1 to 100000, found {}", t.local_epochs),
+        ));
+    }
+    if !(1..=1 << 20).contains(&t.batch_size) {
+        return Err(invalid(
+            "training.batch_size",
+            format!("expected 1 to {}, found {}", 1 << 20, t.batch_size),
+        ));
+    }
+    if let Some(mu) = t.fedprox_mu
+        && !(mu.is_finite() && mu >= 0.0)
+    {
+        return Err(invalid(
+            "training.fedprox_mu",
+            format!("expected a number ≥ 0, found {mu}"),
+        ));
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        return Err(invalid(
+            "training.weight_decay",
+            format!("expected a number ≥ 0, found {}", t.weight_decay),
+        ));
+    }
+    let spec = ModelSpec {
+        name: raw.name,
+        task: TaskSpec {
+            kind,
+            target: raw.task.target,
+            features: raw.task.features,
+        },
+        model: MlpSpec {
+            hidden: raw.model.hidden,
+            activation: raw.model.activation,
+            dropout: raw.model.dropout,
+        },
+        training: TrainingSpec {
+            optimizer: t.optimizer,
+            learning_rate: t.learning_rate,
+            local_epochs: t.local_epochs,
+            batch_size: t.batch_size,
+            seed: t.seed,
+            // μ = 0 means the same as no proximal term: one canonical form, one spec id.
+            fedprox_mu: t.fedprox_mu.filter(|&mu| mu > 0.0),
+            weight_decay: t.weight_decay,
+        },
+    };
+    if spec.parameter_count() > MAX_PARAMETERS {
+        return Err(invalid(
+            "model.hidden",
+            format!(
+                "the network would have {} parameters; at most {MAX_PARAMETERS} are allowed",
+                spec.parameter_count()
+            ),
+        ));
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) const SMALL: &str = r#"
+format = 1
+name = "small"
+[task]
+kind = "binary"
+target = "y"
+features = ["a", "b", "c"]
+[model]
+hidden = [4]
+activation = "relu"
+dropout = 0.0
+[training]
+optimizer = "adam"
+learning_rate = 0.01
+local_epochs = 2
+batch_size = 8
+seed = 3
+"#;
+
+    fn with(old: &str, new: &str) -> String {
+        assert!(SMALL.contains(old), "{old}");
+        SMALL.replacen(old, new, 1)
+    }
+
+    #[test]
+    fn wdbc_spec_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/wdbc.toml");
+        let spec = ModelSpec::from_file(&path).unwrap();
+        assert_eq!(spec.input_width(), 30);
+        assert_eq!(spec.task.kind, TaskKind::Binary);
+        assert_eq!(spec.task.target, "malignant");
+    }
+
+    #[test]
+    fn layout_and_counts() {
+        let spec = ModelSpec::parse(SMALL, "<t>").unwrap();
+        assert_eq!(spec.layer_widths(), vec![3, 4, 1]);
+        assert_eq!(spec.parameter_count(), 4 * 4 + 5);
+        let names: Vec<_> = spec
+            .tensors()
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("norm.mean".to_string(), vec![3]),
+                ("norm.std".to_string(), vec![3]),
+                ("layers.0.weight".to_string(), vec![4, 3]),
+                ("layers.0.bias".to_string(), vec![4]),
+                ("layers.1.weight".to_string(), vec![1, 4]),
+                ("layers.1.bias".to_string(), vec![1]),
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_id_ignores_formatting_and_spelled_out_defaults() {
+        let a = ModelSpec::parse(SMALL, "<t>").unwrap();
+        let reformatted = format!(
+            "# a comment\n{}\n",
+            SMALL
+                .replace("seed = 3", "seed   =   3  # same")
+                .replace("dropout = 0.0\n", "")
+        );
+        let b = ModelSpec::parse(&reformatted, "<t>").unwrap();
+        assert_eq!(a.id(), b.id());
+        let c = ModelSpec::parse(&with("seed = 3", "seed = 3\nfedprox_mu = 0.0"), "<t>").unwrap();
+        assert_eq!(a.id(), c.id());
+        let round_trip = ModelSpec::parse(&a.to_toml(), "<t>").unwrap();
+        assert_eq!(round_trip, a);
+        assert_eq!(round_trip.id(), a.id());
+    }
+
+    #[test]
+    fn any_change_of_meaning_changes_the_id() {
+        let base = ModelSpec::parse(SMALL, "<t>").unwrap().id();
+        let changes = [
+            ("name = \"small\"", "name = \"small2\""),
+            ("kind = \"binary\"", "kind = \"regression\""),
+            ("target = \"y\"", "target = \"z\""),
+            ("[\"a\", \"b\", \"c\"]", "[\"b\", \"a\", \"c\"]"),
+            ("hidden = [4]", "hidden = [5]"),
+            ("activation = \"relu\"", "activation = \"tanh\""),
+            ("dropout = 0.0", "dropout = 0.1"),
+            ("optimizer = \"adam\"", "optimizer = \"sgd\""),
+            ("learning_rate = 0.01", "learning_rate = 0.02"),
+            ("local_epochs = 2", "local_epochs = 3"),
+            ("batch_size = 8", "batch_size = 9"),
+            ("seed = 3", "seed = 4"),
+            ("seed = 3", "seed = 3\nfedprox_mu = 0.1"),
+            ("seed = 3", "seed = 3\nweight_decay = 0.001"),
+        ];
+        let mut ids = HashSet::from([base]);
+        for (old, new) in changes {
+            let id = ModelSpec::parse(&with(old, new), "<t>").unwrap().id();
+            assert!(
+                ids.insert(id),
+                "changing {old:?} to {new:?} did not change the id"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_specs_name_the_field() {
+        let cases = [
+            (with("format = 1", "format = 2"), "`format`"),
+            (
+                with("kind = \"binary\"", "kind = \"ranking\""),
+                "`task.kind`",
+            ),
+            (
+                with("kind = \"binary\"", "kind = \"multiclass\""),
+                "`task.classes`",
+            ),
+            (
+                with("kind = \"binary\"", "kind = \"binary\"\nclasses = 3"),
+                "`task.classes`",
+            ),
+            (with("[\"a\", \"b\", \"c\"]", "[]"), "`task.features`"),
+            (
+                with("[\"a\", \"b\", \"c\"]", "[\"a\", \"a\"]"),
+                "`task.features`",
+            ),
+            (
+                with("[\"a\", \"b\", \"c\"]", "[\"a\", \"y\"]"),
+                "`task.features`",
+            ),
+            (with("hidden = [4]", "hidden = [0]"), "`model.hidden`"),
+            (with("dropout = 0.0", "dropout = 1.0"), "`model.dropout`"),
+            (
+                with("learning_rate = 0.01", "learning_rate = -1.0"),
+                "`training.learning_rate`",
+            ),
+            (
+                with("local_epochs = 2", "local_epochs = 0"),
+                "`training.local_epochs`",
+            ),
+            (
+                with("batch_size = 8", "batch_size = 0"),
+                "`training.batch_size`",
+            ),
+            (
+                with("seed = 3", "seed = 3\nfedprox_mu = -1.0"),
+                "`training.fedprox_mu`",
+            ),
+            (
+                with("seed = 3", "seed = 3\nweight_decay = -1.0"),
+                "`training.weight_decay`",
+            ),
+            (
+                with("hidden = [4]", "hidden = [1048576, 1048576]"),
+                "`model.hidden`",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = ModelSpec::parse(&text, "spec.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(field), "expected {field} in: {err}");
+            assert!(err.starts_with("spec spec.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn unknown_and_mistyped_fields_are_parse_errors_with_location() {
+        let err = ModelSpec::parse(&with("seed = 3", "seed = 3\nsede = 4"), "s.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("sede") && msg.contains("line"), "{msg}");
+        let err = ModelSpec::parse(&with("batch_size = 8", "batch_size = \"8\""), "s.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("batch_size"), "{err}");
+    }
+
+    #[test]
+    fn caps_derive_from_the_spec() {
+        let spec = ModelSpec::parse(SMALL, "<t>").unwrap();
+        let floats = 3 + 3 + 12 + 4 + 4 + 1;
+        assert_eq!(
+            spec.max_blob_bytes(),
+            8 + spec.max_header_bytes() + 4 * floats
+        );
+    }
+}

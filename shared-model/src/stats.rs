@@ -1,0 +1,211 @@
+//! Feature normalisation that survives federation. Each site reports per-feature sums (count,
+//! sum, sum of squares) of its training rows — never the rows — and the coordinator adds them
+//! up into the global mean and standard deviation. The normalisation then travels inside every
+//! model blob (`norm.mean`, `norm.std`), so published models take raw feature values.
+
+use serde::{Deserialize, Serialize};
+
+/// Standard deviations below this are treated as constant features (scaled by 1).
+pub const MIN_STD: f64 = 1e-8;
+
+/// Errors from combining feature sums.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum StatsError {
+    /// Two sums cover different numbers of features.
+    #[error("feature sums disagree on width: expected {expected} features, found {found}")]
+    Width {
+        /// The first width seen.
+        expected: usize,
+        /// The other one.
+        found: usize,
+    },
+    /// No rows at all.
+    #[error("cannot normalise from zero rows")]
+    Empty,
+    /// A reported sum is not finite or is impossible (e.g. negative sum of squares).
+    #[error("feature {index}: reported sums are not valid (sum {sum}, sum of squares {sum_sq})")]
+    Invalid {
+        /// Feature index.
+        index: usize,
+        /// The sum.
+        sum: f64,
+        /// The sum of squares.
+        sum_sq: f64,
+    },
+}
+
+/// Mergeable per-feature sufficient statistics of one or more sites.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSums {
+    /// Number of rows.
+    pub count: u64,
+    /// Σ x per feature.
+    pub sum: Vec<f64>,
+    /// Σ x² per feature.
+    pub sum_sq: Vec<f64>,
+}
+
+impl FeatureSums {
+    /// Zero sums over `width` features.
+    pub fn zeros(width: usize) -> Self {
+        Self {
+            count: 0,
+            sum: vec![0.0; width],
+            sum_sq: vec![0.0; width],
+        }
+    }
+
+    /// Sums over the rows of a row-major matrix with `width` columns.
+    pub fn of_rows(rows: &[f32], width: usize) -> Self {
+        let mut s = Self::zeros(width);
+        for row in rows.chunks_exact(width) {
+            s.count += 1;
+            for (j, &x) in row.iter().enumerate() {
+                let x = f64::from(x);
+                s.sum[j] += x;
+                s.sum_sq[j] += x * x;
+            }
+        }
+        s
+    }
+
+    /// Adds another site's sums.
+    pub fn merge(&mut self, other: &Self) -> Result<(), StatsError> {
+        if other.sum.len() != self.sum.len() || other.sum_sq.len() != self.sum.len() {
+            return Err(StatsError::Width {
+                expected: self.sum.len(),
+                found: other.sum.len(),
+            });
+        }
+        self.count += other.count;
+        for j in 0..self.sum.len() {
+            self.sum[j] += other.sum[j];
+            self.sum_sq[j] += other.sum_sq[j];
+        }
+        Ok(())
+    }
+
+    /// Global mean and (population) standard deviation; constant features get std 1.
+    pub fn normalization(&self) -> Result<Normalization, StatsError> {
+        if self.count == 0 {
+            return Err(StatsError::Empty);
+        }
+        let n = self.count as f64;
+        let mut mean = Vec::with_capacity(self.sum.len());
+        let mut std = Vec::with_capacity(self.sum.len());
+        for (index, (&sum, &sum_sq)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
+            if !sum.is_finite() || !sum_sq.is_finite() || sum_sq < 0.0 {
+                return Err(StatsError::Invalid { index, sum, sum_sq });
+            }
+            let m = sum / n;
+            let var = (sum_sq / n - m * m).max(0.0);
+            let s = var.sqrt();
+            mean.push(m as f32);
+            std.push(if s < MIN_STD { 1.0 } else { s as f32 });
+        }
+        Ok(Normalization { mean, std })
+    }
+}
+
+/// Per-feature affine normalisation `(x − mean) / std`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalization {
+    /// Mean per feature.
+    pub mean: Vec<f32>,
+    /// Standard deviation per feature (> 0).
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// Mean 0, std 1: leaves features as they are.
+    pub fn identity(width: usize) -> Self {
+        Self {
+            mean: vec![0.0; width],
+            std: vec![1.0; width],
+        }
+    }
+
+    /// Normalises a row-major matrix into a new one.
+    pub fn apply(&self, rows: &[f32]) -> Vec<f32> {
+        let w = self.mean.len();
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows.chunks_exact(w) {
+            out.extend(
+                row.iter()
+                    .zip(self.mean.iter().zip(&self.std))
+                    .map(|(x, (m, s))| (x - m) / s),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hand_computed_mean_and_std() {
+        // feature 0: 1, 2, 3 → mean 2, population std √(2/3); feature 1 is constant
+        let s = FeatureSums::of_rows(&[1.0, 5.0, 2.0, 5.0, 3.0, 5.0], 2);
+        assert_eq!(s.count, 3);
+        assert_eq!(s.sum, vec![6.0, 15.0]);
+        assert_eq!(s.sum_sq, vec![14.0, 75.0]);
+        let n = s.normalization().unwrap();
+        assert!((n.mean[0] - 2.0).abs() < 1e-6);
+        assert!((n.std[0] - (2.0f32 / 3.0).sqrt()).abs() < 1e-6);
+        assert_eq!(n.mean[1], 5.0);
+        assert_eq!(n.std[1], 1.0);
+        let z = n.apply(&[3.0, 5.0]);
+        assert!((z[0] - 1.0 / (2.0f32 / 3.0).sqrt()).abs() < 1e-5);
+        assert_eq!(z[1], 0.0);
+    }
+
+    #[test]
+    fn errors_are_reported() {
+        assert_eq!(
+            FeatureSums::zeros(2).normalization(),
+            Err(StatsError::Empty)
+        );
+        let mut a = FeatureSums::zeros(2);
+        assert!(matches!(
+            a.merge(&FeatureSums::zeros(3)),
+            Err(StatsError::Width {
+                expected: 2,
+                found: 3
+            })
+        ));
+        let bad = FeatureSums {
+            count: 1,
+            sum: vec![f64::NAN],
+            sum_sq: vec![1.0],
+        };
+        assert!(matches!(
+            bad.normalization(),
+            Err(StatsError::Invalid { index: 0, .. })
+        ));
+    }
+
+    proptest! {
+        /// Merging the sums of any split of the rows gives the statistics of all rows.
+        #[test]
+        fn merged_sums_equal_pooled_sums(
+            rows in prop::collection::vec(-1000.0f32..1000.0, 3..300),
+            cut in 0usize..100,
+        ) {
+            let width = 3;
+            let n = rows.len() / width * width;
+            let rows = &rows[..n];
+            let cut = (cut * width).min(n);
+            let mut merged = FeatureSums::of_rows(&rows[..cut], width);
+            merged.merge(&FeatureSums::of_rows(&rows[cut..], width)).unwrap();
+            let pooled = FeatureSums::of_rows(rows, width);
+            prop_assert_eq!(merged.count, pooled.count);
+            for j in 0..width {
+                prop_assert!((merged.sum[j] - pooled.sum[j]).abs() <= 1e-6 * (1.0 + pooled.sum[j].abs()));
+                prop_assert!((merged.sum_sq[j] - pooled.sum_sq[j]).abs() <= 1e-6 * (1.0 + pooled.sum_sq[j]));
+            }
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Support for Yosegi's integration tests: finding the workspace's binaries and data, and
+//! running commands with readable failures.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
+}
+
+/// A file under the workspace's `data/`.
+pub fn data(name: &str) -> PathBuf {
+    root().join("data").join(name)
+}
+
+/// The path of a workspace binary (`coordinator` or `party-client`). `cargo test --workspace`
+/// builds both next to the test executables (each has a smoke test of its own, which makes
+/// cargo build it). When this crate's tests run alone, the binaries are built on demand with
+/// the same command, so features unify the same way and nothing else is rebuilt.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    if !path.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["test", "--workspace", "--no-run", "--quiet"])
+            .current_dir(root())
+            .status()
+            .expect("running cargo test --no-run");
+        assert!(status.success(), "building the workspace's binaries failed");
+        assert!(path.exists(), "{} was not built", path.display());
+    }
+    path
+}
+
+/// Runs a workspace binary with arguments and returns its output.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("starting {name}: {e}"))
+}
+
+/// Runs a workspace binary, asserts success, returns stdout.
+pub fn run_ok(name: &str, args: &[&str]) -> String {
+    let out = run(name, args);
+    assert!(
+        out.status.success(),
+        "{name} {args:?} failed with {}:\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 output")
+}

@@ -1,0 +1,3 @@
+//! Yosegi's integration tests, built as one binary.
+
+mod cli;
