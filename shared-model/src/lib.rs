@@ -6,11 +6,13 @@
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
+pub mod auth;
 pub mod blob;
 pub mod data;
 pub mod eval;
 pub mod ids;
 pub mod keys;
+pub mod manifest;
 pub mod network;
 pub mod partition;
 pub mod spec;
