@@ -1,10 +1,17 @@
-//! Command-line interface of the `coordinator` binary.
+//! Command-line interface of the `coordinator` binary: `init` and `serve` run a coordinator;
+//! `party`, `task`, `round` and `model` are the operator's commands against a running one.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use shared_model::spec::ModelSpec;
+
+use crate::grpc::client::{OperatorClient, operator_key};
+use crate::state;
+use crate::views::print_rounds;
 
 /// Yosegi coordinator: merges models trained apart at many sites without seeing their data.
 #[derive(Debug, Parser)]
@@ -15,12 +22,58 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Where the operator commands find the coordinator and the operator key.
+#[derive(Debug, clap::Args)]
+pub struct Remote {
+    /// The coordinator's URL.
+    #[arg(long, env = "YOSEGI_SERVER", default_value = "http://127.0.0.1:50051")]
+    pub server: String,
+    /// The operator's private key (written by `coordinator init` into the data dir).
+    #[arg(
+        long,
+        env = "YOSEGI_OPERATOR_KEY",
+        default_value = "coordinator-data/operator.key.pem"
+    )]
+    pub operator_key: PathBuf,
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Create a coordinator's state: database, signing key, operator key. Prints the public key
+    /// parties pin. Refuses to overwrite existing state.
+    Init {
+        /// The data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+    },
+    /// Serve the party and operator gRPC services until SIGINT/SIGTERM.
+    Serve {
+        /// The data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: std::net::SocketAddr,
+        /// Largest accepted clock difference of a caller, in seconds.
+        #[arg(long, default_value_t = 300)]
+        max_skew_secs: u64,
+    },
     /// Inspect model specs.
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Enroll, list and revoke parties.
+    #[command(subcommand)]
+    Party(PartyCommand),
+    /// Create and list tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Start rounds and follow them.
+    #[command(subcommand)]
+    Round(RoundCommand),
+    /// Download published models.
+    #[command(subcommand)]
+    Model(ModelCommand),
 }
 
 /// `coordinator spec …`
@@ -41,6 +94,162 @@ pub enum SpecCommand {
     },
 }
 
+/// `coordinator party …`
+#[derive(Debug, Subcommand)]
+pub enum PartyCommand {
+    /// Enroll a party with its public key file (from `party-client keygen`).
+    Enroll {
+        /// The party's name.
+        #[arg(long)]
+        name: String,
+        /// Its public key (SPKI PEM).
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List parties.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a party: its key is refused from now on, mid-round included.
+    Revoke {
+        /// The party's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `coordinator task …`
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Create a task from a ModelSpec; parties default to every enrolled party.
+    Create {
+        /// The ModelSpec TOML file.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The task's name.
+        #[arg(long)]
+        name: String,
+        /// Parties taking part (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        parties: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tasks.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `coordinator round …`
+#[derive(Debug, Subcommand)]
+pub enum RoundCommand {
+    /// Start one or more rounds of a task.
+    Start {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Merge strategy: fedavg or fedprox.
+        #[arg(long, default_value = "fedavg")]
+        strategy: String,
+        /// Strategy option KEY=VALUE (fedprox: mu=0.01); repeatable.
+        #[arg(long = "option", value_parser = parse_kv)]
+        options: Vec<(String, String)>,
+        /// Fewest accepted updates needed to merge.
+        #[arg(long)]
+        min_parties: u32,
+        /// Time allowed per round, e.g. 90s, 5m, 1h.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        deadline: Duration,
+        /// Rounds to run back to back.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show every round of a task: phase, who answered, who is late, rejections, metrics.
+    Status {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a task's rounds until none is queued or training.
+    Watch {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1)]
+        interval_secs: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `coordinator model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a published model and its manifest, verified with the coordinator's key.
+    Pull {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Version (default: latest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Where to write the blob; the manifest goes to FILE.manifest.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// The coordinator's public key file (what parties pin).
+        #[arg(long, default_value = "coordinator-data/coordinator.pub.pem")]
+        coordinator_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected KEY=VALUE, found {s:?}"))
+}
+
+/// Parses `90s`, `5m`, `2h` or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 5m or 1h, found {s:?}"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => return Ok(Duration::from_millis(n)),
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => {
+            return Err(format!(
+                "unknown duration unit {unit:?} in {s:?}; use ms, s, m or h"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(secs))
+}
+
 /// Sets up logging to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -51,14 +260,107 @@ pub fn init_tracing() {
         .try_init();
 }
 
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn connect(remote: &Remote) -> anyhow::Result<OperatorClient> {
+    let key = operator_key(&remote.operator_key)?;
+    OperatorClient::connect(&remote.server, key).await
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
+
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Spec(SpecCommand::Id { file }) => {
+        Command::Init { data_dir } => {
+            let (key, path) = state::init(&data_dir)?;
+            println!("coordinator state created in {}", data_dir.display());
+            println!(
+                "coordinator public key (parties pin this file): {}",
+                path.display()
+            );
+            println!("fingerprint {}", shared_model::keys::fingerprint(&key));
+            println!(
+                "operator key: {}",
+                data_dir.join(state::OPERATOR_KEY).display()
+            );
+        }
+        Command::Serve {
+            data_dir,
+            listen,
+            max_skew_secs,
+        } => {
+            let data = state::open(&data_dir)?;
+            runtime()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                let config = crate::grpc::ServeConfig {
+                    max_skew: Duration::from_secs(max_skew_secs),
+                    ..Default::default()
+                };
+                crate::grpc::serve(listener, data, config, shutdown_signal()).await
+            })?;
+        }
+        Command::Spec(cmd) => spec_command(cmd)?,
+        Command::Party(cmd) => runtime()?.block_on(party_command(cmd))?,
+        Command::Task(cmd) => runtime()?.block_on(task_command(cmd))?,
+        Command::Round(cmd) => runtime()?.block_on(round_command(cmd))?,
+        Command::Model(ModelCommand::Pull {
+            task,
+            version,
+            out,
+            coordinator_key,
+            remote,
+        }) => runtime()?.block_on(async move {
+            let key = shared_model::keys::read_public(&coordinator_key)?;
+            let mut c = connect(&remote).await?;
+            let (m, blob, _) = c.pull(&task, version.unwrap_or(0), &key).await?;
+            std::fs::write(&out, &blob).with_context(|| format!("writing {}", out.display()))?;
+            let mpath = PathBuf::from(format!("{}.manifest.json", out.display()));
+            std::fs::write(&mpath, serde_json::to_vec_pretty(&m)?)
+                .with_context(|| format!("writing {}", mpath.display()))?;
+            println!(
+                "task {} version {} ({}, round {}): {} bytes, sha256 {}, signature verified",
+                m.task, m.version, m.strategy, m.round, m.blob_len, m.blob_sha256
+            );
+            println!("blob {}\nmanifest {}", out.display(), mpath.display());
+            anyhow::Ok(())
+        })?,
+    }
+    Ok(())
+}
+
+fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
+    match cmd {
+        SpecCommand::Id { file } => {
             let spec = ModelSpec::from_file(&file)?;
             println!("{}", spec.id());
         }
-        Command::Spec(SpecCommand::Show { file, json }) => {
+        SpecCommand::Show { file, json } => {
             let spec = ModelSpec::from_file(&file)?;
             let tensors = spec.tensors();
             if json {
@@ -73,7 +375,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "max_blob_bytes": spec.max_blob_bytes(),
                     "tensors": tensors.iter().map(|t| serde_json::json!({"name": t.name, "shape": t.shape})).collect::<Vec<_>>(),
                 });
-                println!("{}", serde_json::to_string_pretty(&out).context("json")?);
+                println!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 println!("spec id      {}", spec.id());
                 println!("name         {}", spec.name);
@@ -90,6 +392,133 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 for t in tensors {
                     println!("  {:<20} {:?}", t.name, t.shape);
                 }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn party_command(cmd: PartyCommand) -> anyhow::Result<()> {
+    match cmd {
+        PartyCommand::Enroll {
+            name,
+            public_key,
+            remote,
+        } => {
+            let key = shared_model::keys::read_public(&public_key)?;
+            let fp = connect(&remote).await?.enroll(&name, &key).await?;
+            println!("enrolled {name} (key {fp})");
+        }
+        PartyCommand::List { remote, json } => {
+            let parties = connect(&remote).await?.parties().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&parties)?);
+            } else {
+                for p in parties {
+                    println!(
+                        "{:<16} {}  {}",
+                        p.name,
+                        p.fingerprint,
+                        if p.revoked { "revoked" } else { "active" }
+                    );
+                }
+            }
+        }
+        PartyCommand::Revoke { name, remote } => {
+            connect(&remote).await?.revoke(&name).await?;
+            println!("revoked {name}");
+        }
+    }
+    Ok(())
+}
+
+async fn task_command(cmd: TaskCommand) -> anyhow::Result<()> {
+    match cmd {
+        TaskCommand::Create {
+            spec,
+            name,
+            parties,
+            remote,
+        } => {
+            // validate locally first, for an error that names the file
+            ModelSpec::from_file(&spec)?;
+            let text = std::fs::read_to_string(&spec)
+                .with_context(|| format!("reading {}", spec.display()))?;
+            let id = connect(&remote)
+                .await?
+                .create_task(&name, &text, &parties)
+                .await?;
+            println!("created task {name} (spec {id})");
+        }
+        TaskCommand::List { remote, json } => {
+            let tasks = connect(&remote).await?.tasks().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tasks)?);
+            } else {
+                for t in tasks {
+                    println!(
+                        "{:<16} spec {} ({})  parties {}  latest version {}",
+                        t.name,
+                        &t.spec_id[..12.min(t.spec_id.len())],
+                        t.spec_name,
+                        t.parties.join(","),
+                        t.latest_version
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn round_command(cmd: RoundCommand) -> anyhow::Result<()> {
+    match cmd {
+        RoundCommand::Start {
+            task,
+            strategy,
+            options,
+            min_parties,
+            deadline,
+            rounds,
+            remote,
+        } => {
+            let options: HashMap<String, String> = options.into_iter().collect();
+            let first = connect(&remote)
+                .await?
+                .start_round(
+                    &task,
+                    &strategy,
+                    options,
+                    min_parties,
+                    deadline.as_millis() as u64,
+                    rounds,
+                )
+                .await?;
+            let last = first + u64::from(rounds) - 1;
+            println!("queued rounds {first}..={last} of {task} ({strategy}, quorum {min_parties})");
+        }
+        RoundCommand::Status { task, json, remote } => {
+            let rounds = connect(&remote).await?.status(&task).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rounds)?);
+            } else {
+                print_rounds(&task, &rounds);
+            }
+        }
+        RoundCommand::Watch {
+            task,
+            interval_secs,
+            remote,
+        } => {
+            let mut c = connect(&remote).await?;
+            loop {
+                let rounds = c.status(&task).await?;
+                print_rounds(&task, &rounds);
+                if rounds.iter().all(|r| r.is_final()) {
+                    break;
+                }
+                println!();
+                tokio::time::sleep(Duration::from_secs(interval_secs.max(1))).await;
             }
         }
     }

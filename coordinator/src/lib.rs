@@ -1,6 +1,12 @@
-//! The Yosegi coordinator: the operator's CLI and, as the federation-round work lands, the
-//! server that verifies, merges and publishes models.
+//! The Yosegi coordinator: verifies signed weight blobs, merges them with the round's strategy
+//! and publishes signed models; the same crate is the operator's CLI.
 
 #![forbid(unsafe_code)]
 
+pub mod blobs;
 pub mod cli;
+pub mod engine;
+pub mod grpc;
+pub mod state;
+pub mod store;
+pub mod views;

@@ -8,7 +8,29 @@ use shared_model::eval::Metrics;
 use shared_model::keys;
 use shared_model::spec::ModelSpec;
 
+use crate::config::RawConfig;
 use crate::local::{train_local, write_blob};
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested");
+}
 
 /// Yosegi party client: trains the declared network on this site's data; only signed weight
 /// blobs ever leave the site.
@@ -40,6 +62,31 @@ pub enum Command {
         /// Directory to write the key files into (created if missing).
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run the site daemon: connect to the coordinator and do the work it assigns until
+    /// SIGINT/SIGTERM. Every key of the config file can also be given as a flag (flags win).
+    Run {
+        /// A party.toml file (keys: server, name, key, coordinator_key, data, state_dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The coordinator's URL, e.g. http://127.0.0.1:50051.
+        #[arg(long)]
+        server: Option<String>,
+        /// This party's enrolled name.
+        #[arg(long)]
+        name: Option<String>,
+        /// This party's private key file (from `keygen`).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// The coordinator's public key file, pinned: models signed by any other key are refused.
+        #[arg(long)]
+        coordinator_key: Option<PathBuf>,
+        /// The site's CSV.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Where the daemon keeps its state (accepted versions, upload log).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Train the declared network on local data only (the local-only baseline) and report
     /// holdout metrics. Nothing is sent anywhere.
@@ -96,6 +143,33 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 pk.display()
             );
             println!("fingerprint  {}", keys::fingerprint(&key.verifying_key()));
+        }
+        Command::Run {
+            config,
+            server,
+            name,
+            key,
+            coordinator_key,
+            data,
+            state_dir,
+        } => {
+            let file = match &config {
+                Some(path) => RawConfig::from_file(path)?,
+                None => RawConfig::default(),
+            };
+            let flags = RawConfig {
+                server,
+                name,
+                key,
+                coordinator_key,
+                data,
+                state_dir,
+            };
+            let config = file.overlay(flags).validate()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(crate::daemon::run(config, shutdown_signal()))?;
         }
         Command::Train {
             spec,

@@ -1,8 +1,12 @@
 //! The Yosegi party client: what runs at a plant. It holds the site's key and data, trains the
-//! declared network locally with burn, and (as the federation-round work lands) talks to the
-//! coordinator. Raw data never leaves the site.
+//! declared network locally with burn, and talks to the coordinator through signed calls. Raw
+//! data never leaves the site: only feature sums, signed weight blobs and metric statistics do.
 
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod grpc;
 pub mod local;
+pub mod state;

@@ -65,7 +65,9 @@ pub enum AuthError {
     #[error("call is not authenticated: {0}")]
     Missing(String),
     /// The timestamp is outside the skew bound.
-    #[error("call timestamp is {skew_ms} ms away from the coordinator's clock; at most {max_ms} ms is allowed")]
+    #[error(
+        "call timestamp is {skew_ms} ms away from the coordinator's clock; at most {max_ms} ms is allowed"
+    )]
     Skew {
         /// Signed difference caller − coordinator.
         skew_ms: i64,
@@ -120,7 +122,13 @@ pub struct NonceCache {
 impl NonceCache {
     /// Records a nonce; false if it was already there. Forgets nonces older than
     /// `now_ms − 2·max_skew_ms` (their calls fail the skew check anyway).
-    pub fn insert(&mut self, nonce: [u8; 16], timestamp_ms: i64, now_ms: i64, max_skew_ms: i64) -> bool {
+    pub fn insert(
+        &mut self,
+        nonce: [u8; 16],
+        timestamp_ms: i64,
+        now_ms: i64,
+        max_skew_ms: i64,
+    ) -> bool {
         let horizon = now_ms - 2 * max_skew_ms;
         while let Some(&(n, t)) = self.order.front() {
             if t >= horizon {
@@ -167,7 +175,9 @@ mod tests {
             other.verify(&sig, &key.verifying_key(), 10_500, 1_000),
             Err(AuthError::BadSignature { .. })
         ));
-        let e = p.verify(&sig, &key.verifying_key(), 12_000, 1_000).unwrap_err();
+        let e = p
+            .verify(&sig, &key.verifying_key(), 12_000, 1_000)
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "call timestamp is -2000 ms away from the coordinator's clock; at most 1000 ms is allowed"

@@ -77,7 +77,9 @@ pub enum ManifestError {
     #[error("manifest is not valid: {0}")]
     Malformed(String),
     /// Expired.
-    #[error("manifest of task {task} version {version} expired at {expires_unix_ms} (now {now_unix_ms}); the coordinator may be serving a stale model")]
+    #[error(
+        "manifest of task {task} version {version} expired at {expires_unix_ms} (now {now_unix_ms}); the coordinator may be serving a stale model"
+    )]
     Expired {
         /// The task.
         task: TaskId,
@@ -97,7 +99,9 @@ pub enum ManifestError {
         found: String,
     },
     /// Older than a version already accepted.
-    #[error("refusing model version {offered} of task {task}: version {accepted} was already accepted (rollback)")]
+    #[error(
+        "refusing model version {offered} of task {task}: version {accepted} was already accepted (rollback)"
+    )]
     Rollback {
         /// The task.
         task: TaskId,
@@ -129,12 +133,16 @@ impl Manifest {
 
 impl SignedManifest {
     /// Checks the signature and expiry and parses the manifest.
-    pub fn verify(&self, coordinator: &VerifyingKey, now_unix_ms: i64) -> Result<Manifest, ManifestError> {
+    pub fn verify(
+        &self,
+        coordinator: &VerifyingKey,
+        now_unix_ms: i64,
+    ) -> Result<Manifest, ManifestError> {
         coordinator
             .verify_strict(&digest(&self.bytes), &self.signature)
             .map_err(|_| ManifestError::BadSignature)?;
-        let m: Manifest =
-            serde_json::from_slice(&self.bytes).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        let m: Manifest = serde_json::from_slice(&self.bytes)
+            .map_err(|e| ManifestError::Malformed(e.to_string()))?;
         if m.format != MANIFEST_FORMAT {
             return Err(ManifestError::Malformed(format!(
                 "format is {:?}, expected {MANIFEST_FORMAT:?}",
@@ -232,7 +240,8 @@ mod tests {
         let signed = m.sign(&key);
         assert_eq!(signed.verify(&key.verifying_key(), 1_500).unwrap(), m);
         m.check_blob(b"blob").unwrap();
-        m.check_for(&m.task, m.spec_id, Some(ModelVersion(3))).unwrap();
+        m.check_for(&m.task, m.spec_id, Some(ModelVersion(3)))
+            .unwrap();
     }
 
     #[test]
@@ -241,13 +250,21 @@ mod tests {
         let m = manifest();
         let signed = m.sign(&key);
         let other = generate().unwrap();
-        assert_eq!(signed.verify(&other.verifying_key(), 1_500), Err(ManifestError::BadSignature));
+        assert_eq!(
+            signed.verify(&other.verifying_key(), 1_500),
+            Err(ManifestError::BadSignature)
+        );
         let mut tampered = signed.clone();
         tampered.bytes[10] ^= 1;
-        assert_eq!(tampered.verify(&key.verifying_key(), 1_500), Err(ManifestError::BadSignature));
+        assert_eq!(
+            tampered.verify(&key.verifying_key(), 1_500),
+            Err(ManifestError::BadSignature)
+        );
         let e = signed.verify(&key.verifying_key(), 2_001).unwrap_err();
         assert!(e.to_string().contains("expired"), "{e}");
-        let e = m.check_for(&m.task, m.spec_id, Some(ModelVersion(4))).unwrap_err();
+        let e = m
+            .check_for(&m.task, m.spec_id, Some(ModelVersion(4)))
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "refusing model version 3 of task wdbc: version 4 was already accepted (rollback)"
@@ -256,7 +273,13 @@ mod tests {
             m.check_for(&TaskId::new("other").unwrap(), m.spec_id, None),
             Err(ManifestError::WrongTask { .. })
         ));
-        assert!(matches!(m.check_blob(b"blob!"), Err(ManifestError::BlobMismatch(_))));
-        assert!(matches!(m.check_blob(b"bloc"), Err(ManifestError::BlobMismatch(_))));
+        assert!(matches!(
+            m.check_blob(b"blob!"),
+            Err(ManifestError::BlobMismatch(_))
+        ));
+        assert!(matches!(
+            m.check_blob(b"bloc"),
+            Err(ManifestError::BlobMismatch(_))
+        ));
     }
 }

@@ -62,3 +62,5 @@ pub fn run_ok(name: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
+
+pub mod sandbox;

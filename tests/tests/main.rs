@@ -1,3 +1,5 @@
 //! Yosegi's integration tests, built as one binary.
 
+mod attacks;
 mod cli;
+mod federation;

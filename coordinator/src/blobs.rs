@@ -1,0 +1,132 @@
+//! Content-addressed blob storage under `<data-dir>/blobs/`: a blob's file name is its sha256.
+//! Writes are atomic and durable — temp file, fsync, rename, fsync of the directory — and
+//! happen before an upload is acknowledged. Identical blobs are stored once.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use shared_model::ids::Sha256;
+
+/// Errors from the blob store, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobStoreError {
+    /// I/O failed.
+    #[error("blob store {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A stored blob no longer hashes to its name.
+    #[error("blob store {path}: content does not match its sha256 name (disk corruption?)")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The blob directory.
+#[derive(Clone, Debug)]
+pub struct BlobStore {
+    dir: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobStoreError + '_ {
+    move |source| BlobStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl BlobStore {
+    /// Opens (creating if needed) the store under `dir`, removing temp files a crash left.
+    pub fn open(dir: &Path) -> Result<Self, BlobStoreError> {
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        for entry in std::fs::read_dir(&tmp).map_err(io(&tmp))? {
+            let path = entry.map_err(io(&tmp))?.path();
+            std::fs::remove_file(&path).map_err(io(&path))?;
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where a blob lives.
+    pub fn path(&self, sha: &Sha256) -> PathBuf {
+        self.dir.join(sha.to_string())
+    }
+
+    /// Stores bytes durably; returns their sha256.
+    pub fn put(&self, bytes: &[u8]) -> Result<Sha256, BlobStoreError> {
+        let sha = Sha256::of(bytes);
+        let dest = self.path(&sha);
+        if dest.exists() {
+            return Ok(sha);
+        }
+        let mut nonce = [0u8; 8];
+        getrandom_fill(&mut nonce);
+        let tmp = self.dir.join("tmp").join(format!("{sha}.{}", hex(&nonce)));
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(sha)
+    }
+
+    /// Reads a blob and checks it still hashes to its name.
+    pub fn get(&self, sha: &Sha256) -> Result<Vec<u8>, BlobStoreError> {
+        let path = self.path(sha);
+        let bytes = std::fs::read(&path).map_err(io(&path))?;
+        if Sha256::of(&bytes) != *sha {
+            return Err(BlobStoreError::Corrupt { path });
+        }
+        Ok(bytes)
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    // Only for unique temp names; a failure falls back to the process id and time.
+    if getrandom::fill(buf).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0) as u64
+            ^ u64::from(std::process::id());
+        buf.copy_from_slice(&t.to_le_bytes()[..buf.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tmp-leftover"), b"x").unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let sha = store.put(b"hello").unwrap();
+        assert_eq!(sha, Sha256::of(b"hello"));
+        assert_eq!(store.put(b"hello").unwrap(), sha);
+        assert_eq!(store.get(&sha).unwrap(), b"hello");
+        std::fs::write(store.path(&sha), b"jello").unwrap();
+        assert!(matches!(
+            store.get(&sha),
+            Err(BlobStoreError::Corrupt { .. })
+        ));
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+}

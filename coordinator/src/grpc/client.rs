@@ -1,0 +1,297 @@
+//! The operator's gRPC client: every call signed with the operator key, results as views.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use shared_model::SigningKey;
+use shared_model::VerifyingKey;
+use shared_model::auth::{CallProof, OPERATOR};
+use shared_model::ids::{ModelVersion, TaskId};
+use shared_model::manifest::Manifest;
+use tonic::Request;
+use tonic::metadata::{BinaryMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::operator_service_client::OperatorServiceClient;
+
+use super::convert;
+use crate::state::now_ms;
+use crate::views::{PartyRoundView, PartyView, RoundView, TaskView};
+
+/// A connection to a coordinator's operator service.
+#[derive(Debug, Clone)]
+pub struct OperatorClient {
+    inner: OperatorServiceClient<Channel>,
+    key: SigningKey,
+    server: String,
+}
+
+fn signed<T>(msg: T, method: &str, key: &SigningKey) -> Request<T> {
+    let proof = CallProof::new(
+        &format!("/yosegi.v1.OperatorService/{method}"),
+        OPERATOR,
+        now_ms(),
+    );
+    let mut req = Request::new(msg);
+    let md = req.metadata_mut();
+    md.insert("x-yosegi-caller", MetadataValue::from_static(OPERATOR));
+    md.insert(
+        "x-yosegi-timestamp",
+        proof.timestamp_ms.to_string().parse().expect("digits"),
+    );
+    md.insert(
+        "x-yosegi-nonce",
+        hex::encode(proof.nonce).parse().expect("hex"),
+    );
+    md.insert_bin(
+        "x-yosegi-signature-bin",
+        BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+    );
+    req
+}
+
+fn call_err(server: &str, s: tonic::Status) -> anyhow::Error {
+    if s.code() == tonic::Code::Unavailable {
+        anyhow::anyhow!("coordinator at {server} is unreachable: {}", s.message())
+    } else {
+        anyhow::anyhow!("{}", s.message())
+    }
+}
+
+impl OperatorClient {
+    /// Connects (http:// or https:// URL) with the operator's key.
+    pub async fn connect(server: &str, key: SigningKey) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(server.to_string())
+            .with_context(|| format!("bad server URL {server:?}"))?
+            .connect()
+            .await
+            .with_context(|| format!("coordinator at {server} is unreachable"))?;
+        Ok(Self {
+            inner: OperatorServiceClient::new(channel),
+            key,
+            server: server.to_string(),
+        })
+    }
+
+    /// Enrolls a party; returns its key fingerprint.
+    pub async fn enroll(&mut self, name: &str, key: &VerifyingKey) -> anyhow::Result<String> {
+        let req = signed(
+            pb::EnrollPartyRequest {
+                name: name.into(),
+                public_key: key.as_bytes().to_vec(),
+            },
+            "EnrollParty",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .enroll_party(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner().fingerprint)
+    }
+
+    /// Revokes a party.
+    pub async fn revoke(&mut self, name: &str) -> anyhow::Result<()> {
+        let req = signed(
+            pb::RevokePartyRequest { name: name.into() },
+            "RevokeParty",
+            &self.key,
+        );
+        self.inner
+            .revoke_party(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(())
+    }
+
+    /// Lists parties.
+    pub async fn parties(&mut self) -> anyhow::Result<Vec<PartyView>> {
+        let req = signed(pb::ListPartiesRequest {}, "ListParties", &self.key);
+        let r = self
+            .inner
+            .list_parties(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner()
+            .parties
+            .into_iter()
+            .map(|p| PartyView {
+                name: p.name,
+                fingerprint: p.fingerprint,
+                revoked: p.revoked,
+                last_seen_unix_ms: p.last_seen_unix_ms,
+            })
+            .collect())
+    }
+
+    /// Creates a task; returns the spec id.
+    pub async fn create_task(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        parties: &[String],
+    ) -> anyhow::Result<String> {
+        let req = signed(
+            pb::CreateTaskRequest {
+                name: name.into(),
+                spec_toml: spec_toml.into(),
+                parties: parties.to_vec(),
+            },
+            "CreateTask",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .create_task(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner().spec_id)
+    }
+
+    /// Lists tasks.
+    pub async fn tasks(&mut self) -> anyhow::Result<Vec<TaskView>> {
+        let req = signed(pb::ListTasksRequest {}, "ListTasks", &self.key);
+        let r = self
+            .inner
+            .list_tasks(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner()
+            .tasks
+            .into_iter()
+            .map(|t| TaskView {
+                name: t.name,
+                spec_id: t.spec_id,
+                spec_name: t.spec_name,
+                parties: t.parties,
+                latest_version: t.latest_version,
+            })
+            .collect())
+    }
+
+    /// Starts rounds; returns the first round number.
+    pub async fn start_round(
+        &mut self,
+        task: &str,
+        strategy: &str,
+        options: HashMap<String, String>,
+        min_parties: u32,
+        deadline_ms: u64,
+        rounds: u32,
+    ) -> anyhow::Result<u64> {
+        let req = signed(
+            pb::StartRoundRequest {
+                task: task.into(),
+                strategy: strategy.into(),
+                options,
+                min_parties,
+                deadline_ms,
+                rounds,
+            },
+            "StartRound",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .start_round(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner().first_round)
+    }
+
+    /// The rounds of a task.
+    pub async fn status(&mut self, task: &str) -> anyhow::Result<Vec<RoundView>> {
+        let req = signed(
+            pb::RoundStatusRequest { task: task.into() },
+            "RoundStatus",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .round_status(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner()
+            .rounds
+            .into_iter()
+            .map(|r| RoundView {
+                round: r.round,
+                strategy: r.strategy,
+                phase: r.phase,
+                min_parties: r.min_parties,
+                deadline_unix_ms: r.deadline_unix_ms,
+                parties: r
+                    .parties
+                    .into_iter()
+                    .map(|p| PartyRoundView {
+                        party: p.party,
+                        state: p.state,
+                        reason: p.reason,
+                        sample_count: p.sample_count,
+                    })
+                    .collect(),
+                failure: r.failure,
+                version: r.version,
+                metrics: serde_json::from_str(&r.metrics_json).ok(),
+            })
+            .collect())
+    }
+
+    /// Downloads a published model (0 = latest) and verifies it against the coordinator key:
+    /// manifest signature and expiry, task, and the blob's length and sha256.
+    pub async fn pull(
+        &mut self,
+        task: &str,
+        version: u64,
+        coordinator: &VerifyingKey,
+    ) -> anyhow::Result<(Manifest, Vec<u8>, shared_model::manifest::SignedManifest)> {
+        let req = signed(
+            pb::PullModelRequest {
+                task: task.into(),
+                version,
+            },
+            "PullModel",
+            &self.key,
+        );
+        let mut stream = self
+            .inner
+            .pull_model(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?
+            .into_inner();
+        let mut signed_manifest = None;
+        let mut blob = Vec::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| call_err(&self.server, s))?
+        {
+            match msg.part {
+                Some(pb::pull_model_response::Part::Manifest(m)) => {
+                    signed_manifest = Some(
+                        convert::signed_manifest(&m)
+                            .map_err(|s| anyhow::anyhow!("{}", s.message()))?,
+                    )
+                }
+                Some(pb::pull_model_response::Part::Chunk(c)) => {
+                    anyhow::ensure!(c.offset == blob.len() as u64, "model chunk out of order");
+                    blob.extend_from_slice(&c.data);
+                }
+                None => {}
+            }
+        }
+        let signed_manifest = signed_manifest.context("the coordinator sent no manifest")?;
+        let manifest = signed_manifest.verify(coordinator, now_ms())?;
+        let task_id = TaskId::new(task)?;
+        manifest.check_for(&task_id, manifest.spec_id, None::<ModelVersion>)?;
+        manifest.check_blob(&blob)?;
+        Ok((manifest, blob, signed_manifest))
+    }
+}
+
+/// Reads the operator key file.
+pub fn operator_key(path: &Path) -> anyhow::Result<SigningKey> {
+    Ok(shared_model::keys::read_private(path)?)
+}

@@ -1,0 +1,216 @@
+//! Proto ↔ domain conversions and the mapping of domain errors to gRPC status codes.
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use shared_model::eval::MetricStats;
+use shared_model::ids::{PartyId, RoundNo, Sha256, SpecId, StepNo, TaskId};
+use shared_model::manifest::SignedManifest;
+use shared_model::stats::FeatureSums;
+use shared_model::update::{SignedUpdate, UpdateHeader};
+use tonic::Status;
+use yosegi_proto::v1 as pb;
+
+use crate::engine::{Assignment, EngineError, Work};
+
+/// The one mapping from engine errors to gRPC codes.
+pub fn status(e: EngineError) -> Status {
+    match e {
+        EngineError::Invalid(m) => Status::invalid_argument(m),
+        EngineError::NotFound(m) => Status::not_found(m),
+        EngineError::Exists(m) => Status::already_exists(m),
+        EngineError::Precondition(m) => Status::failed_precondition(m),
+        e @ EngineError::Rejected(_) => Status::invalid_argument(e.to_string()),
+        EngineError::Blobs(e) => {
+            tracing::error!(error = %e, "blob store failure");
+            Status::unavailable(format!(
+                "coordinator storage failed, nothing was stored: {e}"
+            ))
+        }
+        EngineError::Store(e) => {
+            tracing::error!(error = %e, "database failure");
+            Status::internal(format!("coordinator database failed: {e}"))
+        }
+    }
+}
+
+impl From<&Assignment> for pb::Assignment {
+    fn from(a: &Assignment) -> Self {
+        let work = match &a.work {
+            Work::Stats => pb::assignment::Work::Stats(pb::StatsWork {}),
+            Work::Train {
+                base_version,
+                base_sha256,
+                strategy,
+                fedprox_mu,
+            } => pb::assignment::Work::Train(pb::TrainWork {
+                base_version: *base_version,
+                base_sha256: base_sha256.to_string(),
+                strategy: strategy.clone(),
+                overrides: Some(pb::TrainingOverrides {
+                    fedprox_mu: *fedprox_mu,
+                    ..Default::default()
+                }),
+            }),
+            Work::Evaluate { version } => {
+                pb::assignment::Work::Evaluate(pb::EvaluateWork { version: *version })
+            }
+        };
+        pb::Assignment {
+            assignment_id: a.id.clone(),
+            task: a.task.clone(),
+            spec_toml: a.spec_toml.clone(),
+            spec_id: a.spec_id.clone(),
+            round: a.round,
+            step: a.step,
+            work: Some(work),
+            deadline_unix_ms: a.deadline_ms,
+        }
+    }
+}
+
+/// A field could not be read from the wire.
+fn bad(field: &str, e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("field {field}: {e}"))
+}
+
+/// Reads an upload envelope.
+pub fn envelope(e: &pb::UpdateEnvelope) -> Result<SignedUpdate, Status> {
+    let signer: [u8; 32] = e
+        .signer_public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("signer_public_key", "expected 32 bytes"))?;
+    let sig: [u8; 64] = e
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("signature", "expected 64 bytes"))?;
+    Ok(SignedUpdate {
+        header: UpdateHeader {
+            task: TaskId::new(&e.task).map_err(|x| bad("task", x))?,
+            spec_id: e.spec_id.parse::<SpecId>().map_err(|x| bad("spec_id", x))?,
+            round: RoundNo(e.round),
+            step: StepNo(e.step),
+            base_model: e
+                .base_model_sha256
+                .parse::<Sha256>()
+                .map_err(|x| bad("base_model_sha256", x))?,
+            party: PartyId::new(&e.party).map_err(|x| bad("party", x))?,
+            blob_sha256: e
+                .blob_sha256
+                .parse::<Sha256>()
+                .map_err(|x| bad("blob_sha256", x))?,
+            blob_len: e.blob_len,
+            sample_count: e.sample_count,
+        },
+        signer: VerifyingKey::from_bytes(&signer).map_err(|x| bad("signer_public_key", x))?,
+        signature: Signature::from_bytes(&sig),
+    })
+}
+
+/// Reads feature sums.
+pub fn sums(s: &pb::FeatureSums) -> FeatureSums {
+    FeatureSums {
+        count: s.count,
+        sum: s.sum.clone(),
+        sum_sq: s.sum_sq.clone(),
+    }
+}
+
+/// Writes a signed manifest.
+pub fn manifest(m: &SignedManifest) -> pb::SignedManifest {
+    pb::SignedManifest {
+        canonical: m.bytes.clone(),
+        signature: m.signature.to_bytes().to_vec(),
+    }
+}
+
+/// Reads a signed manifest.
+pub fn signed_manifest(m: &pb::SignedManifest) -> Result<SignedManifest, Status> {
+    let sig: [u8; 64] = m
+        .signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad("signature", "expected 64 bytes"))?;
+    Ok(SignedManifest {
+        bytes: m.canonical.clone(),
+        signature: Signature::from_bytes(&sig),
+    })
+}
+
+/// The status of every round of a task, as the operator sees it: phase, each party's state with
+/// reasons, rejections, the published version and merged metrics (the parties' evaluations of
+/// the published model on their holdouts, merged; else the contributors' local metrics).
+pub fn round_infos(
+    store: &crate::store::Store,
+    task: &str,
+) -> Result<Vec<pb::RoundInfo>, EngineError> {
+    if store.task(task)?.is_none() {
+        return Err(EngineError::NotFound(format!("no task named {task}")));
+    }
+    let mut out = Vec::new();
+    for r in store.rounds(task)? {
+        let mut parties: Vec<pb::PartyRoundState> = store
+            .round_parties(task, r.round)?
+            .into_iter()
+            .map(|p| pb::PartyRoundState {
+                party: p.party,
+                state: p.state,
+                reason: p.reason,
+                sample_count: 0,
+            })
+            .collect();
+        for u in store.updates(task, r.round)? {
+            if let Some(p) = parties.iter_mut().find(|p| p.party == u.party) {
+                p.sample_count = u.sample_count;
+            }
+        }
+        let mut metrics_json = String::new();
+        if let Some(v) = r.version {
+            let mut merged: Option<MetricStats> = None;
+            for (_, json) in store.evaluations(task, v)? {
+                if let Ok(s) = serde_json::from_str::<MetricStats>(&json) {
+                    match &mut merged {
+                        None => merged = Some(s),
+                        Some(m) => {
+                            let _ = m.merge(&s);
+                        }
+                    }
+                }
+            }
+            if let Some(m) = merged {
+                metrics_json = serde_json::to_string(&m.metrics()).unwrap_or_default();
+            }
+        }
+        let rejections = store.rejections(task, r.round)?;
+        let failure = match (&r.failure, rejections.is_empty()) {
+            (Some(f), _) => f.clone(),
+            (None, _) => String::new(),
+        };
+        for (party, reason) in rejections {
+            if !parties
+                .iter()
+                .any(|p| p.party == party && p.reason == reason)
+            {
+                parties.push(pb::PartyRoundState {
+                    party,
+                    state: "rejected".into(),
+                    reason,
+                    sample_count: 0,
+                });
+            }
+        }
+        out.push(pb::RoundInfo {
+            round: r.round,
+            strategy: r.strategy,
+            phase: r.phase,
+            min_parties: r.min_parties,
+            started_unix_ms: r.started_ms.unwrap_or(0),
+            deadline_unix_ms: r.ends_ms.unwrap_or(0),
+            parties,
+            failure,
+            version: r.version.unwrap_or(0),
+            metrics_json,
+        });
+    }
+    Ok(out)
+}

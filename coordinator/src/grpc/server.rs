@@ -1,0 +1,658 @@
+//! The gRPC server: authentication of every call, the party and operator services, health and
+//! reflection, the engine ticker, and graceful shutdown. Engine calls run on blocking threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use ed25519_dalek::{Signature, VerifyingKey};
+use shared_model::auth::{CallProof, NonceCache, OPERATOR};
+use shared_model::eval::MetricStats;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::operator_service_server::{OperatorService, OperatorServiceServer};
+use yosegi_proto::v1::party_service_server::{PartyService, PartyServiceServer};
+
+use super::convert;
+use crate::engine::{Engine, EngineError, Upload, UploadOutcome};
+use crate::state::{DataDir, now_ms};
+
+/// Chunk size of streamed blobs.
+pub const CHUNK: usize = 1 << 20;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Largest accepted difference between a caller's clock and ours.
+    pub max_skew: Duration,
+    /// Longest a long poll is held.
+    pub max_wait: Duration,
+    /// How often the engine is ticked (deadlines, phase changes).
+    pub tick: Duration,
+    /// How long to wait for in-flight calls at shutdown.
+    pub grace: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_skew: Duration::from_secs(300),
+            max_wait: Duration::from_secs(30),
+            tick: Duration::from_millis(200),
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Caller {
+    Operator,
+    Party(String),
+}
+
+#[derive(Debug)]
+struct Shared {
+    engine: Arc<Mutex<Engine>>,
+    keys: RwLock<HashMap<String, (VerifyingKey, bool)>>,
+    operator: VerifyingKey,
+    nonces: Mutex<NonceCache>,
+    notify: Notify,
+    config: ServeConfig,
+}
+
+/// Runs `f` on the engine on a blocking thread.
+async fn with_engine<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    let engine = shared.engine.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+    .map_err(convert::status);
+    shared.notify.notify_waiters();
+    out
+}
+
+impl Shared {
+    fn reload_keys(&self, engine: &Engine) -> Result<(), EngineError> {
+        let keys = engine.party_keys()?;
+        let mut map = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for (name, key, revoked) in keys {
+            map.insert(name, (key, revoked));
+        }
+        Ok(())
+    }
+
+    fn authenticate<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+        let md = req.metadata();
+        let text = |k: &str| {
+            md.get(k).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "call is not authenticated: metadata {k} is missing"
+                ))
+            })
+        };
+        let caller = text("x-yosegi-caller")?.to_string();
+        let timestamp_ms: i64 = text("x-yosegi-timestamp")?
+            .parse()
+            .map_err(|_| Status::unauthenticated("metadata x-yosegi-timestamp is not a number"))?;
+        let nonce_hex = text("x-yosegi-nonce")?;
+        let mut nonce = [0u8; 16];
+        hex::decode_to_slice(nonce_hex, &mut nonce).map_err(|_| {
+            Status::unauthenticated("metadata x-yosegi-nonce must be 32 hex characters")
+        })?;
+        let sig = md
+            .get_bin("x-yosegi-signature-bin")
+            .and_then(|v| v.to_bytes().ok())
+            .and_then(|b| <[u8; 64]>::try_from(b.as_ref()).ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "metadata x-yosegi-signature-bin is missing or not 64 bytes",
+                )
+            })?;
+        let (key, who) = if caller == OPERATOR {
+            (self.operator, Caller::Operator)
+        } else {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            match keys.get(&caller) {
+                None => {
+                    return Err(Status::unauthenticated(format!(
+                        "unknown caller {caller:?}: not enrolled"
+                    )));
+                }
+                Some((_, true)) => {
+                    return Err(Status::permission_denied(format!(
+                        "party {caller} is revoked"
+                    )));
+                }
+                Some((k, false)) => (*k, Caller::Party(caller.clone())),
+            }
+        };
+        let proof = CallProof {
+            method: method.to_string(),
+            caller,
+            timestamp_ms,
+            nonce,
+        };
+        let now = now_ms();
+        let max = self.config.max_skew.as_millis() as i64;
+        proof
+            .verify(&Signature::from_bytes(&sig), &key, now, max)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if !self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce, timestamp_ms, now, max)
+        {
+            return Err(Status::unauthenticated(format!(
+                "call replayed: nonce already used by {}",
+                proof.caller
+            )));
+        }
+        Ok(who)
+    }
+
+    fn party<T>(&self, req: &Request<T>, method: &str) -> Result<String, Status> {
+        match self.authenticate(req, method)? {
+            Caller::Party(p) => Ok(p),
+            Caller::Operator => Err(Status::permission_denied(
+                "the operator key cannot make party calls",
+            )),
+        }
+    }
+
+    fn operator<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        match self.authenticate(req, method)? {
+            Caller::Operator => Ok(()),
+            Caller::Party(p) => Err(Status::permission_denied(format!(
+                "party {p} cannot make operator calls"
+            ))),
+        }
+    }
+}
+
+const PARTY: &str = "/yosegi.v1.PartyService/";
+const OPERATOR_SVC: &str = "/yosegi.v1.OperatorService/";
+
+#[derive(Clone, Debug)]
+struct PartySvc(Arc<Shared>);
+
+#[derive(Clone, Debug)]
+struct OperatorSvc(Arc<Shared>);
+
+/// Streams a signed manifest, then the blob in chunks, as messages built by `manifest` and
+/// `chunk` (the download and pull responses differ only in their message type).
+fn stream_model<M: Send + 'static>(
+    signed: pb::SignedManifest,
+    blob: Vec<u8>,
+    manifest: fn(pb::SignedManifest) -> M,
+    chunk: fn(pb::BlobChunk) -> M,
+) -> ReceiverStream<Result<M, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        if tx.send(Ok(manifest(signed))).await.is_err() {
+            return;
+        }
+        for (i, c) in blob.chunks(CHUNK).enumerate() {
+            let part = pb::BlobChunk {
+                offset: (i * CHUNK) as u64,
+                data: c.to_vec(),
+            };
+            if tx.send(Ok(chunk(part))).await.is_err() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[tonic::async_trait]
+impl PartyService for PartySvc {
+    async fn next_assignment(
+        &self,
+        req: Request<pb::NextAssignmentRequest>,
+    ) -> Result<Response<pb::NextAssignmentResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}NextAssignment"))?;
+        let wait =
+            Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.0.config.max_wait);
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let p = party.clone();
+            let a = with_engine(&self.0, move |e| {
+                e.store().touch_party(&p, now_ms())?;
+                e.next_assignment(&p, now_ms())
+            })
+            .await?;
+            if let Some(a) = a {
+                return Ok(Response::new(pb::NextAssignmentResponse {
+                    assignment: Some((&a).into()),
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(Response::new(pb::NextAssignmentResponse {
+                    assignment: None,
+                }));
+            }
+            let _ = tokio::time::timeout(
+                (until - now).min(Duration::from_millis(500)),
+                self.0.notify.notified(),
+            )
+            .await;
+        }
+    }
+
+    async fn submit_feature_sums(
+        &self,
+        req: Request<pb::SubmitFeatureSumsRequest>,
+    ) -> Result<Response<pb::SubmitFeatureSumsResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}SubmitFeatureSums"))?;
+        let r = req.into_inner();
+        let sums = convert::sums(
+            &r.sums
+                .ok_or_else(|| Status::invalid_argument("field sums is missing"))?,
+        );
+        with_engine(&self.0, move |e| {
+            e.submit_sums(&party, &r.assignment_id, &sums)
+        })
+        .await?;
+        Ok(Response::new(pb::SubmitFeatureSumsResponse {}))
+    }
+
+    type DownloadModelStream = ReceiverStream<Result<pb::DownloadModelResponse, Status>>;
+
+    async fn download_model(
+        &self,
+        req: Request<pb::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        self.0.party(&req, &format!("{PARTY}DownloadModel"))?;
+        let r = req.into_inner();
+        let (m, blob) = with_engine(&self.0, move |e| e.model(&r.task, Some(r.version))).await?;
+        Ok(Response::new(stream_model(
+            convert::manifest(&m),
+            blob,
+            |m| pb::DownloadModelResponse {
+                part: Some(pb::download_model_response::Part::Manifest(m)),
+            },
+            |c| pb::DownloadModelResponse {
+                part: Some(pb::download_model_response::Part::Chunk(c)),
+            },
+        )))
+    }
+
+    async fn upload_update(
+        &self,
+        req: Request<Streaming<pb::UploadUpdateRequest>>,
+    ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}UploadUpdate"))?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .and_then(|m| m.part)
+            .ok_or_else(|| Status::invalid_argument("upload must start with the envelope"))?;
+        let pb::upload_update_request::Part::Start(start) = first else {
+            return Err(Status::invalid_argument(
+                "upload must start with the envelope, not a chunk",
+            ));
+        };
+        let env = convert::envelope(
+            start
+                .envelope
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("field envelope is missing"))?,
+        )?;
+        let task = env.header.task.to_string();
+        let cap = with_engine(&self.0, move |e| e.max_blob_bytes(&task)).await?;
+        if env.header.blob_len > cap {
+            return Err(Status::invalid_argument(format!(
+                "rejected: update of {party} declares {} bytes; the spec allows at most {cap}",
+                env.header.blob_len
+            )));
+        }
+        let declared = env.header.blob_len as usize;
+        let mut bytes = Vec::with_capacity(declared);
+        while let Some(msg) = stream.message().await? {
+            let Some(pb::upload_update_request::Part::Chunk(c)) = msg.part else {
+                return Err(Status::invalid_argument(
+                    "only chunks may follow the envelope",
+                ));
+            };
+            if c.offset != bytes.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "chunk at offset {} does not follow byte {}",
+                    c.offset,
+                    bytes.len()
+                )));
+            }
+            if bytes.len() + c.data.len() > declared {
+                return Err(Status::invalid_argument(format!(
+                    "rejected: upload of {party} sends more than the {declared} bytes its envelope declares"
+                )));
+            }
+            bytes.extend_from_slice(&c.data);
+        }
+        let metrics: Option<MetricStats> = start
+            .local_metrics
+            .as_ref()
+            .and_then(|m| serde_json::from_str(&m.json).ok());
+        let key = self
+            .0
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&party)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| Status::unauthenticated("party vanished"))?;
+        let sha = env.header.blob_sha256.to_string();
+        let (p, assignment) = (party.clone(), start.assignment_id.clone());
+        let outcome = with_engine(&self.0, move |e| {
+            let upload = Upload {
+                party: &p,
+                party_key: &key,
+                assignment: &assignment,
+                envelope: &env,
+                bytes: &bytes,
+                local_metrics: metrics.as_ref(),
+            };
+            e.accept_upload(&upload, now_ms())
+        })
+        .await;
+        match &outcome {
+            Ok(o) => tracing::info!(%party, outcome = ?o, blob = %sha, "upload"),
+            Err(s) => tracing::warn!(%party, reason = %s.message(), "upload refused"),
+        }
+        let status = match outcome? {
+            UploadOutcome::Accepted => pb::UploadStatus::Accepted,
+            UploadOutcome::AlreadyAccepted => pb::UploadStatus::AlreadyAccepted,
+        };
+        Ok(Response::new(pb::UploadUpdateResponse {
+            status: status as i32,
+            blob_sha256: sha,
+        }))
+    }
+
+    async fn report_evaluation(
+        &self,
+        req: Request<pb::ReportEvaluationRequest>,
+    ) -> Result<Response<pb::ReportEvaluationResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}ReportEvaluation"))?;
+        let r = req.into_inner();
+        let stats: MetricStats = serde_json::from_str(&r.stats.unwrap_or_default().json)
+            .map_err(|e| Status::invalid_argument(format!("field stats: {e}")))?;
+        with_engine(&self.0, move |e| {
+            e.report_evaluation(&party, &r.assignment_id, &stats)
+        })
+        .await?;
+        Ok(Response::new(pb::ReportEvaluationResponse {}))
+    }
+
+    async fn decline_assignment(
+        &self,
+        req: Request<pb::DeclineAssignmentRequest>,
+    ) -> Result<Response<pb::DeclineAssignmentResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}DeclineAssignment"))?;
+        let r = req.into_inner();
+        tracing::warn!(%party, assignment = %r.assignment_id, reason = %r.reason, "assignment declined");
+        with_engine(&self.0, move |e| {
+            e.decline(&party, &r.assignment_id, &r.reason, now_ms())
+        })
+        .await?;
+        Ok(Response::new(pb::DeclineAssignmentResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl OperatorService for OperatorSvc {
+    async fn enroll_party(
+        &self,
+        req: Request<pb::EnrollPartyRequest>,
+    ) -> Result<Response<pb::EnrollPartyResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}EnrollParty"))?;
+        let r = req.into_inner();
+        let bytes: [u8; 32] = r
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("field public_key: expected 32 bytes"))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("field public_key: {e}")))?;
+        let shared = self.0.clone();
+        with_engine(&self.0, move |e| {
+            e.enroll(&r.name, &key, now_ms())?;
+            shared.reload_keys(e)
+        })
+        .await?;
+        Ok(Response::new(pb::EnrollPartyResponse {
+            fingerprint: shared_model::keys::fingerprint(&key),
+        }))
+    }
+
+    async fn revoke_party(
+        &self,
+        req: Request<pb::RevokePartyRequest>,
+    ) -> Result<Response<pb::RevokePartyResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RevokeParty"))?;
+        let name = req.into_inner().name;
+        let shared = self.0.clone();
+        with_engine(&self.0, move |e| {
+            e.revoke(&name, now_ms())?;
+            shared.reload_keys(e)
+        })
+        .await?;
+        Ok(Response::new(pb::RevokePartyResponse {}))
+    }
+
+    async fn list_parties(
+        &self,
+        req: Request<pb::ListPartiesRequest>,
+    ) -> Result<Response<pb::ListPartiesResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}ListParties"))?;
+        let rows = with_engine(&self.0, |e| Ok(e.store().parties()?)).await?;
+        Ok(Response::new(pb::ListPartiesResponse {
+            parties: rows
+                .into_iter()
+                .map(|p| pb::PartyInfo {
+                    fingerprint: VerifyingKey::from_bytes(&p.public_key)
+                        .map(|k| shared_model::keys::fingerprint(&k))
+                        .unwrap_or_default(),
+                    name: p.name,
+                    revoked: p.revoked,
+                    enrolled_unix_ms: p.enrolled_ms,
+                    last_seen_unix_ms: p.last_seen_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_task(
+        &self,
+        req: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}CreateTask"))?;
+        let r = req.into_inner();
+        let spec_id = with_engine(&self.0, move |e| {
+            e.create_task(&r.name, &r.spec_toml, &r.parties, now_ms())
+        })
+        .await?;
+        Ok(Response::new(pb::CreateTaskResponse { spec_id }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.0.operator(&req, &format!("{OPERATOR_SVC}ListTasks"))?;
+        let tasks = with_engine(&self.0, |e| {
+            let mut out = Vec::new();
+            for t in e.store().tasks()? {
+                let latest = e.store().model(&t.name, None)?.map_or(0, |m| m.version);
+                let spec_name = shared_model::spec::ModelSpec::parse(&t.spec_toml, &t.name)
+                    .map(|s| s.name)
+                    .unwrap_or_default();
+                out.push(pb::TaskInfo {
+                    name: t.name,
+                    spec_id: t.spec_id,
+                    spec_name,
+                    parties: t.parties,
+                    latest_version: latest,
+                    created_unix_ms: t.created_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn start_round(
+        &self,
+        req: Request<pb::StartRoundRequest>,
+    ) -> Result<Response<pb::StartRoundResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}StartRound"))?;
+        let r = req.into_inner();
+        let options: BTreeMap<String, String> = r.options.into_iter().collect();
+        let first = with_engine(&self.0, move |e| {
+            e.start_rounds(
+                &r.task,
+                &r.strategy,
+                &options,
+                r.min_parties,
+                r.deadline_ms as i64,
+                r.rounds,
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::StartRoundResponse { first_round: first }))
+    }
+
+    async fn round_status(
+        &self,
+        req: Request<pb::RoundStatusRequest>,
+    ) -> Result<Response<pb::RoundStatusResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RoundStatus"))?;
+        let task = req.into_inner().task;
+        let t2 = task.clone();
+        let rounds = with_engine(&self.0, move |e| convert::round_infos(e.store(), &t2)).await?;
+        Ok(Response::new(pb::RoundStatusResponse { task, rounds }))
+    }
+
+    type PullModelStream = ReceiverStream<Result<pb::PullModelResponse, Status>>;
+
+    async fn pull_model(
+        &self,
+        req: Request<pb::PullModelRequest>,
+    ) -> Result<Response<Self::PullModelStream>, Status> {
+        self.0.operator(&req, &format!("{OPERATOR_SVC}PullModel"))?;
+        let r = req.into_inner();
+        let version = (r.version > 0).then_some(r.version);
+        let (m, blob) = with_engine(&self.0, move |e| e.model(&r.task, version)).await?;
+        Ok(Response::new(stream_model(
+            convert::manifest(&m),
+            blob,
+            |m| pb::PullModelResponse {
+                part: Some(pb::pull_model_response::Part::Manifest(m)),
+            },
+            |c| pb::PullModelResponse {
+                part: Some(pb::pull_model_response::Part::Chunk(c)),
+            },
+        )))
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight calls
+/// finish (up to the grace period) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    data: DataDir,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let DataDir {
+        key,
+        operator,
+        store,
+        blobs,
+        path,
+    } = data;
+    let engine = Engine::new(store, blobs, key, crate::engine::EngineConfig::default());
+    let shared = Arc::new(Shared {
+        engine: Arc::new(Mutex::new(engine)),
+        keys: RwLock::new(HashMap::new()),
+        operator,
+        nonces: Mutex::new(NonceCache::default()),
+        notify: Notify::new(),
+        config: config.clone(),
+    });
+    {
+        let s = shared.clone();
+        with_engine(&shared, move |e| s.reload_keys(e))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    }
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<PartyServiceServer<PartySvc>>().await;
+    health
+        .set_serving::<OperatorServiceServer<OperatorSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(yosegi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let ticker = {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.config.tick) => {}
+                    _ = stop.changed() => return,
+                }
+                let r = with_engine(&shared, |e| e.tick(now_ms())).await;
+                if let Err(s) = r {
+                    tracing::error!(error = %s.message(), "engine tick failed");
+                }
+            }
+        })
+    };
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, data_dir = %path.display(), "coordinator serving");
+    let server = tonic::transport::Server::builder()
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(PartyServiceServer::new(PartySvc(shared.clone())))
+        .add_service(OperatorServiceServer::new(OperatorSvc(shared.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    let grace = config.grace;
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async { let _ = stop_rx.changed().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("grace period over; dropping remaining calls");
+        }
+    }
+    let _ = ticker.await;
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! The site daemon: connect to the coordinator (reconnecting with backoff), long-poll for work,
+//! and do it. Statistics: report feature sums of the local training rows. Training: download the
+//! base model, verify its signed manifest against the pinned coordinator key (expiry, task, spec,
+//! no rollback, blob hash), train locally with burn, evaluate on the local holdout, sign and
+//! upload the blob. Evaluation: verify the published model the same way and report statistics.
+//! Only feature sums, signed blobs and metric statistics leave the site.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared_model::blob::{self, BlobMeta, BlobRole};
+use shared_model::data::{Dataset, SplitFractions, load_csv};
+use shared_model::eval::{MetricStats, evaluate_stats};
+use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
+use shared_model::manifest::Manifest;
+use shared_model::network::CpuBackend;
+use shared_model::spec::ModelSpec;
+use shared_model::stats::FeatureSums;
+use shared_model::train::{TrainOptions, train};
+use shared_model::update::SignedUpdate;
+use shared_model::weights::Weights;
+
+use crate::config::Config;
+use crate::grpc::{Assignment, PartyClient, Work, digest};
+use crate::state::PartyState;
+
+/// How long one long poll may wait.
+const POLL_MS: u32 = 10_000;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let mut state = PartyState::load(&config.state_dir)?;
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(100);
+    let mut client: Option<PartyClient> = None;
+    tracing::info!(party = %config.name, server = %config.server, "party daemon started");
+    loop {
+        let c = match client.as_mut() {
+            Some(c) => c,
+            None => {
+                let connect =
+                    PartyClient::connect(&config.server, config.name.as_str(), config.key.clone());
+                let r = tokio::select! {
+                    _ = &mut shutdown => break,
+                    r = connect => r,
+                };
+                match r {
+                    Ok(c) => {
+                        tracing::info!(server = %config.server, "connected");
+                        backoff = Duration::from_millis(100);
+                        client.insert(c)
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "coordinator unreachable");
+                        tokio::select! {
+                            _ = &mut shutdown => break,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                }
+            }
+        };
+        let next = tokio::select! {
+            _ = &mut shutdown => break,
+            r = c.next_assignment(POLL_MS) => r,
+        };
+        match next {
+            Ok(None) => {}
+            Ok(Some(a)) => {
+                let id = a.id.clone();
+                if let Err(e) = handle(c, &config, &mut state, a).await {
+                    tracing::warn!(assignment = %id, error = %format!("{e:#}"), "assignment not completed");
+                    // Give the coordinator a moment before the same work is offered again.
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "lost the coordinator; reconnecting");
+                client = None;
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    tracing::info!(party = %config.name, "party daemon stopped");
+    Ok(())
+}
+
+/// The site's rows, split deterministically by the spec's seed.
+fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dataset)> {
+    let ds = load_csv(&config.data, spec)?;
+    let split = ds.split(
+        spec.task.kind,
+        SplitFractions::default(),
+        spec.training.seed,
+    );
+    anyhow::ensure!(
+        !split.train.is_empty(),
+        "{}: no training rows after the split",
+        config.data.display()
+    );
+    Ok((split.train, split.holdout))
+}
+
+/// A per-party, per-round training seed derived from the spec's seed.
+fn train_seed(spec: &ModelSpec, party: &str, round: u64) -> u64 {
+    let d = Sha256::of(format!("{}/{party}/{round}", spec.training.seed).as_bytes());
+    u64::from_le_bytes(d.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Downloads a version and verifies it against the pinned key; returns manifest and weights.
+async fn fetch_model(
+    c: &mut PartyClient,
+    config: &Config,
+    state: &PartyState,
+    spec: &ModelSpec,
+    task: &str,
+    version: u64,
+) -> anyhow::Result<(Manifest, Weights)> {
+    let (signed, bytes) = c.download(task, version, spec.max_blob_bytes()).await?;
+    let m = signed.verify(&config.coordinator_key, now_ms())?;
+    let task_id = TaskId::new(task)?;
+    m.check_for(&task_id, spec.id(), state.accepted(task).map(ModelVersion))?;
+    anyhow::ensure!(
+        m.version.0 == version,
+        "asked for version {version}, the manifest says {}",
+        m.version
+    );
+    m.check_blob(&bytes)?;
+    let role = if version == 0 {
+        BlobRole::Initial
+    } else {
+        BlobRole::Merged
+    };
+    let weights = blob::decode(&bytes, spec, role)
+        .with_context(|| format!("model version {version} of {task}"))?;
+    Ok((m, weights))
+}
+
+async fn handle(
+    c: &mut PartyClient,
+    config: &Config,
+    state: &mut PartyState,
+    a: Assignment,
+) -> anyhow::Result<()> {
+    let spec = match ModelSpec::parse(&a.spec_toml, &format!("task {}", a.task)) {
+        Ok(s) if s.id().to_string() == a.spec_id => s,
+        Ok(s) => {
+            let reason = format!(
+                "spec text hashes to {}, not the announced {}",
+                s.id(),
+                a.spec_id
+            );
+            c.decline(&a.id, &reason).await?;
+            anyhow::bail!(reason);
+        }
+        Err(e) => {
+            c.decline(&a.id, &e.to_string()).await?;
+            return Err(e.into());
+        }
+    };
+    let (cfg, spec2) = (config.clone(), spec.clone());
+    let (train_rows, holdout) =
+        tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await??;
+    match a.work {
+        Work::Stats => {
+            let sums = FeatureSums::of_rows(&train_rows.features, spec.input_width());
+            tracing::info!(task = %a.task, rows = sums.count, "reporting feature sums");
+            c.submit_sums(&a.id, &sums).await?;
+        }
+        Work::Train {
+            base_version,
+            base_sha256,
+            fedprox_mu,
+        } => {
+            let (m, base) = match fetch_model(c, config, state, &spec, &a.task, base_version).await
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    let reason = format!("base model refused: {e:#}");
+                    tracing::warn!(task = %a.task, round = a.round, %reason);
+                    c.decline(&a.id, &reason).await?;
+                    return Err(e);
+                }
+            };
+            anyhow::ensure!(
+                m.blob_sha256 == digest(&base_sha256)?,
+                "the assignment names base {base_sha256}, the manifest {}",
+                m.blob_sha256
+            );
+            state.accept(&a.task, base_version)?;
+            let mut opts =
+                TrainOptions::from_spec(&spec, train_seed(&spec, config.name.as_str(), a.round));
+            if fedprox_mu > 0.0 {
+                opts.fedprox_mu = Some(fedprox_mu);
+            }
+            tracing::info!(task = %a.task, round = a.round, rows = train_rows.len(), epochs = opts.epochs, "training");
+            let samples = train_rows.len() as u64;
+            let spec2 = spec.clone();
+            let (weights, local): (Weights, MetricStats) = tokio::task::spawn_blocking(move || {
+                let out = train(&spec2, &base, &train_rows, &opts)?;
+                let stats = evaluate_stats(&spec2, &out.weights, &holdout, CpuBackend::default());
+                anyhow::Ok((out.weights, stats))
+            })
+            .await??;
+            let bytes = blob::encode(
+                &weights,
+                &BlobMeta {
+                    spec_id: spec.id(),
+                    role: BlobRole::Update,
+                },
+            );
+            let env = SignedUpdate::for_blob(
+                TaskId::new(&a.task)?,
+                spec.id(),
+                RoundNo(a.round),
+                StepNo(a.step),
+                m.blob_sha256,
+                config.name.clone(),
+                &bytes,
+                samples,
+                &config.key,
+            );
+            let sha = env.header.blob_sha256;
+            let ack = c.upload(&a.id, &env, bytes, Some(&local)).await?;
+            state.log_ack(&format!(
+                "{} task={} round={} blob={sha} ack={ack:?}",
+                now_ms(),
+                a.task,
+                a.round
+            ))?;
+            let (name, v) = local.metrics().headline();
+            tracing::info!(task = %a.task, round = a.round, blob = %sha.short(), ?ack, local_metric = name, value = v, "update uploaded");
+        }
+        Work::Evaluate { version } => {
+            let (_, weights) = match fetch_model(c, config, state, &spec, &a.task, version).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let reason = format!("published model refused: {e:#}");
+                    tracing::warn!(task = %a.task, version, %reason);
+                    c.decline(&a.id, &reason).await?;
+                    return Err(e);
+                }
+            };
+            state.accept(&a.task, version)?;
+            let spec2 = spec.clone();
+            let stats = tokio::task::spawn_blocking(move || {
+                evaluate_stats(&spec2, &weights, &holdout, CpuBackend::default())
+            })
+            .await?;
+            let (name, v) = stats.metrics().headline();
+            tracing::info!(task = %a.task, version, metric = name, value = v, "published model verified and evaluated on the local holdout");
+            c.report_evaluation(&a.id, &stats).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The party's gRPC client — the only code in this crate that touches `yosegi_proto`. Every
+//! call is signed with the party key; results come back as domain types.
+
+use anyhow::Context as _;
+use shared_model::auth::CallProof;
+use shared_model::eval::MetricStats;
+use shared_model::ids::Sha256;
+use shared_model::manifest::SignedManifest;
+use shared_model::stats::FeatureSums;
+use shared_model::update::SignedUpdate;
+use shared_model::{SigningKey, VerifyingKey};
+use tonic::Request;
+use tonic::metadata::BinaryMetadataValue;
+use tonic::transport::Channel;
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::party_service_client::PartyServiceClient;
+
+/// Chunk size of uploads.
+pub const CHUNK: usize = 1 << 20;
+
+/// What the coordinator asks for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Assignment {
+    /// Opaque id to echo.
+    pub id: String,
+    /// Task name.
+    pub task: String,
+    /// Spec text.
+    pub spec_toml: String,
+    /// Spec id (hex) the coordinator claims; checked against the text.
+    pub spec_id: String,
+    /// Round.
+    pub round: u64,
+    /// Step.
+    pub step: u64,
+    /// The work.
+    pub work: Work,
+}
+
+/// Kinds of work.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Work {
+    /// Report feature sums of the training rows.
+    Stats,
+    /// Train from a base version.
+    Train {
+        /// Base version.
+        base_version: u64,
+        /// Base blob digest.
+        base_sha256: String,
+        /// FedProx μ from the round (0 = spec's).
+        fedprox_mu: f64,
+    },
+    /// Evaluate a published version.
+    Evaluate {
+        /// The version.
+        version: u64,
+    },
+}
+
+/// How an upload was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ack {
+    /// Stored durably.
+    Accepted,
+    /// Had been accepted before.
+    AlreadyAccepted,
+}
+
+/// A signed connection to the coordinator's party service.
+#[derive(Debug, Clone)]
+pub struct PartyClient {
+    inner: PartyServiceClient<Channel>,
+    name: String,
+    key: SigningKey,
+}
+
+/// Adds the call-authentication metadata to a request.
+pub fn sign<T>(
+    mut req: Request<T>,
+    method: &str,
+    caller: &str,
+    key: &SigningKey,
+    now_ms: i64,
+) -> Request<T> {
+    let proof = CallProof::new(&format!("/yosegi.v1.PartyService/{method}"), caller, now_ms);
+    let md = req.metadata_mut();
+    md.insert(
+        "x-yosegi-caller",
+        caller.parse().expect("party names are ASCII"),
+    );
+    md.insert(
+        "x-yosegi-timestamp",
+        proof.timestamp_ms.to_string().parse().expect("digits"),
+    );
+    md.insert(
+        "x-yosegi-nonce",
+        hex::encode(proof.nonce).parse().expect("hex"),
+    );
+    md.insert_bin(
+        "x-yosegi-signature-bin",
+        BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+    );
+    req
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("coordinator said {:?}: {}", s.code(), s.message())
+}
+
+impl PartyClient {
+    /// Connects to `server` as `name`.
+    pub async fn connect(server: &str, name: &str, key: SigningKey) -> anyhow::Result<Self> {
+        let channel = Channel::from_shared(server.to_string())
+            .with_context(|| format!("bad server URL {server:?}"))?
+            .connect()
+            .await
+            .with_context(|| format!("coordinator at {server} is unreachable"))?;
+        Ok(Self {
+            inner: PartyServiceClient::new(channel),
+            name: name.to_string(),
+            key,
+        })
+    }
+
+    fn req<T>(&self, msg: T, method: &str) -> Request<T> {
+        sign(Request::new(msg), method, &self.name, &self.key, now_ms())
+    }
+
+    /// Long-polls for work.
+    pub async fn next_assignment(&mut self, wait_ms: u32) -> anyhow::Result<Option<Assignment>> {
+        let req = self.req(pb::NextAssignmentRequest { wait_ms }, "NextAssignment");
+        let r = self
+            .inner
+            .next_assignment(req)
+            .await
+            .map_err(status)?
+            .into_inner();
+        let Some(a) = r.assignment else {
+            return Ok(None);
+        };
+        let work = match a.work.context("assignment without work")? {
+            pb::assignment::Work::Stats(_) => Work::Stats,
+            pb::assignment::Work::Train(t) => Work::Train {
+                base_version: t.base_version,
+                base_sha256: t.base_sha256,
+                fedprox_mu: t.overrides.map_or(0.0, |o| o.fedprox_mu),
+            },
+            pb::assignment::Work::Evaluate(e) => Work::Evaluate { version: e.version },
+        };
+        Ok(Some(Assignment {
+            id: a.assignment_id,
+            task: a.task,
+            spec_toml: a.spec_toml,
+            spec_id: a.spec_id,
+            round: a.round,
+            step: a.step,
+            work,
+        }))
+    }
+
+    /// Reports feature sums.
+    pub async fn submit_sums(
+        &mut self,
+        assignment: &str,
+        sums: &FeatureSums,
+    ) -> anyhow::Result<()> {
+        let msg = pb::SubmitFeatureSumsRequest {
+            assignment_id: assignment.into(),
+            sums: Some(pb::FeatureSums {
+                count: sums.count,
+                sum: sums.sum.clone(),
+                sum_sq: sums.sum_sq.clone(),
+            }),
+        };
+        let req = self.req(msg, "SubmitFeatureSums");
+        self.inner.submit_feature_sums(req).await.map_err(status)?;
+        Ok(())
+    }
+
+    /// Downloads a model version: its signed manifest and blob (not yet verified; the caller
+    /// checks both against the pinned key before use). Stops reading past `max_bytes`.
+    pub async fn download(
+        &mut self,
+        task: &str,
+        version: u64,
+        max_bytes: u64,
+    ) -> anyhow::Result<(SignedManifest, Vec<u8>)> {
+        let req = self.req(
+            pb::DownloadModelRequest {
+                task: task.into(),
+                version,
+            },
+            "DownloadModel",
+        );
+        let mut stream = self
+            .inner
+            .download_model(req)
+            .await
+            .map_err(status)?
+            .into_inner();
+        let mut manifest = None;
+        let mut blob = Vec::new();
+        while let Some(msg) = stream.message().await.map_err(status)? {
+            match msg.part {
+                Some(pb::download_model_response::Part::Manifest(m)) => {
+                    let sig: [u8; 64] = m
+                        .signature
+                        .as_slice()
+                        .try_into()
+                        .context("manifest signature is not 64 bytes")?;
+                    manifest = Some(SignedManifest {
+                        bytes: m.canonical,
+                        signature: ed25519_dalek::Signature::from_bytes(&sig),
+                    });
+                }
+                Some(pb::download_model_response::Part::Chunk(c)) => {
+                    anyhow::ensure!(c.offset == blob.len() as u64, "model chunk out of order");
+                    anyhow::ensure!(
+                        blob.len() as u64 + c.data.len() as u64 <= max_bytes,
+                        "model download exceeds the spec's {max_bytes} bytes; stopped reading"
+                    );
+                    blob.extend_from_slice(&c.data);
+                }
+                None => {}
+            }
+        }
+        Ok((manifest.context("the coordinator sent no manifest")?, blob))
+    }
+
+    /// Streams a signed update.
+    pub async fn upload(
+        &mut self,
+        assignment: &str,
+        envelope: &SignedUpdate,
+        blob: Vec<u8>,
+        local_metrics: Option<&MetricStats>,
+    ) -> anyhow::Result<Ack> {
+        let h = &envelope.header;
+        let start = pb::UploadUpdateRequest {
+            part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
+                assignment_id: assignment.into(),
+                envelope: Some(pb::UpdateEnvelope {
+                    task: h.task.to_string(),
+                    spec_id: h.spec_id.to_string(),
+                    round: h.round.0,
+                    step: h.step.0,
+                    base_model_sha256: h.base_model.to_string(),
+                    party: h.party.to_string(),
+                    blob_sha256: h.blob_sha256.to_string(),
+                    blob_len: h.blob_len,
+                    sample_count: h.sample_count,
+                    signer_public_key: envelope.signer.as_bytes().to_vec(),
+                    signature: envelope.signature.to_bytes().to_vec(),
+                }),
+                local_metrics: local_metrics.map(|m| pb::MetricStatsJson {
+                    json: serde_json::to_string(m).expect("stats serialise"),
+                }),
+            })),
+        };
+        let mut msgs = vec![start];
+        for (i, c) in blob.chunks(CHUNK).enumerate() {
+            msgs.push(pb::UploadUpdateRequest {
+                part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+                    offset: (i * CHUNK) as u64,
+                    data: c.to_vec(),
+                })),
+            });
+        }
+        let req = self.req(tokio_stream::iter(msgs), "UploadUpdate");
+        let r = self
+            .inner
+            .upload_update(req)
+            .await
+            .map_err(status)?
+            .into_inner();
+        match pb::UploadStatus::try_from(r.status) {
+            Ok(pb::UploadStatus::Accepted) => Ok(Ack::Accepted),
+            Ok(pb::UploadStatus::AlreadyAccepted) => Ok(Ack::AlreadyAccepted),
+            _ => anyhow::bail!("coordinator answered the upload with status {}", r.status),
+        }
+    }
+
+    /// Reports evaluation statistics.
+    pub async fn report_evaluation(
+        &mut self,
+        assignment: &str,
+        stats: &MetricStats,
+    ) -> anyhow::Result<()> {
+        let req = self.req(
+            pb::ReportEvaluationRequest {
+                assignment_id: assignment.into(),
+                stats: Some(pb::MetricStatsJson {
+                    json: serde_json::to_string(stats)?,
+                }),
+            },
+            "ReportEvaluation",
+        );
+        self.inner.report_evaluation(req).await.map_err(status)?;
+        Ok(())
+    }
+
+    /// Declines an assignment.
+    pub async fn decline(&mut self, assignment: &str, reason: &str) -> anyhow::Result<()> {
+        let req = self.req(
+            pb::DeclineAssignmentRequest {
+                assignment_id: assignment.into(),
+                reason: reason.into(),
+            },
+            "DeclineAssignment",
+        );
+        self.inner.decline_assignment(req).await.map_err(status)?;
+        Ok(())
+    }
+}
+
+/// Parses a hex digest from the wire.
+pub fn digest(s: &str) -> anyhow::Result<Sha256> {
+    s.parse()
+        .with_context(|| format!("bad digest {s:?} from the coordinator"))
+}
+
+/// The key type parties pin, re-exported for callers.
+pub type CoordinatorKey = VerifyingKey;

@@ -1,0 +1,108 @@
+//! The daemon's persistent state in its state dir: the highest model version accepted per task
+//! (so a coordinator cannot roll a site back to an older model, even across restarts) and a log
+//! of acknowledged uploads. `state.json` is written atomically (temp, fsync, rename, fsync dir).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+/// The state file's format version.
+const STATE_FORMAT: u32 = 1;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateFile {
+    format: u32,
+    accepted: BTreeMap<String, u64>,
+}
+
+/// Persistent state of one party.
+#[derive(Debug)]
+pub struct PartyState {
+    dir: PathBuf,
+    file: StateFile,
+}
+
+impl PartyState {
+    /// Loads the state from `dir` (empty if none yet).
+    pub fn load(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("state.json");
+        let file = if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let f: StateFile = serde_json::from_str(&text)
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            anyhow::ensure!(
+                f.format == STATE_FORMAT,
+                "{}: format {} is not {STATE_FORMAT}",
+                path.display(),
+                f.format
+            );
+            f
+        } else {
+            StateFile {
+                format: STATE_FORMAT,
+                ..Default::default()
+            }
+        };
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+        })
+    }
+
+    /// The highest version of `task` accepted so far.
+    pub fn accepted(&self, task: &str) -> Option<u64> {
+        self.file.accepted.get(task).copied()
+    }
+
+    /// Records an accepted version (never lowers it) and persists atomically.
+    pub fn accept(&mut self, task: &str, version: u64) -> anyhow::Result<()> {
+        let v = self
+            .file
+            .accepted
+            .entry(task.to_string())
+            .or_insert(version);
+        *v = (*v).max(version);
+        let path = self.dir.join("state.json");
+        let tmp = self.dir.join("state.json.tmp");
+        let mut f =
+            std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&self.file)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+
+    /// Appends a line to the log of acknowledged uploads.
+    pub fn log_ack(&self, line: &str) -> anyhow::Result<()> {
+        let path = self.dir.join("acks.log");
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        writeln!(f, "{line}")?;
+        f.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_versions_persist_and_never_go_down() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = PartyState::load(dir.path()).unwrap();
+        assert_eq!(s.accepted("t"), None);
+        s.accept("t", 3).unwrap();
+        s.accept("t", 2).unwrap();
+        let s = PartyState::load(dir.path()).unwrap();
+        assert_eq!(s.accepted("t"), Some(3));
+    }
+}
