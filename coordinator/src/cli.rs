@@ -17,9 +17,21 @@ use crate::views::print_rounds;
 #[derive(Debug, Parser)]
 #[command(name = "coordinator", version, about, long_about = None)]
 pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Where the operator commands find the coordinator and the operator key.
@@ -62,6 +74,9 @@ pub enum Command {
     /// Inspect model specs.
     #[command(subcommand)]
     Spec(SpecCommand),
+    /// Prepare simulation data: split a CSV into a held-back holdout and one slice per party.
+    #[command(subcommand)]
+    Data(DataCommand),
     /// Enroll, list and revoke parties.
     #[command(subcommand)]
     Party(PartyCommand),
@@ -91,6 +106,35 @@ pub enum SpecCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `coordinator data …`
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Split a CSV into `holdout.csv` (never given to a party) and `party-1.csv` … `party-N.csv`.
+    Split {
+        /// The CSV.
+        #[arg(long)]
+        data: PathBuf,
+        /// The ModelSpec naming its columns.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Number of parties.
+        #[arg(long, default_value_t = 3)]
+        parties: usize,
+        /// iid, dirichlet:ALPHA, quantity:ALPHA or shift:FEATURE.
+        #[arg(long, default_value = "iid")]
+        partition: String,
+        /// Fraction of rows held back as the common holdout.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Seed of the split and the partition.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -251,13 +295,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Sets up logging to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
+pub fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -303,6 +352,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 path.display()
             );
             println!("fingerprint {}", shared_model::keys::fingerprint(&key));
+            print!("{}", shared_model::keys::public_pem(&key));
             println!(
                 "operator key: {}",
                 data_dir.join(state::OPERATOR_KEY).display()
@@ -326,6 +376,48 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             })?;
         }
         Command::Spec(cmd) => spec_command(cmd)?,
+        Command::Data(DataCommand::Split {
+            data,
+            spec,
+            parties,
+            partition,
+            holdout,
+            seed,
+            out,
+        }) => {
+            use shared_model::data::{SplitFractions, load_csv};
+            use shared_model::partition::Partition;
+            anyhow::ensure!(
+                (0.0..1.0).contains(&holdout),
+                "--holdout must be in [0, 1), found {holdout}"
+            );
+            anyhow::ensure!(parties >= 1, "--parties must be at least 1");
+            let spec = ModelSpec::from_file(&spec)?;
+            let how: Partition = partition.parse()?;
+            let all = load_csv(&data, &spec)?;
+            let split = all.split(
+                spec.task.kind,
+                SplitFractions {
+                    validation: 0.0,
+                    holdout,
+                },
+                seed,
+            );
+            let parts =
+                shared_model::partition::partition(&split.train, &spec, &how, parties, 10, seed)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            split.holdout.write_csv(&out.join("holdout.csv"), &spec)?;
+            println!(
+                "{:<14} {:>6} rows (held back)",
+                "holdout.csv",
+                split.holdout.len()
+            );
+            for (i, idx) in parts.iter().enumerate() {
+                let name = format!("party-{}.csv", i + 1);
+                split.train.subset(idx).write_csv(&out.join(&name), &spec)?;
+                println!("{name:<14} {:>6} rows", idx.len());
+            }
+        }
         Command::Party(cmd) => runtime()?.block_on(party_command(cmd))?,
         Command::Task(cmd) => runtime()?.block_on(task_command(cmd))?,
         Command::Round(cmd) => runtime()?.block_on(round_command(cmd))?,

@@ -23,7 +23,7 @@ use shared_model::update::{Expectations, SignedUpdate, UpdateHeader, VerifiedUpd
 use shared_model::weights::Weights;
 
 use crate::blobs::{BlobStore, BlobStoreError};
-use crate::store::{ModelRow, RoundRow, Store, StoreError, TaskRow, UpdateRow};
+use crate::store::{ModelRow, RoundPhase, RoundRow, Store, StoreError, TaskRow, UpdateRow};
 
 /// Strategies this build can run.
 pub const STRATEGIES: &[&str] = &["fedavg", "fedprox"];
@@ -278,7 +278,7 @@ impl Engine {
                 .store
                 .rounds(&t.name)?
                 .iter()
-                .filter(|r| r.phase == "training")
+                .filter(|r| r.phase == RoundPhase::Training)
             {
                 let reason = "revoked by the operator";
                 if self
@@ -404,7 +404,7 @@ impl Engine {
             options: serde_json::to_string(options).expect("map serialises"),
             min_parties,
             deadline_ms,
-            phase: "queued".into(),
+            phase: RoundPhase::Queued,
             started_ms: None,
             ends_ms: None,
             base_version: None,
@@ -442,7 +442,7 @@ impl Engine {
                 continue;
             }
             for r in self.store.rounds(&t.name)? {
-                if r.phase != "training" {
+                if r.phase != RoundPhase::Training {
                     continue;
                 }
                 let invited = self
@@ -617,7 +617,7 @@ impl Engine {
                 "{party} is not invited to round {round} of {task}"
             )));
         }
-        if r.phase != "training" || now > r.ends_ms.unwrap_or(i64::MAX) {
+        if r.phase != RoundPhase::Training || now > r.ends_ms.unwrap_or(i64::MAX) {
             let reason = format!("late: round {round} of {task} is closed ({})", r.phase);
             self.store.reject(&task, round, party, &reason, now)?;
             return Err(EngineError::Precondition(reason));
@@ -750,10 +750,10 @@ impl Engine {
             return Ok(true);
         }
         let rounds = self.store.rounds(&t.name)?;
-        if let Some(r) = rounds.iter().find(|r| r.phase == "training") {
+        if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Training) {
             return self.tick_round(t, &spec, r, now);
         }
-        if let Some(r) = rounds.iter().find(|r| r.phase == "queued") {
+        if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) {
             let latest = self.store.model(&t.name, None)?.map_or(0, |m| m.version);
             let revoked: Vec<String> = self
                 .store

@@ -4,8 +4,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    coordinator::cli::init_tracing();
     let cli = coordinator::cli::Cli::parse();
+    coordinator::cli::init_tracing(cli.log_format);
     match coordinator::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -142,6 +142,43 @@ pub struct TaskRow {
     pub created_ms: i64,
 }
 
+/// Where a round is. Persisted as its lowercase name; the database holds no other values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundPhase {
+    /// Waiting for the round before it (or the statistics step) to finish.
+    Queued,
+    /// Parties invited; uploads accepted until the deadline.
+    Training,
+    /// Merged and published.
+    Published,
+    /// Closed without a merge (quorum not met); the reason is stored.
+    Failed,
+}
+
+impl RoundPhase {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundPhase::Queued => "queued",
+            RoundPhase::Training => "training",
+            RoundPhase::Published => "published",
+            RoundPhase::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        [Self::Queued, Self::Training, Self::Published, Self::Failed]
+            .into_iter()
+            .find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for RoundPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A round row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoundRow {
@@ -158,7 +195,7 @@ pub struct RoundRow {
     /// Duration allowed.
     pub deadline_ms: i64,
     /// Phase.
-    pub phase: String,
+    pub phase: RoundPhase,
     /// Start.
     pub started_ms: Option<i64>,
     /// End.
@@ -226,7 +263,16 @@ fn round_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RoundRow> {
         options: r.get(3)?,
         min_parties: r.get::<_, i64>(4)? as u32,
         deadline_ms: r.get(5)?,
-        phase: r.get(6)?,
+        phase: {
+            let s: String = r.get(6)?;
+            RoundPhase::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    6,
+                    rusqlite::types::Type::Text,
+                    format!("unknown round phase {s:?}").into(),
+                )
+            })?
+        },
         started_ms: r.get(7)?,
         ends_ms: r.get(8)?,
         base_version: r.get::<_, Option<i64>>(9)?.map(|v| v as u64),

@@ -213,31 +213,40 @@ async fn handle(
             }
             tracing::info!(task = %a.task, round = a.round, rows = train_rows.len(), epochs = opts.epochs, "training");
             let samples = train_rows.len() as u64;
-            let spec2 = spec.clone();
-            let (weights, local): (Weights, MetricStats) = tokio::task::spawn_blocking(move || {
-                let out = train(&spec2, &base, &train_rows, &opts)?;
-                let stats = evaluate_stats(&spec2, &out.weights, &holdout, CpuBackend::default());
-                anyhow::Ok((out.weights, stats))
-            })
-            .await??;
-            let bytes = blob::encode(
-                &weights,
-                &BlobMeta {
-                    spec_id: spec.id(),
-                    role: BlobRole::Update,
-                },
-            );
-            let env = SignedUpdate::for_blob(
-                TaskId::new(&a.task)?,
-                spec.id(),
-                RoundNo(a.round),
-                StepNo(a.step),
-                m.blob_sha256,
+            let (spec2, key, party, task_id) = (
+                spec.clone(),
+                config.key.clone(),
                 config.name.clone(),
-                &bytes,
-                samples,
-                &config.key,
+                TaskId::new(&a.task)?,
             );
+            let (round, step, base_sha) = (RoundNo(a.round), StepNo(a.step), m.blob_sha256);
+            // Training, evaluation, encoding and hashing are CPU work: off the async runtime.
+            let (bytes, env, local): (Vec<u8>, SignedUpdate, MetricStats) =
+                tokio::task::spawn_blocking(move || {
+                    let out = train(&spec2, &base, &train_rows, &opts)?;
+                    let stats =
+                        evaluate_stats(&spec2, &out.weights, &holdout, CpuBackend::default());
+                    let bytes = blob::encode(
+                        &out.weights,
+                        &BlobMeta {
+                            spec_id: spec2.id(),
+                            role: BlobRole::Update,
+                        },
+                    );
+                    let env = SignedUpdate::for_blob(
+                        task_id,
+                        spec2.id(),
+                        round,
+                        step,
+                        base_sha,
+                        party,
+                        &bytes,
+                        samples,
+                        &key,
+                    );
+                    anyhow::Ok((bytes, env, stats))
+                })
+                .await??;
             let sha = env.header.blob_sha256;
             let ack = c.upload(&a.id, &env, bytes, Some(&local)).await?;
             state.log_ack(&format!(

@@ -182,10 +182,7 @@ pub fn round_infos(
             }
         }
         let rejections = store.rejections(task, r.round)?;
-        let failure = match (&r.failure, rejections.is_empty()) {
-            (Some(f), _) => f.clone(),
-            (None, _) => String::new(),
-        };
+        let failure = r.failure.clone().unwrap_or_default();
         for (party, reason) in rejections {
             if !parties
                 .iter()
@@ -202,7 +199,7 @@ pub fn round_infos(
         out.push(pb::RoundInfo {
             round: r.round,
             strategy: r.strategy,
-            phase: r.phase,
+            phase: r.phase.to_string(),
             min_parties: r.min_parties,
             started_unix_ms: r.started_ms.unwrap_or(0),
             deadline_unix_ms: r.ends_ms.unwrap_or(0),
