@@ -59,6 +59,9 @@ pub enum Command {
         #[arg(long, default_value = "coordinator-data")]
         data_dir: PathBuf,
     },
+    /// Run a whole federation on this machine — a coordinator and N plants over real gRPC on
+    /// loopback — with each strategy, and compare with the local-only and data-sharing baselines.
+    Demo(crate::demo::DemoArgs),
     /// Serve the party and operator gRPC services until SIGINT/SIGTERM.
     Serve {
         /// The data directory.
@@ -374,6 +377,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 crate::grpc::serve(listener, data, config, shutdown_signal()).await
             })?;
+        }
+        Command::Demo(args) => {
+            runtime()?.block_on(crate::demo::run(args))?;
         }
         Command::Spec(cmd) => spec_command(cmd)?,
         Command::Data(DataCommand::Split {

@@ -5,8 +5,10 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod demo;
 pub mod engine;
 pub mod grpc;
+pub mod local;
 pub mod state;
 pub mod store;
 pub mod views;

@@ -119,3 +119,51 @@ fn a_bad_csv_fails_naming_file_line_and_column() {
         "{err}"
     );
 }
+
+#[test]
+fn the_demo_runs_a_federation_and_writes_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let printed = run_ok(
+        "coordinator",
+        &[
+            "demo",
+            "--parties",
+            "3",
+            "--rounds",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    for row in [
+        "| fedavg | 2 |",
+        "| fedprox | 2 |",
+        "| local-only",
+        "| data-sharing",
+    ] {
+        assert!(printed.contains(row), "missing {row:?} in:\n{printed}");
+    }
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let rows = results.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    let f1 = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"].as_str().unwrap().starts_with(name))
+            .unwrap()["metrics"]["f1"]
+            .as_f64()
+            .unwrap()
+    };
+    let best = f1("fedavg").max(f1("fedprox"));
+    assert!(
+        best >= f1("data-sharing") - 0.05,
+        "best merged F1 {best} vs data-sharing {}",
+        f1("data-sharing")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("README.md"))
+            .unwrap()
+            .contains("| strategy |")
+    );
+}

@@ -1,0 +1,173 @@
+//! A whole federation on one machine: a real coordinator (gRPC on 127.0.0.1:0, SQLite and blobs
+//! under a root directory) and real party daemons in-process, each with its own keys, CSV slice
+//! and state dir. Used by `coordinator demo` and by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shared_model::data::Dataset;
+use shared_model::keys;
+use shared_model::spec::ModelSpec;
+use shared_model::{SigningKey, VerifyingKey};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::grpc::ServeConfig;
+use crate::grpc::client::OperatorClient;
+use crate::views::RoundView;
+
+/// A running coordinator with its in-process parties.
+#[derive(Debug)]
+pub struct LocalFederation {
+    /// Root directory of all state.
+    pub root: PathBuf,
+    /// The coordinator's URL.
+    pub url: String,
+    /// The coordinator's data dir.
+    pub data_dir: PathBuf,
+    /// The coordinator's public key.
+    pub coordinator_key: VerifyingKey,
+    /// The operator's key.
+    pub operator_key: SigningKey,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+    parties: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// A party's files.
+#[derive(Debug, Clone)]
+pub struct PartyFiles {
+    /// Name.
+    pub name: String,
+    /// Private key file.
+    pub key: PathBuf,
+    /// Public key file.
+    pub public_key: PathBuf,
+    /// Its CSV.
+    pub data: PathBuf,
+    /// Its state dir.
+    pub state_dir: PathBuf,
+}
+
+impl LocalFederation {
+    /// Initialises a coordinator under `root/coordinator` and serves it on a loopback port.
+    pub async fn start(root: &Path, config: ServeConfig) -> anyhow::Result<Self> {
+        let data_dir = root.join("coordinator");
+        let (coordinator_key, _) = crate::state::init(&data_dir)?;
+        let operator_key = keys::read_private(&data_dir.join(crate::state::OPERATOR_KEY))?;
+        let data = crate::state::open(&data_dir)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port")?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let (stop, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(crate::grpc::serve(listener, data, config, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            root: root.to_path_buf(),
+            url,
+            data_dir,
+            coordinator_key,
+            operator_key,
+            stop: Some(stop),
+            server: Some(server),
+            parties: Vec::new(),
+        })
+    }
+
+    /// An operator client.
+    pub async fn operator(&self) -> anyhow::Result<OperatorClient> {
+        OperatorClient::connect(&self.url, self.operator_key.clone()).await
+    }
+
+    /// Creates a party's key files and writes its rows as a CSV; does not enroll it.
+    pub fn party_files(
+        &self,
+        name: &str,
+        spec: &ModelSpec,
+        rows: &Dataset,
+    ) -> anyhow::Result<PartyFiles> {
+        let dir = self.root.join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let key = keys::generate()?;
+        let files = PartyFiles {
+            name: name.to_string(),
+            key: dir.join("party.key.pem"),
+            public_key: dir.join("party.pub.pem"),
+            data: dir.join("data.csv"),
+            state_dir: dir.join("state"),
+        };
+        keys::write_private(&files.key, &key)?;
+        keys::write_public(&files.public_key, &key.verifying_key())?;
+        rows.write_csv(&files.data, spec)
+            .with_context(|| format!("writing {}", files.data.display()))?;
+        Ok(files)
+    }
+
+    /// Starts a party daemon pinned to the key in `coordinator_key`.
+    pub fn start_party(
+        &mut self,
+        files: &PartyFiles,
+        coordinator_key: &Path,
+    ) -> anyhow::Result<()> {
+        let raw = party_client::config::RawConfig {
+            server: Some(self.url.clone()),
+            name: Some(files.name.clone()),
+            key: Some(files.key.clone()),
+            coordinator_key: Some(coordinator_key.to_path_buf()),
+            data: Some(files.data.clone()),
+            state_dir: Some(files.state_dir.clone()),
+        };
+        let config = raw.validate()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        let h = tokio::spawn(party_client::daemon::run(config, async move {
+            let _ = rx.await;
+        }));
+        self.parties.push((tx, h));
+        Ok(())
+    }
+
+    /// The coordinator's public key file.
+    pub fn coordinator_pub(&self) -> PathBuf {
+        self.data_dir.join(crate::state::COORDINATOR_PUB)
+    }
+
+    /// Polls the task's status until `done` holds; fails after `timeout` with the last status.
+    pub async fn wait_for(
+        &self,
+        task: &str,
+        timeout: Duration,
+        mut done: impl FnMut(&[RoundView]) -> bool,
+    ) -> anyhow::Result<Vec<RoundView>> {
+        let mut op = self.operator().await?;
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let rounds = op.status(task).await?;
+            if done(&rounds) {
+                return Ok(rounds);
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < until,
+                "timed out after {timeout:?} waiting for task {task}; status: {rounds:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the parties, then the coordinator; fails if any of them failed.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for (tx, h) in self.parties.drain(..) {
+            let _ = tx.send(());
+            h.await.context("party task panicked")??;
+        }
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.await.context("server task panicked")??;
+        }
+        Ok(())
+    }
+}
