@@ -3,3 +3,4 @@
 mod attacks;
 mod cli;
 mod federation;
+mod hand_run;

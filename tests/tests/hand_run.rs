@@ -1,0 +1,220 @@
+//! The README's "run a federation by hand", with the real binaries as separate processes: a
+//! coordinator server, three `party-client run` daemons and the operator commands over TCP.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use yosegi_tests::{bin, data, run_ok};
+
+/// Child processes, killed if the test fails before it stops them.
+struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    fn spawn(&mut self, name: &str, args: &[&str], log: &Path) {
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.0.push((log.display().to_string(), child));
+    }
+
+    /// SIGTERM everything; each must exit 0 (graceful shutdown), parties first.
+    fn terminate(&mut self) {
+        for (log, c) in self.0.iter_mut().rev() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+            let status = c.wait().unwrap();
+            assert!(
+                status.success(),
+                "{log}: exited with {status}:\n{}",
+                std::fs::read_to_string(&*log).unwrap()
+            );
+        }
+        self.0.clear();
+    }
+}
+
+#[test]
+fn a_federation_run_by_hand_with_the_binaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let coord = d.join("coordinator-data");
+    let init = run_ok("coordinator", &["init", "--data-dir", &s(&coord)]);
+    assert!(init.contains("-----BEGIN PUBLIC KEY-----"), "{init}");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let op_key = s(&coord.join("operator.key.pem"));
+    let remote = ["--server", url.as_str(), "--operator-key", op_key.as_str()];
+    let mut procs = Procs(Vec::new());
+    procs.spawn(
+        "coordinator",
+        &[
+            "serve",
+            "--data-dir",
+            &s(&coord),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &d.join("serve.log"),
+    );
+    let split = d.join("split");
+    let (spec, csv) = (s(&data("wdbc.toml")), s(&data("wdbc.csv")));
+    run_ok(
+        "coordinator",
+        &[
+            "data",
+            "split",
+            "--data",
+            &csv,
+            "--spec",
+            &spec,
+            "--parties",
+            "3",
+            "--out",
+            &s(&split),
+        ],
+    );
+
+    let plants = ["plant-a", "plant-b", "plant-c"];
+    for p in plants {
+        let pdir = d.join(p);
+        run_ok("party-client", &["keygen", "--out", &s(&pdir)]);
+        let pubkey = s(&pdir.join("party.pub.pem"));
+        // the server may still be starting
+        let started = Instant::now();
+        loop {
+            let out = Command::new(bin("coordinator"))
+                .args(["party", "enroll", "--name", p, "--public-key", &pubkey])
+                .args(remote)
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mut args = vec!["task", "create", "--spec", spec.as_str(), "--name", "wdbc"];
+    args.extend(remote);
+    run_ok("coordinator", &args);
+    for (i, p) in plants.iter().enumerate() {
+        let pdir = d.join(p);
+        procs.spawn(
+            "party-client",
+            &[
+                "run",
+                "--server",
+                &url,
+                "--name",
+                p,
+                "--key",
+                &s(&pdir.join("party.key.pem")),
+                "--coordinator-key",
+                &s(&coord.join("coordinator.pub.pem")),
+                "--data",
+                &s(&split.join(format!("party-{}.csv", i + 1))),
+                "--state-dir",
+                &s(&pdir.join("state")),
+            ],
+            &d.join(format!("{p}.log")),
+        );
+    }
+    let mut args = vec![
+        "round",
+        "start",
+        "--task",
+        "wdbc",
+        "--strategy",
+        "fedavg",
+        "--min-parties",
+        "3",
+        "--deadline",
+        "2m",
+        "--rounds",
+        "2",
+    ];
+    args.extend(remote);
+    run_ok("coordinator", &args);
+
+    let mut status_args = vec!["round", "status", "--task", "wdbc", "--json"];
+    status_args.extend(remote);
+    let started = Instant::now();
+    let rounds = loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok("coordinator", &status_args)).unwrap();
+        let rounds = v.as_array().unwrap().clone();
+        if rounds.len() == 2
+            && rounds
+                .iter()
+                .all(|r| r["phase"] == "published" || r["phase"] == "failed")
+        {
+            break rounds;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "rounds did not finish: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for r in &rounds {
+        assert_eq!(r["phase"], "published", "{r:#}");
+        assert_eq!(
+            r["parties"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["state"] == "accepted")
+                .count(),
+            3
+        );
+    }
+    let mut watch = vec!["round", "watch", "--task", "wdbc"];
+    watch.extend(remote);
+    assert!(run_ok("coordinator", &watch).contains("→ version 2"));
+
+    let out = d.join("merged.safetensors");
+    let mut pull = vec!["model", "pull", "--task", "wdbc", "--out"];
+    let out_s = s(&out);
+    let key_s = s(&coord.join("coordinator.pub.pem"));
+    pull.extend([out_s.as_str(), "--coordinator-key", key_s.as_str()]);
+    pull.extend(remote);
+    assert!(run_ok("coordinator", &pull).contains("signature verified"));
+    let spec = shared_model::spec::ModelSpec::from_file(&data("wdbc.toml")).unwrap();
+    shared_model::blob::decode(
+        &std::fs::read(&out).unwrap(),
+        &spec,
+        shared_model::blob::BlobRole::Merged,
+    )
+    .unwrap();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(d.join("merged.safetensors.manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["version"], 2);
+    procs.terminate();
+}
