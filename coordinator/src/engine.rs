@@ -714,7 +714,24 @@ impl Engine {
         if t.normalization.is_none() {
             let sums = self.store.sums(&t.name)?;
             if sums.len() < t.parties.len() {
-                return Ok(false);
+                // A silent party must not stall the task: once the first queued round's
+                // deadline has passed since the task was created, go on with the parties that
+                // reported, if they are at least that round's quorum.
+                let rounds = self.store.rounds(&t.name)?;
+                let Some(first) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) else {
+                    return Ok(false);
+                };
+                if now < t.created_ms + first.deadline_ms || (sums.len() as u32) < first.min_parties
+                {
+                    return Ok(false);
+                }
+                let missing: Vec<&str> = t
+                    .parties
+                    .iter()
+                    .filter(|p| !sums.iter().any(|(q, _)| q == *p))
+                    .map(String::as_str)
+                    .collect();
+                tracing::warn!(task = %t.name, missing = ?missing, "statistics deadline passed; normalising with the parties that reported");
             }
             let mut total = FeatureSums::zeros(spec.input_width());
             for (party, json) in &sums {

@@ -168,3 +168,86 @@ async fn parties_refuse_foreign_manifests_and_rollbacks() {
     );
     sb.stop().await;
 }
+
+/// A party that reports statistics and then goes silent: the round fails at its deadline with
+/// a reason naming it, and its late upload is refused as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_silent_party_fails_the_quorum_with_a_readable_reason() {
+    use party_client::grpc::{PartyClient, Work};
+    use shared_model::stats::FeatureSums;
+
+    let mut sb = Sandbox::start().await;
+    let (spec, _, slices) = wdbc_split(2);
+    let mut op = sb.operator().await;
+    let fa = sb.party_files("plant-a", &spec, &slices[0]);
+    let fb = sb.party_files("plant-b", &spec, &slices[1]);
+    for f in [&fa, &fb] {
+        op.enroll(
+            &f.name,
+            &shared_model::keys::read_public(&f.public_key).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+    op.create_task("wdbc", &spec_text(), &[]).await.unwrap();
+    let kb = shared_model::keys::read_private(&fb.key).unwrap();
+    let mut b = PartyClient::connect(&sb.url, "plant-b", kb.clone())
+        .await
+        .unwrap();
+    let stats = b.next_assignment(5_000).await.unwrap().unwrap();
+    assert_eq!(stats.work, Work::Stats);
+    b.submit_sums(&stats.id, &FeatureSums::of_rows(&slices[1].features, 30))
+        .await
+        .unwrap();
+    let pinned = sb.coordinator_pub();
+    sb.start_party(&fa, &pinned);
+    op.start_round("wdbc", "fedavg", Default::default(), 2, 3_000, 1)
+        .await
+        .unwrap();
+    let rounds = sb
+        .wait_for("wdbc", Duration::from_secs(60), |rs| {
+            rs.first().is_some_and(|r| r.is_final())
+        })
+        .await;
+    let r = &rounds[0];
+    assert_eq!(r.phase, "failed", "{r:?}");
+    assert_eq!(
+        r.failure,
+        "quorum not met: 1 of 2 required updates accepted (plant-b: no answer by the deadline)"
+    );
+    let late = r.parties.iter().find(|p| p.party == "plant-b").unwrap();
+    assert_eq!(late.state, "late");
+    // plant-b wakes up and uploads anyway
+    let (signed, bytes) = b.download("wdbc", 0, spec.max_blob_bytes()).await.unwrap();
+    let base = signed.verify(&sb.coordinator_key, i64::MAX / 2).err();
+    assert!(base.is_some(), "a manifest far in the future is expired");
+    let m = signed.verify(&sb.coordinator_key, now()).unwrap();
+    let env = shared_model::update::SignedUpdate::for_blob(
+        shared_model::ids::TaskId::new("wdbc").unwrap(),
+        spec.id(),
+        shared_model::ids::RoundNo(1),
+        shared_model::ids::StepNo(0),
+        m.blob_sha256,
+        shared_model::ids::PartyId::new("plant-b").unwrap(),
+        &bytes,
+        10,
+        &kb,
+    );
+    let e = b
+        .upload("wdbc/train/1", &env, bytes, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("late: round 1 of wdbc is closed (failed)"),
+        "{e}"
+    );
+    sb.stop().await;
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
