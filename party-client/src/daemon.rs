@@ -17,7 +17,7 @@ use shared_model::manifest::Manifest;
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
-use shared_model::train::{TrainOptions, train};
+use shared_model::train::{TrainOptions, train_observed};
 use shared_model::update::SignedUpdate;
 use shared_model::weights::Weights;
 
@@ -101,6 +101,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!(party = %config.name, "party daemon stopped");
     Ok(())
+}
+
+/// A progress bar for training epochs on an interactive terminal; hidden otherwise (logs only).
+fn progress_bar(label: &str, epochs: u64) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(epochs);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(label.to_string());
+    bar
 }
 
 /// The site's rows, split deterministically by the spec's seed.
@@ -221,9 +237,18 @@ async fn handle(
             );
             let (round, step, base_sha) = (RoundNo(a.round), StepNo(a.step), m.blob_sha256);
             // Training, evaluation, encoding and hashing are CPU work: off the async runtime.
+            let bar = progress_bar(
+                &format!("{} round {}", a.task, a.round),
+                u64::from(opts.epochs),
+            );
             let (bytes, env, local): (Vec<u8>, SignedUpdate, MetricStats) =
                 tokio::task::spawn_blocking(move || {
-                    let out = train(&spec2, &base, &train_rows, &opts)?;
+                    let out =
+                        train_observed(&spec2, &base, &train_rows, &opts, &mut |epoch, loss| {
+                            bar.set_position(u64::from(epoch));
+                            bar.set_message(format!("loss {loss:.4}"));
+                        })?;
+                    bar.finish_and_clear();
                     let stats =
                         evaluate_stats(&spec2, &out.weights, &holdout, CpuBackend::default());
                     let bytes = blob::encode(

@@ -92,6 +92,17 @@ pub fn train(
     data: &Dataset,
     opts: &TrainOptions,
 ) -> Result<TrainOutcome, TrainError> {
+    train_observed(spec, start, data, opts, &mut |_, _| {})
+}
+
+/// [`train`], calling `on_epoch(epoch, mean loss)` after each epoch (for progress displays).
+pub fn train_observed(
+    spec: &ModelSpec,
+    start: &Weights,
+    data: &Dataset,
+    opts: &TrainOptions,
+    on_epoch: &mut dyn FnMut(u32, f64),
+) -> Result<TrainOutcome, TrainError> {
     if data.is_empty() {
         return Err(TrainError::NoRows);
     }
@@ -180,6 +191,7 @@ pub fn train(
             return Err(TrainError::Diverged { epoch, loss: mean });
         }
         epoch_losses.push(mean);
+        on_epoch(epoch, mean);
     }
     let weights = model.to_weights(start);
     Ok(TrainOutcome {
