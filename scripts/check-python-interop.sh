@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-cargo run -q -p party-client -- train --spec data/wdbc.toml --data data/wdbc.csv \
+# Build the way the test command does (same feature set, so nothing is rebuilt after the tests).
+cargo test --workspace --locked --no-run -q 2>/dev/null
+"${CARGO_TARGET_DIR:-target}/debug/party-client" train --spec data/wdbc.toml --data data/wdbc.csv \
   --epochs 2 --out "$work/local.safetensors" >/dev/null
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install -q --disable-pip-version-check safetensors numpy
