@@ -541,6 +541,17 @@ impl Engine {
         Ok(())
     }
 
+    /// Fails unless `party` takes part in `task` (parties see only their own tasks' models).
+    pub fn check_member(&self, task: &str, party: &str) -> Result<()> {
+        let (t, _) = self.task(task)?;
+        if !t.parties.iter().any(|p| p == party) {
+            return Err(EngineError::Precondition(format!(
+                "{party} does not take part in task {task}"
+            )));
+        }
+        Ok(())
+    }
+
     /// A published model's signed manifest and blob; `None` = latest.
     pub fn model(&self, task: &str, version: Option<u64>) -> Result<(SignedManifest, Vec<u8>)> {
         let m = self
@@ -675,6 +686,7 @@ impl Engine {
                 "{assignment} is not an evaluation assignment"
             )));
         }
+        self.check_member(&task, party)?;
         self.store.model(&task, Some(version))?.ok_or_else(|| {
             EngineError::NotFound(format!("task {task} has no model version {version}"))
         })?;
@@ -690,6 +702,7 @@ impl Engine {
     /// Records that a party declined an assignment.
     pub fn decline(&self, party: &str, assignment: &str, reason: &str, now: i64) -> Result<()> {
         let (task, kind, round) = Self::parse_assignment(assignment)?;
+        self.check_member(&task, party)?;
         if kind == "train" {
             let reason = format!("declined: {reason}");
             self.store

@@ -275,9 +275,13 @@ impl PartyService for PartySvc {
         &self,
         req: Request<pb::DownloadModelRequest>,
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
-        self.0.party(&req, &format!("{PARTY}DownloadModel"))?;
+        let party = self.0.party(&req, &format!("{PARTY}DownloadModel"))?;
         let r = req.into_inner();
-        let (m, blob) = with_engine(&self.0, move |e| e.model(&r.task, Some(r.version))).await?;
+        let (m, blob) = with_engine(&self.0, move |e| {
+            e.check_member(&r.task, &party)?;
+            e.model(&r.task, Some(r.version))
+        })
+        .await?;
         Ok(Response::new(stream_model(
             convert::manifest(&m),
             blob,
