@@ -144,38 +144,14 @@ pub struct Upload<'a> {
 /// The envelope as stored in the database.
 #[derive(Serialize, Deserialize)]
 struct StoredEnvelope {
-    header: StoredHeader,
+    header: UpdateHeader,
     signer: String,
     signature: String,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredHeader {
-    task: TaskId,
-    spec_id: shared_model::ids::SpecId,
-    round: u64,
-    step: u64,
-    base_model: Sha256,
-    party: PartyId,
-    blob_sha256: Sha256,
-    blob_len: u64,
-    sample_count: u64,
-}
-
 fn store_envelope(e: &SignedUpdate) -> String {
-    let h = &e.header;
     serde_json::to_string(&StoredEnvelope {
-        header: StoredHeader {
-            task: h.task.clone(),
-            spec_id: h.spec_id,
-            round: h.round.0,
-            step: h.step.0,
-            base_model: h.base_model,
-            party: h.party.clone(),
-            blob_sha256: h.blob_sha256,
-            blob_len: h.blob_len,
-            sample_count: h.sample_count,
-        },
+        header: e.header.clone(),
         signer: hex_encode(e.signer.as_bytes()),
         signature: hex_encode(&e.signature.to_bytes()),
     })
@@ -186,19 +162,8 @@ fn load_envelope(s: &str) -> Option<SignedUpdate> {
     let e: StoredEnvelope = serde_json::from_str(s).ok()?;
     let signer: [u8; 32] = hex_decode(&e.signer)?.try_into().ok()?;
     let sig: [u8; 64] = hex_decode(&e.signature)?.try_into().ok()?;
-    let h = e.header;
     Some(SignedUpdate {
-        header: UpdateHeader {
-            task: h.task,
-            spec_id: h.spec_id,
-            round: RoundNo(h.round),
-            step: StepNo(h.step),
-            base_model: h.base_model,
-            party: h.party,
-            blob_sha256: h.blob_sha256,
-            blob_len: h.blob_len,
-            sample_count: h.sample_count,
-        },
+        header: e.header,
         signer: VerifyingKey::from_bytes(&signer).ok()?,
         signature: Signature::from_bytes(&sig),
     })

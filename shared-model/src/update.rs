@@ -21,7 +21,7 @@ use crate::weights::Weights;
 const UPDATE_TAG: &[u8] = b"yosegi.v1.update\0";
 
 /// What a party's signature covers.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UpdateHeader {
     /// The task.
     pub task: TaskId,

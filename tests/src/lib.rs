@@ -42,6 +42,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as i64
+}
+
 /// Runs a workspace binary with arguments and returns its output.
 pub fn run(name: &str, args: &[&str]) -> Output {
     Command::new(bin(name))

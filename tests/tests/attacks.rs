@@ -13,14 +13,8 @@ use shared_model::update::SignedUpdate;
 use shared_model::weights::Weights;
 use yosegi_proto::v1 as pb;
 use yosegi_proto::v1::party_service_client::PartyServiceClient;
+use yosegi_tests::now_ms;
 use yosegi_tests::sandbox::{Sandbox, wdbc_split};
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
-}
 
 async fn next_train(c: &mut PartyClient) -> party_client::grpc::Assignment {
     for _ in 0..100 {

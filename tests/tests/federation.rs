@@ -221,7 +221,9 @@ async fn a_silent_party_fails_the_quorum_with_a_readable_reason() {
     let (signed, bytes) = b.download("wdbc", 0, spec.max_blob_bytes()).await.unwrap();
     let base = signed.verify(&sb.coordinator_key, i64::MAX / 2).err();
     assert!(base.is_some(), "a manifest far in the future is expired");
-    let m = signed.verify(&sb.coordinator_key, now()).unwrap();
+    let m = signed
+        .verify(&sb.coordinator_key, yosegi_tests::now_ms())
+        .unwrap();
     let env = shared_model::update::SignedUpdate::for_blob(
         shared_model::ids::TaskId::new("wdbc").unwrap(),
         spec.id(),
@@ -243,11 +245,4 @@ async fn a_silent_party_fails_the_quorum_with_a_readable_reason() {
         "{e}"
     );
     sb.stop().await;
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as i64
 }
