@@ -58,12 +58,25 @@ impl BlobStore {
         self.dir.join(sha.to_string())
     }
 
-    /// Stores bytes durably; returns their sha256.
+    /// Stores bytes durably; returns their sha256. A blob already present is checked: if it
+    /// still hashes to its name it is made durable again (a crash may have come between rename
+    /// and directory sync) and kept; if not, it is replaced with the good bytes.
     pub fn put(&self, bytes: &[u8]) -> Result<Sha256, BlobStoreError> {
         let sha = Sha256::of(bytes);
         let dest = self.path(&sha);
         if dest.exists() {
-            return Ok(sha);
+            match self.get(&sha) {
+                Ok(_) => {
+                    std::fs::File::open(&dest)
+                        .and_then(|f| f.sync_all())
+                        .map_err(io(&dest))?;
+                    std::fs::File::open(&self.dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(io(&self.dir))?;
+                    return Ok(sha);
+                }
+                Err(e) => tracing::warn!(error = %e, "replacing a damaged blob"),
+            }
         }
         let mut nonce = [0u8; 8];
         getrandom_fill(&mut nonce);
@@ -124,6 +137,9 @@ mod tests {
             store.get(&sha),
             Err(BlobStoreError::Corrupt { .. })
         ));
+        // Storing the same bytes again repairs the damaged copy.
+        assert_eq!(store.put(b"hello").unwrap(), sha);
+        assert_eq!(store.get(&sha).unwrap(), b"hello");
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0

@@ -97,8 +97,8 @@ impl CallProof {
         now_ms: i64,
         max_skew_ms: i64,
     ) -> Result<(), AuthError> {
-        let skew_ms = self.timestamp_ms - now_ms;
-        if skew_ms.abs() > max_skew_ms {
+        let skew_ms = self.timestamp_ms.saturating_sub(now_ms);
+        if skew_ms.unsigned_abs() > max_skew_ms.unsigned_abs() {
             return Err(AuthError::Skew {
                 skew_ms,
                 max_ms: max_skew_ms,
@@ -182,6 +182,15 @@ mod tests {
             e.to_string(),
             "call timestamp is -2000 ms away from the coordinator's clock; at most 1000 ms is allowed"
         );
+        // Extreme timestamps are refused, not an arithmetic overflow.
+        for ts in [i64::MIN, i64::MAX] {
+            let p = CallProof::new("/m", "plant-a", ts);
+            let sig = p.sign(&key);
+            assert!(matches!(
+                p.verify(&sig, &key.verifying_key(), 10_500, 1_000),
+                Err(AuthError::Skew { .. })
+            ));
+        }
     }
 
     #[test]

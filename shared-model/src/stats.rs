@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 /// Standard deviations below this are treated as constant features (scaled by 1).
 pub const MIN_STD: f64 = 1e-8;
 
+/// The most rows one site may report (2^40, about 10^12): larger counts are refused as implausible,
+/// which also keeps every count sum far from overflow.
+pub const MAX_ROWS: u64 = 1 << 40;
+
 /// Errors from combining feature sums.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum StatsError {
@@ -22,6 +26,12 @@ pub enum StatsError {
     /// No rows at all.
     #[error("cannot normalise from zero rows")]
     Empty,
+    /// A row count of zero or beyond [`MAX_ROWS`].
+    #[error("reported row count {count} is not between 1 and {MAX_ROWS}")]
+    Count {
+        /// The count reported.
+        count: u64,
+    },
     /// A reported sum is not finite or is impossible (e.g. negative sum of squares).
     #[error("feature {index}: reported sums are not valid (sum {sum}, sum of squares {sum_sq})")]
     Invalid {
@@ -69,6 +79,29 @@ impl FeatureSums {
         s
     }
 
+    /// Checks sums received from a site before they are stored: `width` features, at least one
+    /// and at most [`MAX_ROWS`] rows, finite values, Σx² ≥ 0, and (Cauchy–Schwarz) (Σx)² ≤ n·Σx²
+    /// up to rounding — sums no real set of rows can produce are refused, naming the feature.
+    pub fn validate(&self, width: usize) -> Result<(), StatsError> {
+        if self.sum.len() != width || self.sum_sq.len() != width {
+            return Err(StatsError::Width {
+                expected: width,
+                found: self.sum.len().max(self.sum_sq.len()),
+            });
+        }
+        if self.count == 0 || self.count > MAX_ROWS {
+            return Err(StatsError::Count { count: self.count });
+        }
+        let n = self.count as f64;
+        for (index, (&sum, &sum_sq)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
+            let impossible = sum * sum > n * sum_sq * (1.0 + 1e-9) + 1e-9;
+            if !sum.is_finite() || !sum_sq.is_finite() || sum_sq < 0.0 || impossible {
+                return Err(StatsError::Invalid { index, sum, sum_sq });
+            }
+        }
+        Ok(())
+    }
+
     /// Adds another site's sums.
     pub fn merge(&mut self, other: &Self) -> Result<(), StatsError> {
         if other.sum.len() != self.sum.len() || other.sum_sq.len() != self.sum.len() {
@@ -77,7 +110,10 @@ impl FeatureSums {
                 found: other.sum.len(),
             });
         }
-        self.count += other.count;
+        self.count = self
+            .count
+            .checked_add(other.count)
+            .ok_or(StatsError::Count { count: u64::MAX })?;
         for j in 0..self.sum.len() {
             self.sum[j] += other.sum[j];
             self.sum_sq[j] += other.sum_sq[j];
@@ -207,5 +243,38 @@ mod tests {
                 prop_assert!((merged.sum_sq[j] - pooled.sum_sq[j]).abs() <= 1e-6 * (1.0 + pooled.sum_sq[j]));
             }
         }
+    }
+
+    #[test]
+    fn validate_refuses_sums_no_rows_can_produce() {
+        let rows = [1.0f32, 2.0, 3.0, 4.0];
+        let good = FeatureSums::of_rows(&rows, 2);
+        assert_eq!(good.validate(2), Ok(()));
+        assert!(matches!(good.validate(3), Err(StatsError::Width { .. })));
+        let mut nan = good.clone();
+        nan.sum[1] = f64::NAN;
+        assert!(matches!(
+            nan.validate(2),
+            Err(StatsError::Invalid { index: 1, .. })
+        ));
+        let mut negative = good.clone();
+        negative.sum_sq[0] = -1.0;
+        assert!(matches!(
+            negative.validate(2),
+            Err(StatsError::Invalid { index: 0, .. })
+        ));
+        // Σx = 100 over 2 rows needs Σx² ≥ 5000.
+        let mut impossible = good.clone();
+        impossible.sum[0] = 100.0;
+        assert!(matches!(
+            impossible.validate(2),
+            Err(StatsError::Invalid { index: 0, .. })
+        ));
+        let mut huge = good.clone();
+        huge.count = u64::MAX;
+        assert_eq!(huge.validate(2), Err(StatsError::Count { count: u64::MAX }));
+        let mut zero = good;
+        zero.count = 0;
+        assert_eq!(zero.validate(2), Err(StatsError::Count { count: 0 }));
     }
 }
