@@ -11,13 +11,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use serde::Serialize;
-use shared_model::blob::{self, BlobRole};
+use shared_model::blob::BlobRole;
 use shared_model::data::{Dataset, SplitFractions, load_csv};
 use shared_model::eval::{Metrics, evaluate};
+use shared_model::model::Model;
 use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
-use shared_model::stats::FeatureSums;
+use shared_model::stats::{FeatureSums, Normalization};
+use shared_model::strategy::StrategyConfig;
 use shared_model::train::{TrainOptions, train};
 use shared_model::weights::Weights;
 
@@ -36,7 +38,8 @@ pub struct DemoArgs {
     /// Federation rounds per strategy.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
-    /// fedavg, fedprox or all.
+    /// A strategy name (fedavg, fedprox, ensemble, transfer, series, median, trimmed-mean,
+    /// krum, multi-krum) or all.
     #[arg(long, default_value = "all")]
     pub strategy: String,
     /// A CSV to use instead of the bundled WDBC data (needs --spec).
@@ -71,6 +74,21 @@ pub struct Row {
     pub seconds: f64,
 }
 
+/// Options that suit `strategy` for `n` plants: FedProx μ = 0.01; the trimmed mean drops one
+/// plant at each end; Krum assumes the most faulty plants n > 2f + 2 allows and Multi-Krum keeps
+/// all but f. Everything else runs with its defaults.
+fn demo_options(strategy: &str, n: usize) -> std::collections::HashMap<String, String> {
+    let f = n.saturating_sub(3) / 2;
+    let pairs: Vec<(&str, String)> = match strategy {
+        "fedprox" => vec![("mu", "0.01".into())],
+        "trimmed-mean" => vec![("beta", format!("{:.3}", (1.0 / n as f64 + 0.001).min(0.49)))],
+        "krum" => vec![("f", f.to_string())],
+        "multi-krum" => vec![("f", f.to_string()), ("m", (n - f).max(1).to_string())],
+        _ => vec![],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 fn progress(msg: &str) {
     eprintln!("[demo] {msg}");
 }
@@ -88,7 +106,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         }
     };
     let strategies: Vec<&str> = match args.strategy.as_str() {
-        "all" => crate::engine::STRATEGIES.to_vec(),
+        "all" => crate::engine::STRATEGIES
+            .iter()
+            .copied()
+            .filter(|s| {
+                // Krum scores each update by its n − f − 2 nearest others: it needs 3 plants.
+                let fits = args.parties >= 3 || !s.contains("krum");
+                if !fits {
+                    progress(&format!("{s} skipped: it needs at least 3 plants"));
+                }
+                fits
+            })
+            .collect(),
         s if crate::engine::STRATEGIES.contains(&s) => vec![s],
         s => anyhow::bail!(
             "unknown strategy {s:?}; choose one of {} or all",
@@ -154,10 +183,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         let t0 = Instant::now();
         let task = format!("demo-{strategy}");
         op.create_task(&task, &spec_text, &[]).await?;
-        let mut options = std::collections::HashMap::new();
-        if *strategy == "fedprox" {
-            options.insert("mu".to_string(), "0.01".to_string());
-        }
+        let options = demo_options(strategy, args.parties);
+        let relay =
+            StrategyConfig::parse(strategy, &options.clone().into_iter().collect())?.is_relay();
+        // A relay is one round per plant per pass; --rounds counts relays.
+        let expected = if relay {
+            args.rounds as usize * args.parties
+        } else {
+            args.rounds as usize
+        };
         op.start_round(
             &task,
             strategy,
@@ -173,9 +207,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
                 let done = rs.iter().filter(|r| r.is_final()).count();
                 if done > shown {
                     shown = done;
-                    progress(&format!("{strategy}: round {done}/{} closed", args.rounds));
+                    progress(&format!("{strategy}: round {done}/{expected} closed"));
                 }
-                rs.len() == args.rounds as usize && rs.iter().all(|r| r.is_final())
+                rs.len() == expected && rs.iter().all(|r| r.is_final())
             })
             .await?;
         if let Some(failed) = rounds.iter().find(|r| r.phase == "failed") {
@@ -185,13 +219,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
                 failed.failure
             );
         }
-        let (manifest, bytes, _) = op.pull(&task, 0, &fed.coordinator_key).await?;
-        let weights = blob::decode(&bytes, &spec, BlobRole::Merged)?;
-        let metrics = evaluate(&spec, &weights, &holdout, CpuBackend::default());
-        // per plant and round: the base down, the update up, the published model down to evaluate
-        let blob_bytes = manifest.blob_len * 3 * u64::from(args.rounds) * args.parties as u64;
+        let (_, bytes, _) = op.pull(&task, 0, &fed.coordinator_key).await?;
+        let model = Model::decode(&bytes, &spec, BlobRole::Merged)?;
+        let metrics = model.evaluate(&spec, &holdout, CpuBackend::default());
+        // Blob bytes over the network: every invited plant downloads the round's base model and
+        // uploads one network; every plant downloads each published model to evaluate it.
+        let network = Weights::initial(&spec, &Normalization::identity(spec.input_width()));
+        let mut base_len = Model::Single(network.clone())
+            .encode(spec.id(), BlobRole::Initial)
+            .len() as u64;
+        let update_len = Model::Single(network)
+            .encode(spec.id(), BlobRole::Update)
+            .len() as u64;
+        let mut blob_bytes = 0u64;
+        for r in &rounds {
+            let invited = r.parties.len() as u64;
+            let accepted = r.parties.iter().filter(|p| p.state == "accepted").count() as u64;
+            blob_bytes += invited * base_len + accepted * update_len;
+            if r.version > 0 {
+                let (m, _, _) = op.pull(&task, r.version, &fed.coordinator_key).await?;
+                blob_bytes += args.parties as u64 * m.blob_len;
+                base_len = m.blob_len;
+            }
+        }
         rows.push(Row {
-            name: strategy.to_string(),
+            name: StrategyConfig::parse(
+                strategy,
+                &demo_options(strategy, args.parties).into_iter().collect(),
+            )?
+            .to_string(),
             rounds: args.rounds,
             metrics,
             blob_bytes,

@@ -12,13 +12,14 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use shared_model::aggregate::FedAvg;
-use shared_model::blob::{self, BlobMeta, BlobRole};
+use shared_model::blob::BlobRole;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::{Contributor, MANIFEST_FORMAT, Manifest, SignedManifest};
+use shared_model::model::{MAX_PARTS, Model};
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
+use shared_model::strategy::{Contribution, Strategy, StrategyConfig, relay_step};
 use shared_model::update::{Expectations, SignedUpdate, UpdateHeader, VerifiedUpdate, verify};
 use shared_model::weights::Weights;
 
@@ -26,7 +27,26 @@ use crate::blobs::{BlobStore, BlobStoreError};
 use crate::store::{ModelRow, RoundPhase, RoundRow, Store, StoreError, TaskRow, UpdateRow};
 
 /// Strategies this build can run.
-pub const STRATEGIES: &[&str] = &["fedavg", "fedprox"];
+pub const STRATEGIES: &[&str] = shared_model::strategy::NAMES;
+
+/// Option keys the engine adds to each step of a relay (not strategy options).
+const RELAY_KEYS: [&str; 3] = ["party", "step", "steps"];
+
+/// A stored round's strategy, and for a relay step, the party and step index.
+fn round_config(r: &RoundRow) -> Result<(StrategyConfig, Option<(String, usize)>)> {
+    let mut options: BTreeMap<String, String> = serde_json::from_str(&r.options).map_err(|e| {
+        EngineError::Invalid(format!(
+            "task {} round {}: stored options: {e}",
+            r.task, r.round
+        ))
+    })?;
+    let party = options.remove(RELAY_KEYS[0]);
+    let step = options.remove(RELAY_KEYS[1]).and_then(|s| s.parse().ok());
+    options.remove(RELAY_KEYS[2]);
+    let cfg = StrategyConfig::parse(&r.strategy, &options)
+        .map_err(|e| EngineError::Invalid(format!("task {} round {}: {e}", r.task, r.round)))?;
+    Ok((cfg, party.zip(step)))
+}
 
 /// Errors of the engine, mapped to gRPC codes in one place (`grpc::status`).
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +127,10 @@ pub enum Work {
         strategy: String,
         /// FedProx μ override (0 = spec's).
         fedprox_mu: f64,
+        /// Learning-rate override (0 = spec's).
+        learning_rate: f64,
+        /// Layers to keep frozen.
+        frozen_layers: u32,
     },
     /// Evaluate a published version.
     Evaluate {
@@ -233,30 +257,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Revokes a party; in any open round it stops counting as awaited.
-    pub fn revoke(&self, name: &str, now: i64) -> Result<()> {
-        if !self.store.revoke_party(name)? {
+    /// Revokes a party; in any open round it stops counting as awaited (one transaction).
+    pub fn revoke(&mut self, name: &str, now: i64) -> Result<()> {
+        if !self
+            .store
+            .revoke_party(name, "revoked by the operator", now)?
+        {
             return Err(EngineError::NotFound(format!("no party named {name}")));
-        }
-        for t in self.store.tasks()? {
-            for r in self
-                .store
-                .rounds(&t.name)?
-                .iter()
-                .filter(|r| r.phase == RoundPhase::Training)
-            {
-                let reason = "revoked by the operator";
-                if self
-                    .store
-                    .round_parties(&t.name, r.round)?
-                    .iter()
-                    .any(|p| p.party == name && p.state == "invited")
-                {
-                    self.store
-                        .set_round_party(&t.name, r.round, name, "rejected", reason)?;
-                    self.store.reject(&t.name, r.round, name, reason, now)?;
-                }
-            }
         }
         Ok(())
     }
@@ -331,38 +338,20 @@ impl Engine {
         count: u32,
     ) -> Result<u64> {
         let (t, _) = self.task(task)?;
-        if !STRATEGIES.contains(&strategy) {
-            return Err(EngineError::Invalid(format!(
-                "unknown strategy {strategy:?}; this coordinator runs: {}",
-                STRATEGIES.join(", ")
-            )));
-        }
-        for k in options.keys() {
-            if !(strategy == "fedprox" && k == "mu") {
-                return Err(EngineError::Invalid(format!(
-                    "strategy {strategy} has no option {k:?}"
-                )));
-            }
-        }
-        if let Some(mu) = options.get("mu")
-            && !mu.parse::<f64>().is_ok_and(|m| m.is_finite() && m > 0.0)
-        {
-            return Err(EngineError::Invalid(format!(
-                "option mu must be a number > 0, found {mu:?}"
-            )));
-        }
+        let cfg = StrategyConfig::parse(strategy, options)
+            .map_err(|e| EngineError::Invalid(e.to_string()))?;
         if min_parties == 0 || min_parties as usize > t.parties.len() {
             return Err(EngineError::Invalid(format!(
                 "min parties must be between 1 and the task's {} parties, found {min_parties}",
                 t.parties.len()
             )));
         }
-        if deadline_ms <= 0 || count == 0 {
+        if deadline_ms <= 0 || count == 0 || count > 1000 {
             return Err(EngineError::Invalid(
-                "deadline and round count must be positive".into(),
+                "the deadline must be positive and the round count between 1 and 1000".into(),
             ));
         }
-        let row = RoundRow {
+        let row = |options: &BTreeMap<String, String>, min_parties: u32| RoundRow {
             task: task.to_string(),
             round: 0,
             strategy: strategy.to_string(),
@@ -376,33 +365,81 @@ impl Engine {
             version: None,
             failure: None,
         };
-        Ok(self.store.queue_rounds(&row, count)?)
+        let mut rows = Vec::new();
+        if cfg.is_relay() {
+            // A relay is queued as one round per step, each inviting one party: the order is
+            // fixed now, from the parties not revoked.
+            let revoked = self.revoked()?;
+            let active: Vec<String> = t
+                .parties
+                .iter()
+                .filter(|p| !revoked.contains(p))
+                .cloned()
+                .collect();
+            let order = cfg.relay_order(&active);
+            if matches!(cfg.strategy, Strategy::Series { .. })
+                && order.len() * count as usize > MAX_PARTS
+            {
+                return Err(EngineError::Invalid(format!(
+                    "a series network holds at most {MAX_PARTS} stages; {count} relays over {} parties would need {}",
+                    order.len(),
+                    order.len() * count as usize
+                )));
+            }
+            for _ in 0..count {
+                for (step, party) in order.iter().enumerate() {
+                    let mut o = cfg.options();
+                    o.insert("party".into(), party.clone());
+                    o.insert("step".into(), step.to_string());
+                    o.insert("steps".into(), order.len().to_string());
+                    rows.push(row(&o, 1));
+                }
+            }
+        } else {
+            rows = (0..count)
+                .map(|_| row(&cfg.options(), min_parties))
+                .collect();
+        }
+        Ok(self.store.queue_rounds(task, &rows)?)
     }
 
-    /// The next piece of work for `party`, if any.
+    fn revoked(&self) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .parties()?
+            .into_iter()
+            .filter(|p| p.revoked)
+            .map(|p| p.name)
+            .collect())
+    }
+
+    /// The next piece of work for `party`, if any: statistics and training of every task come
+    /// before evaluations, so evaluating one task's model never delays another task's round.
+    /// Work the party declined is not offered again.
     pub fn next_assignment(&self, party: &str, now: i64) -> Result<Option<Assignment>> {
-        for t in self.store.tasks()? {
-            if !t.parties.iter().any(|p| p == party) {
-                continue;
-            }
-            let base = |id: String, round: u64, work: Work, deadline_ms: i64| Assignment {
-                id,
-                task: t.name.clone(),
-                spec_toml: t.spec_toml.clone(),
-                spec_id: t.spec_id.clone(),
-                round,
-                step: 0,
-                work,
-                deadline_ms,
-            };
+        let tasks: Vec<TaskRow> = self
+            .store
+            .tasks()?
+            .into_iter()
+            .filter(|t| t.parties.iter().any(|p| p == party))
+            .collect();
+        let base = |t: &TaskRow, id: String, round: u64, work: Work, deadline_ms: i64| Assignment {
+            id,
+            task: t.name.clone(),
+            spec_toml: t.spec_toml.clone(),
+            spec_id: t.spec_id.clone(),
+            round,
+            step: 0,
+            work,
+            deadline_ms,
+        };
+        for t in &tasks {
             if t.normalization.is_none() {
-                if !self.store.sums(&t.name)?.iter().any(|(p, _)| p == party) {
-                    return Ok(Some(base(
-                        format!("{}/stats/0", t.name),
-                        0,
-                        Work::Stats,
-                        now + 3_600_000,
-                    )));
+                let id = format!("{}/stats/0", t.name);
+                if !self.store.sums(&t.name)?.iter().any(|(p, _)| p == party)
+                    && !self.store.declined(&t.name, &id, party)?
+                {
+                    return Ok(Some(base(t, id, 0, Work::Stats, now + 3_600_000)));
                 }
                 continue;
             }
@@ -423,43 +460,66 @@ impl Engine {
                             t.name
                         ))
                     })?;
-                    let options: BTreeMap<String, String> =
-                        serde_json::from_str(&r.options).unwrap_or_default();
+                    let (cfg, relay) = round_config(&r)?;
+                    let step = relay.as_ref().map_or(0, |(_, s)| *s);
+                    let spec = ModelSpec::parse(&t.spec_toml, &t.name)
+                        .map_err(|e| EngineError::Invalid(e.to_string()))?;
+                    let o = cfg.train_options(&spec, step, 0);
                     let work = Work::Train {
                         base_version: bv,
                         base_sha256: m.blob_sha256.parse().map_err(
-                            |e: shared_model::ids::IdError| EngineError::Invalid(e.to_string()),
+                            |e: shared_model::ids::IdError| {
+                                EngineError::Invalid(format!(
+                                    "task {}: stored model {bv}: {e}",
+                                    t.name
+                                ))
+                            },
                         )?,
                         strategy: r.strategy.clone(),
-                        fedprox_mu: options
-                            .get("mu")
-                            .and_then(|m| m.parse().ok())
-                            .unwrap_or(0.0),
+                        fedprox_mu: o.fedprox_mu.unwrap_or(0.0),
+                        learning_rate: if o.learning_rate == spec.training.learning_rate {
+                            0.0
+                        } else {
+                            o.learning_rate
+                        },
+                        frozen_layers: o.frozen_layers as u32,
                     };
-                    return Ok(Some(base(
+                    let mut a = base(
+                        t,
                         format!("{}/train/{}", t.name, r.round),
                         r.round,
                         work,
                         r.ends_ms.unwrap_or(now),
-                    )));
+                    );
+                    a.step = step as u64;
+                    return Ok(Some(a));
                 }
+            }
+        }
+        for t in &tasks {
+            if t.normalization.is_none() {
+                continue;
             }
             if let Some(latest) = self.store.model(&t.name, None)?
                 && latest.version > 0
-                && !self
+            {
+                let id = format!("{}/evaluate/{}", t.name, latest.version);
+                let done = self
                     .store
                     .evaluations(&t.name, latest.version)?
                     .iter()
-                    .any(|(p, _)| p == party)
-            {
-                return Ok(Some(base(
-                    format!("{}/evaluate/{}", t.name, latest.version),
-                    latest.round,
-                    Work::Evaluate {
-                        version: latest.version,
-                    },
-                    now + 3_600_000,
-                )));
+                    .any(|(p, _)| p == party);
+                if !done && !self.store.declined(&t.name, &id, party)? {
+                    return Ok(Some(base(
+                        t,
+                        id,
+                        latest.round,
+                        Work::Evaluate {
+                            version: latest.version,
+                        },
+                        now + 3_600_000,
+                    )));
+                }
             }
         }
         Ok(None)
@@ -489,15 +549,9 @@ impl Engine {
                 "the statistics step of {task} is already complete"
             )));
         }
-        if sums.sum.len() != spec.input_width()
-            || sums.sum_sq.len() != spec.input_width()
-            || sums.count == 0
-        {
-            return Err(EngineError::Invalid(format!(
-                "feature sums of {party} must cover {} features and at least one row",
-                spec.input_width()
-            )));
-        }
+        sums.validate(spec.input_width()).map_err(|e| {
+            EngineError::Invalid(format!("feature sums of {party} for task {task}: {e}"))
+        })?;
         self.store.put_sums(
             &task,
             party,
@@ -546,7 +600,46 @@ impl Engine {
 
     /// The largest blob a task's spec allows (for capping uploads before reading them).
     pub fn max_blob_bytes(&self, task: &str) -> Result<u64> {
-        Ok(self.task(task)?.1.max_blob_bytes())
+        Ok(shared_model::model::max_update_blob_bytes(
+            &self.task(task)?.1,
+        ))
+    }
+
+    /// A round's base model: its blob's sha256 and the decoded model.
+    fn base_model(&self, task: &str, spec: &ModelSpec, r: &RoundRow) -> Result<(Sha256, Model)> {
+        let version = r.base_version.unwrap_or(0);
+        let row = self.store.model(task, Some(version))?.ok_or_else(|| {
+            EngineError::NotFound(format!(
+                "task {task}: base model version {version} of round {} is missing",
+                r.round
+            ))
+        })?;
+        let sha: Sha256 = row
+            .blob_sha256
+            .parse()
+            .map_err(|e: shared_model::ids::IdError| {
+                EngineError::Invalid(format!("task {task}: stored model {version}: {e}"))
+            })?;
+        let role = if version == 0 {
+            BlobRole::Initial
+        } else {
+            BlobRole::Merged
+        };
+        let model = Model::decode(&self.blobs.get(&sha)?, spec, role).map_err(|e| {
+            EngineError::Invalid(format!("task {task}: stored model {version}: {e}"))
+        })?;
+        Ok((sha, model))
+    }
+
+    /// What an update of round `r` must look like: its relay step and series stage.
+    fn update_shape(r: &RoundRow, base: &Model) -> Result<(StepNo, usize)> {
+        let (cfg, relay) = round_config(r)?;
+        let step = relay.map_or(0, |(_, s)| s as u64);
+        let stage = match (&cfg.strategy, base) {
+            (Strategy::Series { .. }, Model::Series(stages)) => stages.len(),
+            _ => 0,
+        };
+        Ok((StepNo(step), stage))
     }
 
     /// Verifies, stores and records an upload; a failed check is recorded as a rejection.
@@ -583,14 +676,24 @@ impl Engine {
                 "{party} already has an accepted update for round {round} of {task}; a different one is refused"
             )));
         }
-        let invited = self
+        let Some(invited) = self
             .store
             .round_parties(&task, round)?
             .into_iter()
-            .find(|p| p.party == party);
-        if invited.is_none() {
+            .find(|p| p.party == party)
+        else {
             return Err(EngineError::Precondition(format!(
                 "{party} is not invited to round {round} of {task}"
+            )));
+        };
+        if self
+            .store
+            .parties()?
+            .iter()
+            .any(|p| p.name == party && p.revoked)
+        {
+            return Err(EngineError::Precondition(format!(
+                "{party} is revoked; its update for round {round} of {task} is refused"
             )));
         }
         if r.phase != RoundPhase::Training || now > r.ends_ms.unwrap_or(i64::MAX) {
@@ -598,27 +701,31 @@ impl Engine {
             self.store.reject(&task, round, party, &reason, now)?;
             return Err(EngineError::Precondition(reason));
         }
-        let base = self.store.model(&task, r.base_version)?.ok_or_else(|| {
-            EngineError::NotFound(format!("base model of round {round} is missing"))
-        })?;
+        // A party whose upload failed verification may send a good one (the bad one may have
+        // been damaged in transit); one that declined or was dropped may not.
+        if invited.state != "invited" && invited.state != "rejected" {
+            return Err(EngineError::Precondition(format!(
+                "{party} can no longer upload to round {round} of {task}: it is {} ({})",
+                invited.state, invited.reason
+            )));
+        }
+        let (base_sha, base) = self.base_model(&task, &spec, r)?;
+        let (step, stage) = Self::update_shape(r, &base)?;
         let task_id = TaskId::new(&task).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let party_id = PartyId::new(party).map_err(|e| EngineError::Invalid(e.to_string()))?;
         let expect = Expectations {
             task: &task_id,
             spec: &spec,
             round: RoundNo(round),
-            step: StepNo(0),
-            base_model: base
-                .blob_sha256
-                .parse()
-                .map_err(|e: shared_model::ids::IdError| EngineError::Invalid(e.to_string()))?,
+            step,
+            base_model: base_sha,
             party: &party_id,
+            stage,
         };
         if let Err(e) = verify(envelope, bytes, party_key, &expect) {
             let reason = e.to_string();
-            self.store.reject(&task, round, party, &reason, now)?;
             self.store
-                .set_round_party(&task, round, party, "rejected", &reason)?;
+                .reject_in_round(&task, round, party, "rejected", &reason, now)?;
             return Err(EngineError::Rejected(reason));
         }
         let sha = self.blobs.put(bytes)?;
@@ -664,24 +771,40 @@ impl Engine {
         Ok(())
     }
 
-    /// Records that a party declined an assignment.
-    pub fn decline(&self, party: &str, assignment: &str, reason: &str, now: i64) -> Result<()> {
+    /// Records that a party declined an assignment. A declined training invitation counts as
+    /// an answer in its round; declined statistics or evaluation work is not offered again.
+    pub fn decline(&mut self, party: &str, assignment: &str, reason: &str, now: i64) -> Result<()> {
         let (task, kind, round) = Self::parse_assignment(assignment)?;
         self.check_member(&task, party)?;
-        if kind == "train" {
-            let reason = format!("declined: {reason}");
-            self.store
-                .set_round_party(&task, round, party, "declined", &reason)?;
-            self.store.reject(&task, round, party, &reason, now)?;
+        match kind.as_str() {
+            "train" => {
+                let reason = format!("declined: {reason}");
+                self.store
+                    .reject_in_round(&task, round, party, "declined", &reason, now)?;
+            }
+            "stats" | "evaluate" => {
+                self.store
+                    .put_decline(&task, assignment, party, reason, now)?;
+                tracing::info!(%task, %party, %assignment, %reason, "party declined work");
+            }
+            other => {
+                return Err(EngineError::Invalid(format!(
+                    "assignment {assignment} has unknown kind {other:?}"
+                )));
+            }
         }
         Ok(())
     }
 
-    /// Moves every task forward; true if anything changed.
+    /// Moves every task forward; true if anything changed. A task that cannot move (a broken
+    /// row, a failing merge) is logged with its name and does not hold up the others.
     pub fn tick(&mut self, now: i64) -> Result<bool> {
         let mut changed = false;
         for t in self.store.tasks()? {
-            changed |= self.tick_task(&t, now)?;
+            match self.tick_task(&t, now) {
+                Ok(c) => changed |= c,
+                Err(e) => tracing::error!(task = %t.name, error = %e, "task cannot move forward"),
+            }
         }
         Ok(changed)
     }
@@ -726,7 +849,7 @@ impl Engine {
             let model = self.publish_row(
                 t,
                 &spec,
-                &initial,
+                &Model::Single(initial),
                 BlobRole::Initial,
                 0,
                 0,
@@ -750,17 +873,14 @@ impl Engine {
         }
         if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) {
             let latest = self.store.model(&t.name, None)?.map_or(0, |m| m.version);
-            let revoked: Vec<String> = self
-                .store
-                .parties()?
-                .into_iter()
-                .filter(|p| p.revoked)
-                .map(|p| p.name)
-                .collect();
+            let revoked = self.revoked()?;
+            // A relay step invites its one party; a broadcast round every active party.
+            let (_, relay) = round_config(r)?;
             let invited: Vec<String> = t
                 .parties
                 .iter()
                 .filter(|p| !revoked.contains(p))
+                .filter(|p| relay.as_ref().is_none_or(|(only, _)| only == *p))
                 .cloned()
                 .collect();
             self.store
@@ -784,11 +904,59 @@ impl Engine {
         if !all_answered && !past_deadline {
             return Ok(false);
         }
-        let updates = self.store.updates(&t.name, r.round)?;
-        if (updates.len() as u32) < r.min_parties {
+        // Re-verify every stored update: only a VerifiedUpdate reaches the strategy, also after a
+        // restart. An update that no longer verifies (its party was revoked, its blob changed on
+        // disk) is rejected here, named, and left out; the quorum counts what is left.
+        let keys = self.party_keys()?;
+        let (base, base_model) = self.base_model(&t.name, spec, r)?;
+        let (cfg, relay) = round_config(r)?;
+        let (step, stage) = Self::update_shape(r, &base_model)?;
+        let task_id = TaskId::new(&t.name).map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let mut verified_updates: Vec<(VerifiedUpdate, Sha256, Option<String>)> = Vec::new();
+        for u in self.store.updates(&t.name, r.round)? {
+            let checked = (|| -> std::result::Result<(VerifiedUpdate, Sha256), String> {
+                let env = load_envelope(&u.envelope)
+                    .ok_or_else(|| "its stored envelope is unreadable".to_string())?;
+                let key = match keys.iter().find(|(n, _, _)| *n == u.party) {
+                    None => return Err("the party is no longer enrolled".into()),
+                    Some((_, _, true)) => return Err("the party was revoked".into()),
+                    Some((_, k, false)) => *k,
+                };
+                let sha: Sha256 = u.blob_sha256.parse().map_err(|e| format!("{e}"))?;
+                let bytes = self.blobs.get(&sha).map_err(|e| e.to_string())?;
+                let party_id = PartyId::new(&u.party).map_err(|e| e.to_string())?;
+                let expect = Expectations {
+                    task: &task_id,
+                    spec,
+                    round: RoundNo(r.round),
+                    step,
+                    base_model: base,
+                    party: &party_id,
+                    stage,
+                };
+                let v = verify(&env, &bytes, &key, &expect).map_err(|e| e.to_string())?;
+                Ok((v, sha))
+            })();
+            match checked {
+                Ok((v, sha)) => verified_updates.push((v, sha, u.local_metrics.clone())),
+                Err(why) => {
+                    let reason = format!("update left out of the merge: {why}");
+                    tracing::warn!(task = %t.name, round = r.round, party = %u.party, %reason);
+                    self.store
+                        .leave_out(&t.name, r.round, &u.party, &reason, now)?;
+                }
+            }
+        }
+        if (verified_updates.len() as u32) < r.min_parties {
+            let parties = self.store.round_parties(&t.name, r.round)?;
             let others: Vec<String> = parties
                 .iter()
-                .filter(|p| p.state != "accepted")
+                .filter(|p| {
+                    p.state != "accepted"
+                        || !verified_updates
+                            .iter()
+                            .any(|(v, _, _)| v.party().as_str() == p.party)
+                })
                 .map(|p| match p.state.as_str() {
                     "invited" => format!("{}: no answer by the deadline", p.party),
                     _ => format!("{}: {}", p.party, p.reason),
@@ -796,7 +964,7 @@ impl Engine {
                 .collect();
             let reason = format!(
                 "quorum not met: {} of {} required updates accepted ({})",
-                updates.len(),
+                verified_updates.len(),
                 r.min_parties,
                 others.join("; ")
             );
@@ -804,53 +972,15 @@ impl Engine {
             self.store.fail_round(&t.name, r.round, &reason)?;
             return Ok(true);
         }
-        // Re-verify every stored update: only VerifiedUpdate reaches the strategy, also after a restart.
-        let keys = self.party_keys()?;
-        let base: Sha256 = self
-            .store
-            .model(&t.name, r.base_version)?
-            .ok_or_else(|| EngineError::NotFound("base model missing".into()))?
-            .blob_sha256
-            .parse()
-            .map_err(|e: shared_model::ids::IdError| EngineError::Invalid(e.to_string()))?;
-        let task_id = TaskId::new(&t.name).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let mut acc = FedAvg::new();
         let mut contributors = Vec::new();
         let mut metrics: Option<MetricStats> = None;
-        for u in &updates {
-            let env = load_envelope(&u.envelope).ok_or_else(|| {
-                EngineError::Invalid(format!("stored envelope of {} is unreadable", u.party))
-            })?;
-            let key = keys
-                .iter()
-                .find(|(n, _, _)| *n == u.party)
-                .map(|(_, k, _)| *k)
-                .ok_or_else(|| EngineError::NotFound(format!("party {} vanished", u.party)))?;
-            let sha: Sha256 = u
-                .blob_sha256
-                .parse()
-                .map_err(|e: shared_model::ids::IdError| EngineError::Invalid(e.to_string()))?;
-            let bytes = self.blobs.get(&sha)?;
-            let party_id =
-                PartyId::new(&u.party).map_err(|e| EngineError::Invalid(e.to_string()))?;
-            let expect = Expectations {
-                task: &task_id,
-                spec,
-                round: RoundNo(r.round),
-                step: StepNo(0),
-                base_model: base,
-                party: &party_id,
-            };
-            let verified: VerifiedUpdate = verify(&env, &bytes, &key, &expect)
-                .map_err(|e| EngineError::Rejected(e.to_string()))?;
-            acc.add(&verified)
-                .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        for (verified, sha, local) in &verified_updates {
             contributors.push(Contributor {
-                party: party_id,
-                update_sha256: sha,
-                sample_count: u.sample_count,
+                party: verified.party().clone(),
+                update_sha256: *sha,
+                sample_count: verified.sample_count(),
             });
-            if let Some(json) = &u.local_metrics
+            if let Some(json) = local
                 && let Ok(s) = serde_json::from_str::<MetricStats>(json)
             {
                 match &mut metrics {
@@ -861,9 +991,36 @@ impl Engine {
                 }
             }
         }
-        let merged = acc
-            .finish()
-            .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        let merged = if let Some((party, _)) = &relay {
+            let Some((only, _, _)) = verified_updates
+                .iter()
+                .find(|(v, _, _)| v.party().as_str() == party)
+            else {
+                return Err(EngineError::Invalid(format!(
+                    "task {} round {}: relay step of {party} has no update of {party}",
+                    t.name, r.round
+                )));
+            };
+            relay_step(&cfg.strategy, &base_model, only.weights())
+        } else {
+            let contributions: Vec<Contribution<'_>> = verified_updates
+                .iter()
+                .map(|(v, _, _)| Contribution {
+                    party: v.party().as_str(),
+                    weights: v.weights(),
+                    samples: v.sample_count(),
+                })
+                .collect();
+            match cfg.merge(&base_model, &contributions) {
+                Ok(m) => m,
+                Err(e) => {
+                    let reason = format!("{} merge failed: {e}", cfg.name);
+                    tracing::warn!(task = %t.name, round = r.round, %reason, "round failed");
+                    self.store.fail_round(&t.name, r.round, &reason)?;
+                    return Ok(true);
+                }
+            }
+        };
         let version = self.store.model(&t.name, None)?.map_or(0, |m| m.version) + 1;
         let model = self.publish_row(
             t,
@@ -878,7 +1035,7 @@ impl Engine {
             now,
         )?;
         self.store.publish_round(&t.name, r.round, &model, now)?;
-        tracing::info!(task = %t.name, round = r.round, version, updates = updates.len(), "merged model published");
+        tracing::info!(task = %t.name, round = r.round, version, updates = verified_updates.len(), "merged model published");
         Ok(true)
     }
 
@@ -887,7 +1044,7 @@ impl Engine {
         &self,
         t: &TaskRow,
         spec: &ModelSpec,
-        weights: &Weights,
+        model: &Model,
         role: BlobRole,
         version: u64,
         round: u64,
@@ -896,13 +1053,7 @@ impl Engine {
         metrics: Option<shared_model::eval::Metrics>,
         now: i64,
     ) -> Result<ModelRow> {
-        let bytes = blob::encode(
-            weights,
-            &BlobMeta {
-                spec_id: spec.id(),
-                role,
-            },
-        );
+        let bytes = model.encode(spec.id(), role);
         let sha = self.blobs.put(&bytes)?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),
@@ -926,5 +1077,191 @@ impl Engine {
             manifest: signed.bytes,
             signature: signed.signature.to_bytes().to_vec(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared_model::blob::{self, BlobMeta};
+    use shared_model::keys::generate;
+
+    const SPEC: &str = r#"
+format = 1
+name = "tiny"
+[task]
+kind = "binary"
+target = "y"
+features = ["a", "b"]
+[model]
+hidden = [3]
+[training]
+learning_rate = 0.1
+local_epochs = 1
+batch_size = 4
+seed = 1
+"#;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        engine: Engine,
+        keys: Vec<(String, SigningKey)>,
+    }
+
+    fn sums() -> FeatureSums {
+        FeatureSums::of_rows(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2)
+    }
+
+    /// An engine with `n` enrolled parties and a task `t` past its statistics step.
+    fn fixture(n: usize) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("y.db")).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+        let keys: Vec<(String, SigningKey)> = (0..n)
+            .map(|i| (format!("plant-{i}"), generate().unwrap()))
+            .collect();
+        for (name, k) in &keys {
+            engine.enroll(name, &k.verifying_key(), 0).unwrap();
+        }
+        engine.create_task("t", SPEC, &[], 0).unwrap();
+        for (name, _) in &keys {
+            engine.submit_sums(name, "t/stats/0", &sums()).unwrap();
+        }
+        assert!(engine.tick(1).unwrap(), "statistics complete");
+        Fixture {
+            _dir: dir,
+            engine,
+            keys,
+        }
+    }
+
+    impl Fixture {
+        /// A correctly signed update of party `i` for round `round`, trained on nothing.
+        fn upload(&mut self, i: usize, round: u64, now: i64) -> Result<UploadOutcome> {
+            let spec = ModelSpec::parse(SPEC, "t").unwrap();
+            let (name, key) = &self.keys[i];
+            let r = self.engine.store().rounds("t").unwrap();
+            let r = r.iter().find(|r| r.round == round).unwrap();
+            let base = self
+                .engine
+                .store()
+                .model("t", r.base_version)
+                .unwrap()
+                .unwrap();
+            let w = Weights::initial(&spec, &sums().normalization().unwrap())
+                .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (i as f32 + 1.0)).collect())
+                .unwrap();
+            let bytes = blob::encode(
+                &w,
+                &BlobMeta {
+                    spec_id: spec.id(),
+                    role: BlobRole::Update,
+                },
+            );
+            let env = SignedUpdate::for_blob(
+                TaskId::new("t").unwrap(),
+                spec.id(),
+                RoundNo(round),
+                StepNo(0),
+                base.blob_sha256.parse().unwrap(),
+                PartyId::new(name).unwrap(),
+                &bytes,
+                10,
+                key,
+            );
+            let vk = key.verifying_key();
+            self.engine.accept_upload(
+                &Upload {
+                    party: name,
+                    party_key: &vk,
+                    assignment: &format!("t/train/{round}"),
+                    envelope: &env,
+                    bytes: &bytes,
+                    local_metrics: None,
+                },
+                now,
+            )
+        }
+    }
+
+    #[test]
+    fn impossible_feature_sums_are_refused_with_the_party_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("y.db")).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+        let k = generate().unwrap();
+        engine.enroll("plant-a", &k.verifying_key(), 0).unwrap();
+        engine.create_task("t", SPEC, &[], 0).unwrap();
+        let mut bad = sums();
+        bad.sum[0] = f64::NAN;
+        let e = engine
+            .submit_sums("plant-a", "t/stats/0", &bad)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("plant-a") && e.to_string().contains("feature 0"),
+            "{e}"
+        );
+        let mut huge = sums();
+        huge.count = u64::MAX;
+        assert!(engine.submit_sums("plant-a", "t/stats/0", &huge).is_err());
+        assert!(
+            engine.store().sums("t").unwrap().is_empty(),
+            "nothing stored"
+        );
+        // The statistics step is still open for a good report.
+        engine.submit_sums("plant-a", "t/stats/0", &sums()).unwrap();
+    }
+
+    #[test]
+    fn a_party_revoked_mid_round_cannot_upload_and_is_not_merged() {
+        let mut f = fixture(3);
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+        f.engine.revoke("plant-1", 4).unwrap();
+        let e = f.upload(1, 1, 5).unwrap_err();
+        assert!(e.to_string().contains("plant-1 is revoked"), "{e}");
+        // plant-2 uploads; then plant-0 is revoked after its upload was accepted.
+        assert_eq!(f.upload(2, 1, 6).unwrap(), UploadOutcome::Accepted);
+        f.engine.revoke("plant-0", 7).unwrap();
+        assert!(f.engine.tick(8).unwrap());
+        let r = &f.engine.store().rounds("t").unwrap()[0];
+        // Only plant-2 is left after re-verification: below the quorum of 2.
+        assert_eq!(r.phase, RoundPhase::Failed);
+        let failure = r.failure.clone().unwrap();
+        assert!(failure.contains("1 of 2"), "{failure}");
+        let parties = f.engine.store().round_parties("t", 1).unwrap();
+        let p0 = parties.iter().find(|p| p.party == "plant-0").unwrap();
+        assert!(p0.reason.contains("revoked"), "{}", p0.reason);
+    }
+
+    #[test]
+    fn declined_evaluations_are_not_offered_again_and_training_comes_first() {
+        let mut f = fixture(2);
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 2)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        f.upload(0, 1, 3).unwrap();
+        f.upload(1, 1, 3).unwrap();
+        assert!(f.engine.tick(4).unwrap(), "round 1 published");
+        assert!(f.engine.tick(5).unwrap(), "round 2 opened");
+        // Round 2's training is offered before round 1's evaluation.
+        let a = f.engine.next_assignment("plant-0", 6).unwrap().unwrap();
+        assert_eq!(a.id, "t/train/2");
+        f.upload(0, 2, 7).unwrap();
+        let a = f.engine.next_assignment("plant-0", 8).unwrap().unwrap();
+        assert_eq!(a.id, "t/evaluate/1");
+        f.engine
+            .decline("plant-0", &a.id, "site policy", 9)
+            .unwrap();
+        assert_eq!(f.engine.next_assignment("plant-0", 10).unwrap(), None);
+        // The other party still gets it.
+        let b = f.engine.next_assignment("plant-1", 10).unwrap().unwrap();
+        assert_eq!(b.id, "t/train/2");
     }
 }

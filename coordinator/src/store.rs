@@ -8,7 +8,7 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +101,14 @@ CREATE TABLE models (
   created_ms INTEGER NOT NULL,
   PRIMARY KEY (task, version)
 );
+CREATE TABLE declines (             -- non-training work a party refused (statistics, evaluation)
+  task TEXT NOT NULL,
+  assignment TEXT NOT NULL,
+  party TEXT NOT NULL,
+  reason TEXT NOT NULL,
+  at_ms INTEGER NOT NULL,
+  PRIMARY KEY (task, assignment, party)
+);
 CREATE TABLE evaluations (
   task TEXT NOT NULL,
   version INTEGER NOT NULL,
@@ -109,6 +117,12 @@ CREATE TABLE evaluations (
   PRIMARY KEY (task, version, party)
 );
 "#;
+
+/// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` upgrades version `v`.
+const MIGRATIONS: &[&str] = &[
+    // 1 → 2: declines of non-training work are remembered, so refused work is not re-offered.
+    "CREATE TABLE declines (task TEXT NOT NULL, assignment TEXT NOT NULL, party TEXT NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (task, assignment, party));",
+];
 
 /// A party row.
 #[derive(Clone, Debug, PartialEq)]
@@ -296,11 +310,26 @@ impl Store {
     }
 
     /// Opens an existing database.
+    /// Opens an existing database, upgrading an older schema in one transaction.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let mut conn =
+            Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        if found != SCHEMA_VERSION {
+        if !(1..=SCHEMA_VERSION).contains(&found) {
             return Err(StoreError::Version { found });
+        }
+        if found < SCHEMA_VERSION {
+            let tx = conn.transaction()?;
+            for step in &MIGRATIONS[(found - 1) as usize..] {
+                tx.execute_batch(step)?;
+            }
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+            tracing::info!(
+                from = found,
+                to = SCHEMA_VERSION,
+                "database schema upgraded"
+            );
         }
         Self::configure(conn)
     }
@@ -323,12 +352,28 @@ impl Store {
         Ok(n == 1)
     }
 
-    /// Marks a party revoked; false if unknown.
-    pub fn revoke_party(&self, name: &str) -> Result<bool> {
-        Ok(self
-            .conn
-            .execute("UPDATE parties SET revoked = 1 WHERE name = ?1", [name])?
-            == 1)
+    /// Marks a party revoked and, in the same transaction, rejects it in every open round where
+    /// it is still awaited; false if unknown.
+    pub fn revoke_party(&mut self, name: &str, reason: &str, now: i64) -> Result<bool> {
+        let tx = self.conn.transaction()?;
+        if tx.execute("UPDATE parties SET revoked = 1 WHERE name = ?1", [name])? != 1 {
+            return Ok(false);
+        }
+        tx.execute(
+            "INSERT INTO rejections (task, round, party, reason, at_ms) \
+             SELECT rp.task, rp.round, rp.party, ?2, ?3 FROM round_parties rp \
+             JOIN rounds r ON r.task = rp.task AND r.round = rp.round \
+             WHERE rp.party = ?1 AND rp.state = 'invited' AND r.phase = 'training'",
+            params![name, reason, now],
+        )?;
+        tx.execute(
+            "UPDATE round_parties SET state = 'rejected', reason = ?2 \
+             WHERE party = ?1 AND state = 'invited' AND EXISTS (SELECT 1 FROM rounds r \
+             WHERE r.task = round_parties.task AND r.round = round_parties.round AND r.phase = 'training')",
+            params![name, reason],
+        )?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// Records an authenticated call.
@@ -432,18 +477,19 @@ impl Store {
 
     // ---- rounds -----------------------------------------------------------------------------
 
-    /// Appends `count` queued rounds; returns the first round number.
-    pub fn queue_rounds(&mut self, r: &RoundRow, count: u32) -> Result<u64> {
+    /// Appends queued rounds (one per row, numbered after the last) in one transaction;
+    /// returns the first round number.
+    pub fn queue_rounds(&mut self, task: &str, rows: &[RoundRow]) -> Result<u64> {
         let tx = self.conn.transaction()?;
         let last: i64 = tx.query_row(
             "SELECT COALESCE(MAX(round), 0) FROM rounds WHERE task = ?1",
-            [&r.task],
+            [task],
             |row| row.get(0),
         )?;
-        for i in 1..=i64::from(count) {
+        for (i, r) in (1..).zip(rows) {
             tx.execute(
                 "INSERT INTO rounds (task, round, strategy, options, min_parties, deadline_ms, phase) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued')",
-                params![r.task, last + i, r.strategy, r.options, r.min_parties, r.deadline_ms],
+                params![task, last + i, r.strategy, r.options, r.min_parties, r.deadline_ms],
             )?;
         }
         tx.commit()?;
@@ -513,6 +559,81 @@ impl Store {
             params![task, round as i64, party, state, reason],
         )?;
         Ok(())
+    }
+
+    /// Sets a party's state in a round (unless `accepted`) and records the rejection, atomically.
+    pub fn reject_in_round(
+        &mut self,
+        task: &str,
+        round: u64,
+        party: &str,
+        state: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE round_parties SET state = ?4, reason = ?5 WHERE task = ?1 AND round = ?2 AND party = ?3 AND state != 'accepted'",
+            params![task, round as i64, party, state, reason],
+        )?;
+        tx.execute(
+            "INSERT INTO rejections (task, round, party, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task, round as i64, party, reason, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Marks an accepted update as left out of the merge (its party revoked, its blob damaged)
+    /// and records why, atomically. The update row stays for the audit trail.
+    pub fn leave_out(
+        &mut self,
+        task: &str,
+        round: u64,
+        party: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE round_parties SET state = 'rejected', reason = ?4 WHERE task = ?1 AND round = ?2 AND party = ?3",
+            params![task, round as i64, party, reason],
+        )?;
+        tx.execute(
+            "INSERT INTO rejections (task, round, party, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task, round as i64, party, reason, now],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records that a party refused a non-training assignment (kept; the first reason wins).
+    pub fn put_decline(
+        &self,
+        task: &str,
+        assignment: &str,
+        party: &str,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO declines (task, assignment, party, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![task, assignment, party, reason, now],
+        )?;
+        Ok(())
+    }
+
+    /// Whether a party refused an assignment.
+    pub fn declined(&self, task: &str, assignment: &str, party: &str) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM declines WHERE task = ?1 AND assignment = ?2 AND party = ?3",
+                params![task, assignment, party],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
     }
 
     /// Records a rejection.
@@ -669,7 +790,9 @@ mod tests {
             let s = Store::create(&path).unwrap();
             assert!(s.insert_party("plant-a", &[7; 32], 5).unwrap());
             assert!(!s.insert_party("plant-a", &[8; 32], 6).unwrap());
-            assert!(s.revoke_party("plant-a").unwrap());
+            let mut s = s;
+            assert!(s.revoke_party("plant-a", "revoked", 6).unwrap());
+            assert!(!s.revoke_party("plant-z", "revoked", 6).unwrap());
         }
         let s = Store::open(&path).unwrap();
         let p = &s.parties().unwrap()[0];
@@ -680,5 +803,29 @@ mod tests {
             Store::open(&path),
             Err(StoreError::Version { found: 99 })
         ));
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.db");
+        {
+            let s = Store::create(&path).unwrap();
+            assert!(s.insert_party("plant-a", &[7; 32], 5).unwrap());
+            // What a version-1 build wrote: no declines table.
+            s.conn.execute_batch("DROP TABLE declines").unwrap();
+            s.conn.pragma_update(None, "user_version", 1).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.parties().unwrap().len(), 1, "rows survive the upgrade");
+        s.put_decline("t", "t/evaluate/1", "plant-a", "policy", 9)
+            .unwrap();
+        assert!(s.declined("t", "t/evaluate/1", "plant-a").unwrap());
+        assert!(!s.declined("t", "t/evaluate/2", "plant-a").unwrap());
+        let v: i64 = s
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
     }
 }

@@ -11,15 +11,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
 use shared_model::data::{Dataset, SplitFractions, load_csv};
-use shared_model::eval::{MetricStats, evaluate_stats};
+use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::Manifest;
+use shared_model::model::{Model, max_model_blob_bytes};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
-use shared_model::train::{TrainOptions, train_observed};
+use shared_model::strategy::local_update_observed;
+use shared_model::train::TrainOptions;
 use shared_model::update::SignedUpdate;
-use shared_model::weights::Weights;
 
 use crate::config::Config;
 use crate::grpc::{Assignment, PartyClient, Work, digest};
@@ -149,8 +150,10 @@ async fn fetch_model(
     spec: &ModelSpec,
     task: &str,
     version: u64,
-) -> anyhow::Result<(Manifest, Weights)> {
-    let (signed, bytes) = c.download(task, version, spec.max_blob_bytes()).await?;
+) -> anyhow::Result<(Manifest, Model)> {
+    let (signed, bytes) = c
+        .download(task, version, max_model_blob_bytes(spec))
+        .await?;
     let m = signed.verify(&config.coordinator_key, now_ms())?;
     let task_id = TaskId::new(task)?;
     m.check_for(&task_id, spec.id(), state.accepted(task).map(ModelVersion))?;
@@ -165,9 +168,9 @@ async fn fetch_model(
     } else {
         BlobRole::Merged
     };
-    let weights = blob::decode(&bytes, spec, role)
+    let model = Model::decode(&bytes, spec, role)
         .with_context(|| format!("model version {version} of {task}"))?;
-    Ok((m, weights))
+    Ok((m, model))
 }
 
 async fn handle(
@@ -204,7 +207,10 @@ async fn handle(
         Work::Train {
             base_version,
             base_sha256,
+            strategy,
             fedprox_mu,
+            learning_rate,
+            frozen_layers,
         } => {
             let (m, base) = match fetch_model(c, config, state, &spec, &a.task, base_version).await
             {
@@ -227,7 +233,11 @@ async fn handle(
             if fedprox_mu > 0.0 {
                 opts.fedprox_mu = Some(fedprox_mu);
             }
-            tracing::info!(task = %a.task, round = a.round, rows = train_rows.len(), epochs = opts.epochs, "training");
+            if learning_rate > 0.0 {
+                opts.learning_rate = learning_rate;
+            }
+            opts.frozen_layers = frozen_layers as usize;
+            tracing::info!(task = %a.task, round = a.round, step = a.step, %strategy, rows = train_rows.len(), epochs = opts.epochs, "training");
             let samples = train_rows.len() as u64;
             let (spec2, key, party, task_id) = (
                 spec.clone(),
@@ -243,14 +253,23 @@ async fn handle(
             );
             let (bytes, env, local): (Vec<u8>, SignedUpdate, MetricStats) =
                 tokio::task::spawn_blocking(move || {
-                    let out =
-                        train_observed(&spec2, &base, &train_rows, &opts, &mut |epoch, loss| {
+                    let out = local_update_observed(
+                        &spec2,
+                        &strategy,
+                        party.as_str(),
+                        &base,
+                        &train_rows,
+                        &opts,
+                        &mut |epoch, loss| {
                             bar.set_position(u64::from(epoch));
                             bar.set_message(format!("loss {loss:.4}"));
-                        })?;
+                        },
+                    )?;
                     bar.finish_and_clear();
-                    let stats =
-                        evaluate_stats(&spec2, &out.weights, &holdout, CpuBackend::default());
+                    // Evaluated as what it yields: the network, or a relay's model after this step.
+                    let stats = out
+                        .result
+                        .evaluate_stats(&spec2, &holdout, CpuBackend::default());
                     let bytes = blob::encode(
                         &out.weights,
                         &BlobMeta {
@@ -284,7 +303,7 @@ async fn handle(
             tracing::info!(task = %a.task, round = a.round, blob = %sha.short(), ?ack, local_metric = name, value = v, "update uploaded");
         }
         Work::Evaluate { version } => {
-            let (_, weights) = match fetch_model(c, config, state, &spec, &a.task, version).await {
+            let (_, model) = match fetch_model(c, config, state, &spec, &a.task, version).await {
                 Ok(x) => x,
                 Err(e) => {
                     let reason = format!("published model refused: {e:#}");
@@ -296,7 +315,7 @@ async fn handle(
             state.accept(&a.task, version)?;
             let spec2 = spec.clone();
             let stats = tokio::task::spawn_blocking(move || {
-                evaluate_stats(&spec2, &weights, &holdout, CpuBackend::default())
+                model.evaluate_stats(&spec2, &holdout, CpuBackend::default())
             })
             .await?;
             let (name, v) = stats.metrics().headline();

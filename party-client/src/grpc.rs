@@ -48,8 +48,14 @@ pub enum Work {
         base_version: u64,
         /// Base blob digest.
         base_sha256: String,
+        /// The round's strategy (decides what is trained: see `strategy::local_update`).
+        strategy: String,
         /// FedProx μ from the round (0 = spec's).
         fedprox_mu: f64,
+        /// Learning rate from the round (0 = spec's).
+        learning_rate: f64,
+        /// Layers to keep frozen.
+        frozen_layers: u32,
     },
     /// Evaluate a published version.
     Evaluate {
@@ -148,11 +154,17 @@ impl PartyClient {
         };
         let work = match a.work.context("assignment without work")? {
             pb::assignment::Work::Stats(_) => Work::Stats,
-            pb::assignment::Work::Train(t) => Work::Train {
-                base_version: t.base_version,
-                base_sha256: t.base_sha256,
-                fedprox_mu: t.overrides.map_or(0.0, |o| o.fedprox_mu),
-            },
+            pb::assignment::Work::Train(t) => {
+                let o = t.overrides.unwrap_or_default();
+                Work::Train {
+                    base_version: t.base_version,
+                    base_sha256: t.base_sha256,
+                    strategy: t.strategy,
+                    fedprox_mu: o.fedprox_mu,
+                    learning_rate: o.learning_rate,
+                    frozen_layers: o.frozen_layers,
+                }
+            }
             pb::assignment::Work::Evaluate(e) => Work::Evaluate { version: e.version },
         };
         Ok(Some(Assignment {

@@ -17,6 +17,12 @@ pub enum AggregateError {
         /// The party.
         party: String,
     },
+    /// The sample counts add up beyond what a u64 holds (verified updates cannot get here).
+    #[error("sample counts overflow")]
+    SampleOverflow,
+    /// A strategy's precondition does not hold (e.g. Krum needs n > 2f + 2 updates).
+    #[error("{0}")]
+    Unsuitable(String),
     /// The merged values are not finite.
     #[error("merged model is not finite: {0}")]
     Weights(#[from] WeightsError),
@@ -38,8 +44,19 @@ impl FedAvg {
 
     /// Folds in one update, weighted by its sample count.
     pub fn add(&mut self, update: &VerifiedUpdate) -> Result<(), AggregateError> {
-        let w = update.weights();
-        let n = update.sample_count();
+        self.add_weights(
+            update.party().as_str(),
+            update.weights(),
+            update.sample_count(),
+        )
+    }
+
+    /// Folds in one model of `party`, weighted by `n` (its sample count).
+    pub fn add_weights(&mut self, party: &str, w: &Weights, n: u64) -> Result<(), AggregateError> {
+        let total = self
+            .total
+            .checked_add(n)
+            .ok_or(AggregateError::SampleOverflow)?;
         match &self.first {
             None => {
                 self.sums = w
@@ -52,7 +69,7 @@ impl FedAvg {
             Some(first) => {
                 if first.normalization() != w.normalization() {
                     return Err(AggregateError::Normalization {
-                        party: update.party().to_string(),
+                        party: party.to_string(),
                     });
                 }
                 for (sum, t) in self.sums.iter_mut().zip(w.trainable()) {
@@ -62,7 +79,7 @@ impl FedAvg {
                 }
             }
         }
-        self.total += n;
+        self.total = total;
         Ok(())
     }
 

@@ -120,12 +120,24 @@ pub struct BlobMeta {
 
 /// Encodes tensors canonically as safetensors bytes.
 pub fn encode_tensors(tensors: &[NamedTensor], meta: &BlobMeta) -> Vec<u8> {
+    encode_tensors_with(tensors, meta, &BTreeMap::new())
+}
+
+/// [`encode_tensors`] with extra metadata entries (e.g. the `kind` of a composite model).
+pub fn encode_tensors_with(
+    tensors: &[NamedTensor],
+    meta: &BlobMeta,
+    extra: &BTreeMap<&str, String>,
+) -> Vec<u8> {
     let mut header = serde_json::Map::new();
-    let metadata: BTreeMap<&str, String> = BTreeMap::from([
+    let mut metadata: BTreeMap<&str, String> = BTreeMap::from([
         ("format", BLOB_FORMAT.to_string()),
         ("role", meta.role.to_string()),
         ("spec_id", meta.spec_id.to_string()),
     ]);
+    for (k, v) in extra {
+        metadata.insert(k, v.clone());
+    }
     header.insert(
         "__metadata__".into(),
         serde_json::to_value(metadata).expect("strings serialise"),
@@ -274,8 +286,37 @@ pub fn decode_tensors(
 
 /// Decodes a single-model blob strictly against `spec`, expecting `role`.
 pub fn decode(bytes: &[u8], spec: &ModelSpec, role: BlobRole) -> Result<Weights, BlobError> {
+    decode_limited(bytes, spec, role, BlobLimits::for_spec(spec))
+}
+
+/// [`decode`] with explicit limits.
+pub fn decode_limited(
+    bytes: &[u8],
+    spec: &ModelSpec,
+    role: BlobRole,
+    limits: BlobLimits,
+) -> Result<Weights, BlobError> {
     let layout = spec.tensors();
-    let tensors = decode_tensors(bytes, &layout, BlobLimits::for_spec(spec), spec.id(), role)?;
+    let tensors = decode_tensors(bytes, &layout, limits, spec.id(), role)?;
+    Ok(Weights::from_tensors(&layout, tensors)?)
+}
+
+/// Decodes one network whose layout is `layout_spec`'s but whose blob names `spec_id` (a series
+/// stage: wider than the task's network, still the task's spec).
+pub fn decode_as(
+    bytes: &[u8],
+    layout_spec: &ModelSpec,
+    spec_id: SpecId,
+    role: BlobRole,
+) -> Result<Weights, BlobError> {
+    let layout = layout_spec.tensors();
+    let tensors = decode_tensors(
+        bytes,
+        &layout,
+        BlobLimits::for_spec(layout_spec),
+        spec_id,
+        role,
+    )?;
     Ok(Weights::from_tensors(&layout, tensors)?)
 }
 

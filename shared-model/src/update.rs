@@ -133,6 +133,9 @@ pub struct Expectations<'a> {
     pub base_model: Sha256,
     /// The authenticated caller.
     pub party: &'a PartyId,
+    /// Series Network stage the update is (0 otherwise): stage j ≥ 1 is a network over the
+    /// features plus the previous stage's output ([`crate::model::stage_spec`]).
+    pub stage: usize,
 }
 
 /// Why an update was rejected. Each variant is a distinct, readable reason.
@@ -175,6 +178,14 @@ pub enum VerifyError {
     ZeroSamples {
         /// The party.
         party: PartyId,
+    },
+    /// The update claims more rows than any site can have (it would dominate a weighted mean).
+    #[error("update of {party} reports {count} training samples; at most {max} are plausible", max = crate::stats::MAX_ROWS)]
+    TooManySamples {
+        /// The party.
+        party: PartyId,
+        /// The count claimed.
+        count: u64,
     },
     /// The envelope is signed by another key than the party's enrolled one.
     #[error(
@@ -267,7 +278,7 @@ pub fn verify(
 ) -> Result<VerifiedUpdate, VerifyError> {
     let h = &envelope.header;
     let party = expect.party;
-    let max = expect.spec.max_blob_bytes();
+    let max = crate::model::stage_spec(expect.spec, expect.stage).max_blob_bytes();
     if h.blob_len > max {
         return Err(VerifyError::TooLarge {
             party: party.clone(),
@@ -311,6 +322,12 @@ pub fn verify(
             party: party.clone(),
         });
     }
+    if h.sample_count > crate::stats::MAX_ROWS {
+        return Err(VerifyError::TooManySamples {
+            party: party.clone(),
+            count: h.sample_count,
+        });
+    }
     if envelope.signer != *enrolled_key {
         return Err(VerifyError::ForeignKey {
             party: party.clone(),
@@ -331,11 +348,13 @@ pub fn verify(
             computed,
         });
     }
-    let weights =
-        blob::decode(bytes, expect.spec, BlobRole::Update).map_err(|source| VerifyError::Blob {
+    let layout = crate::model::stage_spec(expect.spec, expect.stage);
+    let weights = blob::decode_as(bytes, &layout, spec_id, BlobRole::Update).map_err(|source| {
+        VerifyError::Blob {
             party: party.clone(),
             source,
-        })?;
+        }
+    })?;
     Ok(VerifiedUpdate {
         header: h.clone(),
         weights,
@@ -401,6 +420,7 @@ pub(crate) mod tests {
                 step: StepNo(0),
                 base_model: self.base,
                 party: &self.party,
+                stage: 0,
             }
         }
 
@@ -512,6 +532,24 @@ pub(crate) mod tests {
             verify(&zero, &bytes, &key, &f.expect()),
             Err(VerifyError::ZeroSamples { .. })
         ));
+        // A signed but absurd sample count would dominate (or overflow) a weighted mean.
+        let absurd = f.sign(&bytes, u64::MAX);
+        assert!(matches!(
+            verify(&absurd, &bytes, &key, &f.expect()),
+            Err(VerifyError::TooManySamples {
+                count: u64::MAX,
+                ..
+            })
+        ));
+        assert!(
+            verify(
+                &f.sign(&bytes, crate::stats::MAX_ROWS),
+                &bytes,
+                &key,
+                &f.expect()
+            )
+            .is_ok()
+        );
         let mut big = env.clone();
         big.header.blob_len = u64::MAX;
         assert!(matches!(

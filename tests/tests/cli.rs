@@ -136,18 +136,18 @@ fn the_demo_runs_a_federation_and_writes_its_report() {
             out.to_str().unwrap(),
         ],
     );
-    for row in [
-        "| fedavg | 2 |",
-        "| fedprox | 2 |",
-        "| local-only",
-        "| data-sharing",
-    ] {
+    // Every strategy's row (named with its options), then both baselines.
+    for name in shared_model::strategy::NAMES {
+        let row = format!("| {name}");
+        assert!(printed.contains(&row), "missing {row:?} in:\n{printed}");
+    }
+    for row in ["| fedavg | 2 |", "| local-only", "| data-sharing"] {
         assert!(printed.contains(row), "missing {row:?} in:\n{printed}");
     }
     let results: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     let rows = results.as_array().unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(rows.len(), shared_model::strategy::NAMES.len() + 2);
     let f1 = |name: &str| {
         rows.iter()
             .find(|r| r["name"].as_str().unwrap().starts_with(name))
@@ -155,7 +155,10 @@ fn the_demo_runs_a_federation_and_writes_its_report() {
             .as_f64()
             .unwrap()
     };
-    let best = f1("fedavg").max(f1("fedprox"));
+    let best = shared_model::strategy::NAMES
+        .iter()
+        .map(|n| f1(n))
+        .fold(0.0, f64::max);
     assert!(
         best >= f1("data-sharing") - 0.05,
         "best merged F1 {best} vs data-sharing {}",

@@ -4,3 +4,4 @@ mod attacks;
 mod cli;
 mod federation;
 mod hand_run;
+mod strategies;

@@ -41,13 +41,17 @@ impl From<&Assignment> for pb::Assignment {
                 base_sha256,
                 strategy,
                 fedprox_mu,
+                learning_rate,
+                frozen_layers,
             } => pb::assignment::Work::Train(pb::TrainWork {
                 base_version: *base_version,
                 base_sha256: base_sha256.to_string(),
                 strategy: strategy.clone(),
                 overrides: Some(pb::TrainingOverrides {
                     fedprox_mu: *fedprox_mu,
-                    ..Default::default()
+                    learning_rate: *learning_rate,
+                    frozen_layers: *frozen_layers,
+                    local_epochs: 0,
                 }),
             }),
             Work::Evaluate { version } => {

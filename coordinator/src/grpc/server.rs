@@ -35,6 +35,8 @@ pub struct ServeConfig {
     pub tick: Duration,
     /// How long to wait for in-flight calls at shutdown.
     pub grace: Duration,
+    /// How long an upload stream may send nothing before it is dropped.
+    pub upload_idle: Duration,
 }
 
 impl Default for ServeConfig {
@@ -44,6 +46,7 @@ impl Default for ServeConfig {
             max_wait: Duration::from_secs(30),
             tick: Duration::from_millis(200),
             grace: Duration::from_secs(10),
+            upload_idle: Duration::from_secs(60),
         }
     }
 }
@@ -70,14 +73,25 @@ async fn with_engine<T: Send + 'static>(
     f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, Status> {
     let engine = shared.engine.clone();
-    let out = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut guard)
     })
     .await
     .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
-    .map_err(convert::status);
-    shared.notify.notify_waiters();
+    .map_err(convert::status)
+}
+
+/// Like [`with_engine`] for calls that change state: after a success, wakes the long polls so
+/// parties see new work at once. Reads and empty polls do not wake anyone.
+async fn change_engine<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    let out = with_engine(shared, f).await;
+    if out.is_ok() {
+        shared.notify.notify_waiters();
+    }
     out
 }
 
@@ -226,13 +240,11 @@ impl PartyService for PartySvc {
         let wait =
             Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.0.config.max_wait);
         let until = tokio::time::Instant::now() + wait;
+        let p = party.clone();
+        with_engine(&self.0, move |e| Ok(e.store().touch_party(&p, now_ms())?)).await?;
         loop {
             let p = party.clone();
-            let a = with_engine(&self.0, move |e| {
-                e.store().touch_party(&p, now_ms())?;
-                e.next_assignment(&p, now_ms())
-            })
-            .await?;
+            let a = with_engine(&self.0, move |e| e.next_assignment(&p, now_ms())).await?;
             if let Some(a) = a {
                 return Ok(Response::new(pb::NextAssignmentResponse {
                     assignment: Some((&a).into()),
@@ -262,7 +274,7 @@ impl PartyService for PartySvc {
             &r.sums
                 .ok_or_else(|| Status::invalid_argument("field sums is missing"))?,
         );
-        with_engine(&self.0, move |e| {
+        change_engine(&self.0, move |e| {
             e.submit_sums(&party, &r.assignment_id, &sums)
         })
         .await?;
@@ -316,7 +328,20 @@ impl PartyService for PartySvc {
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("field envelope is missing"))?,
         )?;
-        let task = env.header.task.to_string();
+        // The cap comes from the task named by the assignment (what the coordinator asked for),
+        // not from the envelope, whose task must then match it.
+        let task = start
+            .assignment_id
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if env.header.task.as_str() != task {
+            return Err(Status::invalid_argument(format!(
+                "rejected: update of {party} names task {} but answers assignment {}",
+                env.header.task, start.assignment_id
+            )));
+        }
         let cap = with_engine(&self.0, move |e| e.max_blob_bytes(&task)).await?;
         if env.header.blob_len > cap {
             return Err(Status::invalid_argument(format!(
@@ -325,8 +350,18 @@ impl PartyService for PartySvc {
             )));
         }
         let declared = env.header.blob_len as usize;
-        let mut bytes = Vec::with_capacity(declared);
-        while let Some(msg) = stream.message().await? {
+        // Grow with what arrives rather than trusting the declared length up front.
+        let mut bytes = Vec::with_capacity(declared.min(4 << 20));
+        let idle = self.0.config.upload_idle;
+        while let Some(msg) = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "upload of {party} sent nothing for {} s; dropped",
+                    idle.as_secs()
+                ))
+            })??
+        {
             let Some(pb::upload_update_request::Part::Chunk(c)) = msg.part else {
                 return Err(Status::invalid_argument(
                     "only chunks may follow the envelope",
@@ -360,7 +395,7 @@ impl PartyService for PartySvc {
             .ok_or_else(|| Status::unauthenticated("party vanished"))?;
         let sha = env.header.blob_sha256.to_string();
         let (p, assignment) = (party.clone(), start.assignment_id.clone());
-        let outcome = with_engine(&self.0, move |e| {
+        let outcome = change_engine(&self.0, move |e| {
             let upload = Upload {
                 party: &p,
                 party_key: &key,
@@ -394,7 +429,7 @@ impl PartyService for PartySvc {
         let r = req.into_inner();
         let stats: MetricStats = serde_json::from_str(&r.stats.unwrap_or_default().json)
             .map_err(|e| Status::invalid_argument(format!("field stats: {e}")))?;
-        with_engine(&self.0, move |e| {
+        change_engine(&self.0, move |e| {
             e.report_evaluation(&party, &r.assignment_id, &stats)
         })
         .await?;
@@ -408,7 +443,7 @@ impl PartyService for PartySvc {
         let party = self.0.party(&req, &format!("{PARTY}DeclineAssignment"))?;
         let r = req.into_inner();
         tracing::warn!(%party, assignment = %r.assignment_id, reason = %r.reason, "assignment declined");
-        with_engine(&self.0, move |e| {
+        change_engine(&self.0, move |e| {
             e.decline(&party, &r.assignment_id, &r.reason, now_ms())
         })
         .await?;
@@ -433,7 +468,7 @@ impl OperatorService for OperatorSvc {
         let key = VerifyingKey::from_bytes(&bytes)
             .map_err(|e| Status::invalid_argument(format!("field public_key: {e}")))?;
         let shared = self.0.clone();
-        with_engine(&self.0, move |e| {
+        change_engine(&self.0, move |e| {
             e.enroll(&r.name, &key, now_ms())?;
             shared.reload_keys(e)
         })
@@ -451,7 +486,7 @@ impl OperatorService for OperatorSvc {
             .operator(&req, &format!("{OPERATOR_SVC}RevokeParty"))?;
         let name = req.into_inner().name;
         let shared = self.0.clone();
-        with_engine(&self.0, move |e| {
+        change_engine(&self.0, move |e| {
             e.revoke(&name, now_ms())?;
             shared.reload_keys(e)
         })
@@ -489,7 +524,7 @@ impl OperatorService for OperatorSvc {
         self.0
             .operator(&req, &format!("{OPERATOR_SVC}CreateTask"))?;
         let r = req.into_inner();
-        let spec_id = with_engine(&self.0, move |e| {
+        let spec_id = change_engine(&self.0, move |e| {
             e.create_task(&r.name, &r.spec_toml, &r.parties, now_ms())
         })
         .await?;
@@ -531,7 +566,7 @@ impl OperatorService for OperatorSvc {
             .operator(&req, &format!("{OPERATOR_SVC}StartRound"))?;
         let r = req.into_inner();
         let options: BTreeMap<String, String> = r.options.into_iter().collect();
-        let first = with_engine(&self.0, move |e| {
+        let first = change_engine(&self.0, move |e| {
             e.start_rounds(
                 &r.task,
                 &r.strategy,
@@ -630,9 +665,10 @@ pub async fn serve(
                     _ = tokio::time::sleep(shared.config.tick) => {}
                     _ = stop.changed() => return,
                 }
-                let r = with_engine(&shared, |e| e.tick(now_ms())).await;
-                if let Err(s) = r {
-                    tracing::error!(error = %s.message(), "engine tick failed");
+                match with_engine(&shared, |e| e.tick(now_ms())).await {
+                    Ok(true) => shared.notify.notify_waiters(),
+                    Ok(false) => {}
+                    Err(s) => tracing::error!(error = %s.message(), "engine tick failed"),
                 }
             }
         })
