@@ -62,6 +62,10 @@ pub enum Command {
     /// Run a whole federation on this machine — a coordinator and N plants over real gRPC on
     /// loopback — with each strategy, and compare with the local-only and data-sharing baselines.
     Demo(crate::demo::DemoArgs),
+    /// Offline experiments: every strategy and both baselines on simulated parties (the same
+    /// training, strategy and verification code, in memory), over seeds and sweeps; writes
+    /// results.json, results.csv, a Markdown table and SVG plots.
+    Experiment(crate::experiment::ExperimentArgs),
     /// Serve the party and operator gRPC services until SIGINT/SIGTERM.
     Serve {
         /// The data directory.
@@ -207,10 +211,13 @@ pub enum RoundCommand {
         /// The task.
         #[arg(long)]
         task: String,
-        /// Merge strategy: fedavg or fedprox.
+        /// Merge strategy: fedavg, fedprox, ensemble, transfer, series, median, trimmed-mean,
+        /// krum or multi-krum (docs/STRATEGIES.md).
         #[arg(long, default_value = "fedavg")]
         strategy: String,
-        /// Strategy option KEY=VALUE (fedprox: mu=0.01); repeatable.
+        /// Strategy option KEY=VALUE, e.g. mu=0.01 (fedprox), beta=0.2 (trimmed-mean), f=1
+        /// (krum), passes=2 / freeze=1 / lr_scale=0.5 / order=random / seed=S (transfer),
+        /// norm_bound=5 (broadcast strategies); repeatable.
         #[arg(long = "option", value_parser = parse_kv)]
         options: Vec<(String, String)>,
         /// Fewest accepted updates needed to merge.
@@ -377,6 +384,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 crate::grpc::serve(listener, data, config, shutdown_signal()).await
             })?;
+        }
+        Command::Experiment(args) => {
+            crate::experiment::run(&args)?;
         }
         Command::Demo(args) => {
             runtime()?.block_on(crate::demo::run(args))?;
@@ -580,7 +590,14 @@ async fn round_command(cmd: RoundCommand) -> anyhow::Result<()> {
             rounds,
             remote,
         } => {
-            let options: HashMap<String, String> = options.into_iter().collect();
+            let mut map: HashMap<String, String> = HashMap::new();
+            for (k, v) in options {
+                if let Some(old) = map.insert(k.clone(), v.clone()) {
+                    anyhow::bail!("--option {k} is given twice ({old} and {v})");
+                }
+            }
+            let options = map;
+            let relay = matches!(strategy.as_str(), "transfer" | "series");
             let first = connect(&remote)
                 .await?
                 .start_round(
@@ -592,8 +609,16 @@ async fn round_command(cmd: RoundCommand) -> anyhow::Result<()> {
                     rounds,
                 )
                 .await?;
-            let last = first + u64::from(rounds) - 1;
-            println!("queued rounds {first}..={last} of {task} ({strategy}, quorum {min_parties})");
+            if relay {
+                println!(
+                    "queued {rounds} {strategy} relay(s) of {task} from round {first}: one round per party step, each party in turn"
+                );
+            } else {
+                let last = first + u64::from(rounds) - 1;
+                println!(
+                    "queued rounds {first}..={last} of {task} ({strategy}, quorum {min_parties})"
+                );
+            }
         }
         RoundCommand::Status { task, json, remote } => {
             let rounds = connect(&remote).await?.status(&task).await?;

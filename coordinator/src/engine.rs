@@ -337,13 +337,28 @@ impl Engine {
         deadline_ms: i64,
         count: u32,
     ) -> Result<u64> {
-        let (t, _) = self.task(task)?;
+        let (t, spec) = self.task(task)?;
         let cfg = StrategyConfig::parse(strategy, options)
+            .and_then(|c| c.check_for(&spec).map(|()| c))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if cfg.min_updates() > t.parties.len() {
+            return Err(EngineError::Invalid(format!(
+                "{cfg} merges at least {} updates; task {task} has {} parties",
+                cfg.min_updates(),
+                t.parties.len()
+            )));
+        }
         if min_parties == 0 || min_parties as usize > t.parties.len() {
             return Err(EngineError::Invalid(format!(
                 "min parties must be between 1 and the task's {} parties, found {min_parties}",
                 t.parties.len()
+            )));
+        }
+        if !cfg.is_relay() && (min_parties as usize) < cfg.min_updates() {
+            return Err(EngineError::Invalid(format!(
+                "{cfg} merges at least {} updates: set --min-parties to {} or more",
+                cfg.min_updates(),
+                cfg.min_updates()
             )));
         }
         if deadline_ms <= 0 || count == 0 || count > 1000 {
@@ -386,14 +401,20 @@ impl Engine {
                     order.len() * count as usize
                 )));
             }
-            for _ in 0..count {
-                for (step, party) in order.iter().enumerate() {
-                    let mut o = cfg.options();
-                    o.insert("party".into(), party.clone());
-                    o.insert("step".into(), step.to_string());
-                    o.insert("steps".into(), order.len().to_string());
-                    rows.push(row(&o, 1));
-                }
+            if order.is_empty() {
+                return Err(EngineError::Precondition(format!(
+                    "task {task} has no party left that is not revoked; nothing to relay"
+                )));
+            }
+            // Steps count on across relays, so "after the first party" means the first party
+            // of the first relay (Transfer Learning freezes and slows down from step 1 on).
+            let steps = order.len() * count as usize;
+            for (step, party) in order.iter().cycle().take(steps).enumerate() {
+                let mut o = cfg.options();
+                o.insert("party".into(), party.clone());
+                o.insert("step".into(), step.to_string());
+                o.insert("steps".into(), steps.to_string());
+                rows.push(row(&o, 1));
             }
         } else {
             rows = (0..count)
@@ -722,8 +743,27 @@ impl Engine {
             party: &party_id,
             stage,
         };
-        if let Err(e) = verify(envelope, bytes, party_key, &expect) {
-            let reason = e.to_string();
+        let checked = verify(envelope, bytes, party_key, &expect)
+            .map_err(|e| e.to_string())
+            .and_then(|v| {
+                // The task's normalisation is fixed by the statistics step; an update must keep
+                // it (a series stage adds its own for the extra inputs after the features).
+                let task_norm = match &base {
+                    Model::Single(w) => w.normalization(),
+                    Model::Ensemble(m) => m[0].weights.normalization(),
+                    Model::Series(s) => s[0].normalization(),
+                };
+                let d = spec.input_width();
+                let n = v.weights().normalization();
+                if n.mean[..d] == task_norm.mean[..] && n.std[..d] == task_norm.std[..] {
+                    Ok(v)
+                } else {
+                    Err(format!(
+                        "update of {party}: its normalisation (norm.mean / norm.std) differs from the task's"
+                    ))
+                }
+            });
+        if let Err(reason) = checked {
             self.store
                 .reject_in_round(&task, round, party, "rejected", &reason, now)?;
             return Err(EngineError::Rejected(reason));
@@ -962,6 +1002,14 @@ impl Engine {
                     _ => format!("{}: {}", p.party, p.reason),
                 })
                 .collect();
+            let mut others = others;
+            if let Some((party, step)) = &relay
+                && !parties.iter().any(|p| p.party == *party)
+            {
+                others.push(format!(
+                    "{party}: revoked before relay step {step}, which is skipped"
+                ));
+            }
             let reason = format!(
                 "quorum not met: {} of {} required updates accepted ({})",
                 verified_updates.len(),
@@ -1021,6 +1069,20 @@ impl Engine {
                 }
             }
         };
+        let parts = match &merged {
+            Model::Single(_) => 1,
+            Model::Ensemble(m) => m.len(),
+            Model::Series(s) => s.len(),
+        };
+        if parts > MAX_PARTS {
+            let reason = format!(
+                "the merged {} would hold {parts} networks; a published model holds at most {MAX_PARTS}",
+                merged.kind()
+            );
+            tracing::warn!(task = %t.name, round = r.round, %reason, "round failed");
+            self.store.fail_round(&t.name, r.round, &reason)?;
+            return Ok(true);
+        }
         let version = self.store.model(&t.name, None)?.map_or(0, |m| m.version) + 1;
         let model = self.publish_row(
             t,

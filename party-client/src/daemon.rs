@@ -55,8 +55,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                 };
                 match r {
                     Ok(c) => {
+                        // Connecting does not authenticate: the backoff is reset only once a
+                        // call succeeds, so a party not yet enrolled does not spin.
                         tracing::info!(server = %config.server, "connected");
-                        backoff = Duration::from_millis(100);
                         client.insert(c)
                     }
                     Err(e) => {
@@ -76,10 +77,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             r = c.next_assignment(POLL_MS) => r,
         };
         match next {
-            Ok(None) => {}
+            Ok(None) => backoff = Duration::from_millis(100),
             Ok(Some(a)) => {
                 let id = a.id.clone();
-                if let Err(e) = handle(c, &config, &mut state, a).await {
+                let done = handle(c, &config, &mut state, a).await;
+                if done.is_ok() {
+                    backoff = Duration::from_millis(100);
+                }
+                if let Err(e) = done {
                     tracing::warn!(assignment = %id, error = %format!("{e:#}"), "assignment not completed");
                     // Give the coordinator a moment before the same work is offered again.
                     tokio::select! {

@@ -15,8 +15,10 @@
 //! - `median` (coordinate-wise), `trimmed-mean` (option `beta`, the fraction trimmed at each
 //!   end), `krum` / `multi-krum` (option `f` faulty parties assumed; multi-krum averages the
 //!   `m` best-scored updates).
-//! - Any strategy that mixes parameters takes `norm_bound`: each update's distance from the base
-//!   model is clipped to at most that L2 norm before merging.
+//! - Every broadcast strategy takes `norm_bound`: each update's distance from the network it
+//!   started from (the base model, or the party's own ensemble member) is clipped to at most that
+//!   L2 norm before merging. An ensemble member trained from scratch has no such reference and
+//!   is not clipped.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,6 +102,30 @@ pub enum Strategy {
         /// Updates kept and averaged.
         m: usize,
     },
+}
+
+/// Options that suit `strategy` for `n` parties when the operator gives none, as the demo and
+/// the experiment simulator use them: FedProx μ = 0.01; the trimmed mean drops one party at each
+/// end; Krum assumes the most faulty parties n > 2f + 2 allows (at least 0) and Multi-Krum keeps
+/// all but f. Everything else runs with its defaults.
+pub fn options_for(strategy: &str, n: usize) -> BTreeMap<String, String> {
+    let f = n.saturating_sub(3) / 2;
+    let pairs: Vec<(&str, String)> = match strategy {
+        "fedprox" => vec![("mu", "0.01".into())],
+        "trimmed-mean" => vec![(
+            "beta",
+            format!("{:.3}", (1.0 / n.max(1) as f64 + 0.001).min(0.49)),
+        )],
+        "krum" => vec![("f", f.to_string())],
+        "multi-krum" => vec![("f", f.to_string()), ("m", (n - f).max(1).to_string())],
+        _ => vec![],
+    };
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
+/// Whether `strategy` can merge `n` parties' updates (Krum needs at least 3).
+pub fn runs_with(strategy: &str, n: usize) -> bool {
+    n >= 3 || !strategy.contains("krum")
 }
 
 /// A strategy and the options that apply to every strategy.
@@ -448,11 +474,37 @@ impl StrategyConfig {
             } if step > 0 => {
                 o.frozen_layers = *freeze;
                 o.learning_rate *= lr_scale;
-                o.fedprox_mu = None;
             }
-            _ => o.fedprox_mu = None,
+            // Otherwise the spec's own settings (including a spec-level μ) apply unchanged.
+            _ => {}
         }
         o
+    }
+
+    /// The fewest updates this strategy can merge (Krum needs n > 2f + 2; Multi-Krum also
+    /// n ≥ m + f).
+    pub fn min_updates(&self) -> usize {
+        match self.strategy {
+            Strategy::Krum { f, m } => (2 * f + 3).max(m + f),
+            _ => 1,
+        }
+    }
+
+    /// Checks the options against the task's network: Transfer Learning must leave at least
+    /// one layer trainable.
+    pub fn check_for(&self, spec: &ModelSpec) -> Result<(), StrategyError> {
+        let layers = spec.model.hidden.len() + 1;
+        if let Strategy::Transfer { freeze, .. } = self.strategy
+            && freeze >= layers
+        {
+            return Err(StrategyError::BadValue {
+                strategy: self.name.clone(),
+                option: "freeze".into(),
+                expected: format!("below the network's {layers} layers"),
+                found: freeze.to_string(),
+            });
+        }
+        Ok(())
     }
 }
 
