@@ -19,7 +19,7 @@ use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
 use shared_model::stats::{FeatureSums, Normalization};
-use shared_model::strategy::StrategyConfig;
+use shared_model::strategy::{StrategyConfig, options_for};
 use shared_model::train::{TrainOptions, train};
 use shared_model::weights::Weights;
 
@@ -74,21 +74,6 @@ pub struct Row {
     pub seconds: f64,
 }
 
-/// Options that suit `strategy` for `n` plants: FedProx μ = 0.01; the trimmed mean drops one
-/// plant at each end; Krum assumes the most faulty plants n > 2f + 2 allows and Multi-Krum keeps
-/// all but f. Everything else runs with its defaults.
-fn demo_options(strategy: &str, n: usize) -> std::collections::HashMap<String, String> {
-    let f = n.saturating_sub(3) / 2;
-    let pairs: Vec<(&str, String)> = match strategy {
-        "fedprox" => vec![("mu", "0.01".into())],
-        "trimmed-mean" => vec![("beta", format!("{:.3}", (1.0 / n as f64 + 0.001).min(0.49)))],
-        "krum" => vec![("f", f.to_string())],
-        "multi-krum" => vec![("f", f.to_string()), ("m", (n - f).max(1).to_string())],
-        _ => vec![],
-    };
-    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
-}
-
 fn progress(msg: &str) {
     eprintln!("[demo] {msg}");
 }
@@ -111,7 +96,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
             .copied()
             .filter(|s| {
                 // Krum scores each update by its n − f − 2 nearest others: it needs 3 plants.
-                let fits = args.parties >= 3 || !s.contains("krum");
+                let fits = shared_model::strategy::runs_with(s, args.parties);
                 if !fits {
                     progress(&format!("{s} skipped: it needs at least 3 plants"));
                 }
@@ -183,9 +168,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         let t0 = Instant::now();
         let task = format!("demo-{strategy}");
         op.create_task(&task, &spec_text, &[]).await?;
-        let options = demo_options(strategy, args.parties);
-        let relay =
-            StrategyConfig::parse(strategy, &options.clone().into_iter().collect())?.is_relay();
+        let options = options_for(strategy, args.parties);
+        let cfg = StrategyConfig::parse(strategy, &options)?;
+        let relay = cfg.is_relay();
         // A relay is one round per plant per pass; --rounds counts relays.
         let expected = if relay {
             args.rounds as usize * args.parties
@@ -195,7 +180,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         op.start_round(
             &task,
             strategy,
-            options,
+            options.into_iter().collect(),
             args.parties as u32,
             120_000,
             args.rounds,
@@ -243,11 +228,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
             }
         }
         rows.push(Row {
-            name: StrategyConfig::parse(
-                strategy,
-                &demo_options(strategy, args.parties).into_iter().collect(),
-            )?
-            .to_string(),
+            name: cfg.to_string(),
             rounds: args.rounds,
             metrics,
             blob_bytes,
@@ -256,11 +237,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     }
     fed.stop().await?;
 
-    // Baselines: the same local epochs in total as the federation gave each plant.
+    // Baselines: the same local epochs in total as the federation gave each plant, on the same
+    // rows each plant daemon trains on (its slice's training split; the rest it keeps for its
+    // own validation and holdout).
     let epochs = spec.training.local_epochs * args.rounds;
     let t0 = Instant::now();
+    let trained: Vec<Dataset> = slices
+        .iter()
+        .map(|d| {
+            d.split(
+                spec.task.kind,
+                SplitFractions::default(),
+                spec.training.seed,
+            )
+            .train
+        })
+        .collect();
     let mut local = Vec::new();
-    for rows_of_plant in &slices {
+    for rows_of_plant in &trained {
         let norm =
             FeatureSums::of_rows(&rows_of_plant.features, spec.input_width()).normalization()?;
         let opts = TrainOptions {
@@ -283,7 +277,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         seconds: t0.elapsed().as_secs_f64(),
     });
     let t0 = Instant::now();
-    let pooled = Dataset::concat(&slices);
+    let pooled = Dataset::concat(&trained);
     let norm = FeatureSums::of_rows(&pooled.features, spec.input_width()).normalization()?;
     let opts = TrainOptions {
         epochs,
@@ -309,7 +303,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     Ok(rows)
 }
 
-fn mean_metrics(ms: &[Metrics]) -> Metrics {
+/// The mean of several evaluations, metric by metric (the local-only baseline).
+pub fn mean_metrics(ms: &[Metrics]) -> Metrics {
     let n = ms.len() as f64;
     let mut v = serde_json::to_value(&ms[0]).expect("metrics serialise");
     if let Some(obj) = v.as_object_mut() {

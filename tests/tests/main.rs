@@ -2,6 +2,7 @@
 
 mod attacks;
 mod cli;
+mod experiment;
 mod federation;
 mod hand_run;
 mod strategies;

@@ -1,0 +1,802 @@
+//! `coordinator experiment`: the offline simulator behind docs/RESULTS.md. It runs the same
+//! training ([`local_update`]) and the same strategies ([`StrategyConfig::merge`],
+//! [`relay_step`]) as a live federation, with an in-memory transport that still encodes every
+//! update as a blob, signs it with the party's ed25519 key and verifies it like the coordinator
+//! does — only the sockets and the database are left out. For each grid point (parties ×
+//! heterogeneity × rounds), strategy and seed it records the metrics of the merged model on rows
+//! no party trained on, next to the **local-only** and **data-sharing** baselines, and writes
+//! `results.json`, `results.csv`, a Markdown table (mean ± std over seeds) and SVG plots.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde::Serialize;
+use shared_model::blob::{BlobMeta, BlobRole, encode};
+use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
+use shared_model::eval::Metrics;
+use shared_model::ids::{PartyId, RoundNo, Sha256, StepNo, TaskId};
+use shared_model::model::Model;
+use shared_model::network::CpuBackend;
+use shared_model::partition::{Partition, partition};
+use shared_model::spec::ModelSpec;
+use shared_model::stats::FeatureSums;
+use shared_model::strategy::{
+    Contribution, NAMES, StrategyConfig, local_update, options_for, relay_step, runs_with,
+};
+use shared_model::synthetic::{self, Friedman1};
+use shared_model::train::{TrainOptions, train};
+use shared_model::update::{Expectations, SignedUpdate, verify};
+use shared_model::weights::Weights;
+
+/// Settings of an experiment (the CLI's flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExperimentArgs {
+    /// A CSV file, or `synthetic` for Friedman #1 regression (10 inputs, noise 1).
+    #[arg(long)]
+    pub data: String,
+    /// The ModelSpec for a CSV (without it, one is derived from --target: every other column
+    /// is a feature, an MLP 16→8).
+    #[arg(long)]
+    pub spec: Option<PathBuf>,
+    /// The target column of a CSV when no --spec is given.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Number of parties.
+    #[arg(long, default_value_t = 3)]
+    pub parties: usize,
+    /// How rows are dealt: iid, dirichlet:ALPHA, quantity:ALPHA, shift:FEATURE.
+    #[arg(long, default_value = "iid")]
+    pub partition: String,
+    /// Strategies: all, or a comma-separated list.
+    #[arg(long, default_value = "all")]
+    pub strategies: String,
+    /// Federation rounds (for relays: relays, each one step per party).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Seeds (1..=S): each changes the holdout, the partition, initial weights and shuffling.
+    #[arg(long, default_value_t = 5)]
+    pub seeds: u64,
+    /// A grid axis, KEY=V1,V2,…: parties, alpha (Dirichlet label skew), quantity (size skew),
+    /// rounds. Repeatable; the grid is every combination.
+    #[arg(long)]
+    pub sweep: Vec<String>,
+    /// Parties (the first ones by name) that upload poisoned updates.
+    #[arg(long, default_value_t = 0)]
+    pub attackers: usize,
+    /// The poisoning: `sign-flip:S` uploads base − S·(trained − base).
+    #[arg(long, default_value = "sign-flip:10")]
+    pub attack: String,
+    /// Rows drawn for `--data synthetic`.
+    #[arg(long, default_value_t = 3000)]
+    pub synthetic_rows: usize,
+    /// Where to write the results.
+    #[arg(long, default_value = "yosegi-experiment")]
+    pub out: PathBuf,
+}
+
+/// One grid point.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Point {
+    /// Parties.
+    pub parties: usize,
+    /// Partition, e.g. `dirichlet:0.5`.
+    pub partition: String,
+    /// Rounds.
+    pub rounds: u32,
+}
+
+/// One run: a strategy (or baseline) at a grid point with a seed.
+#[derive(Clone, Debug, Serialize)]
+pub struct Record {
+    /// Strategy name with its options, or `local-only` / `data-sharing`.
+    pub strategy: String,
+    /// The bare strategy name.
+    pub name: String,
+    /// Seed.
+    pub seed: u64,
+    /// Grid point.
+    #[serde(flatten)]
+    pub point: Point,
+    /// Poisoning parties.
+    pub attackers: usize,
+    /// Metrics of the final model on the held-back rows.
+    pub metrics: Metrics,
+    /// The headline metric's name (f1, macro_f1, mse).
+    pub metric: String,
+    /// The headline metric after each round (one value for baselines).
+    pub per_round: Vec<f64>,
+    /// Blob bytes that a live federation would move (base down, update up, result down).
+    pub bytes: u64,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Poisoning of an update.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Attack {
+    SignFlip(f32),
+}
+
+fn parse_attack(s: &str) -> anyhow::Result<Attack> {
+    match s.split_once(':') {
+        Some(("sign-flip", v)) => {
+            Ok(Attack::SignFlip(v.parse().with_context(|| {
+                format!("--attack sign-flip:SCALE needs a number, found {v:?}")
+            })?))
+        }
+        _ => anyhow::bail!("--attack must be sign-flip:SCALE, found {s:?}"),
+    }
+}
+
+/// Reads the data and the spec.
+fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)> {
+    if args.data == "synthetic" {
+        let spec = synthetic::spec(10)?;
+        let data = Friedman1 {
+            rows: args.synthetic_rows,
+            dim: 10,
+            noise: 1.0,
+            seed,
+        }
+        .generate();
+        return Ok((spec, data));
+    }
+    let path = Path::new(&args.data);
+    let spec = match (&args.spec, &args.target) {
+        (Some(s), _) => ModelSpec::from_file(s)?,
+        (None, Some(target)) => derive_spec(path, target)?,
+        (None, None) => anyhow::bail!("--data {} needs --spec or --target", path.display()),
+    };
+    let data = load_csv(path, &spec)?;
+    Ok((spec, data))
+}
+
+/// A spec for a CSV from its header and target column: every other column is a feature; the
+/// task is binary if the target only holds 0 and 1, multiclass if it holds small non-negative
+/// integers, regression otherwise.
+fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
+    let header = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
+    anyhow::ensure!(
+        columns.iter().any(|c| c == target),
+        "{}: line 1: no column named {target:?} (columns: {})",
+        path.display(),
+        columns.join(", ")
+    );
+    let features: Vec<String> = columns.into_iter().filter(|c| c != target).collect();
+    let table = read_columns(path, &[], Some(target))?;
+    let mut values = Vec::with_capacity(table.targets.len());
+    for (i, v) in table.targets.iter().enumerate() {
+        values.push(v.parse::<f64>().map_err(|_| {
+            anyhow::anyhow!(
+                "{}: line {}: column {target:?}: expected a number, found {v:?}",
+                path.display(),
+                table.line(i)
+            )
+        })?);
+    }
+    let integral = values.iter().all(|v| v.fract() == 0.0 && *v >= 0.0);
+    let max = values.iter().copied().fold(0.0, f64::max);
+    let kind = if integral && max <= 1.0 {
+        "kind = \"binary\"".to_string()
+    } else if integral && max < 100.0 {
+        format!("kind = \"multiclass\"\nclasses = {}", max as u64 + 1)
+    } else {
+        "kind = \"regression\"".to_string()
+    };
+    let quoted: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
+    let text = format!(
+        "format = 1\nname = \"derived\"\n\n[task]\n{kind}\ntarget = {target:?}\nfeatures = [{}]\n\n[model]\nhidden = [16, 8]\n\n[training]\nlearning_rate = 0.01\nlocal_epochs = 5\nbatch_size = 32\nseed = 1\n",
+        quoted.join(", ")
+    );
+    Ok(ModelSpec::parse(
+        &text,
+        &format!("spec derived from {}", path.display()),
+    )?)
+}
+
+fn grid(args: &ExperimentArgs) -> anyhow::Result<Vec<Point>> {
+    let mut points = vec![Point {
+        parties: args.parties,
+        partition: args.partition.clone(),
+        rounds: args.rounds,
+    }];
+    for axis in &args.sweep {
+        let (key, values) = axis
+            .split_once('=')
+            .with_context(|| format!("--sweep must be KEY=V1,V2,…, found {axis:?}"))?;
+        let values: Vec<&str> = values.split(',').map(str::trim).collect();
+        let mut next = Vec::new();
+        for p in &points {
+            for v in &values {
+                let bad = || format!("--sweep {key}: bad value {v:?}");
+                let mut q = p.clone();
+                match key {
+                    "parties" => {
+                        q.parties = v.parse().ok().filter(|n| *n >= 1).with_context(bad)?
+                    }
+                    "rounds" => q.rounds = v.parse().ok().filter(|n| *n >= 1).with_context(bad)?,
+                    "alpha" => {
+                        let a: f64 = v
+                            .parse()
+                            .ok()
+                            .filter(|a: &f64| *a > 0.0)
+                            .with_context(bad)?;
+                        q.partition = format!("dirichlet:{a}");
+                    }
+                    "quantity" => {
+                        let a: f64 = v
+                            .parse()
+                            .ok()
+                            .filter(|a: &f64| *a > 0.0)
+                            .with_context(bad)?;
+                        q.partition = format!("quantity:{a}");
+                    }
+                    other => anyhow::bail!(
+                        "--sweep {other}: unknown axis; use parties, alpha, quantity or rounds"
+                    ),
+                }
+                next.push(q);
+            }
+        }
+        points = next;
+    }
+    Ok(points)
+}
+
+/// The parties' data of one run.
+struct Setup {
+    spec: ModelSpec,
+    holdout: Dataset,
+    parties: Vec<(String, Dataset)>,
+    initial: Weights,
+}
+
+fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::Result<Setup> {
+    let (mut spec, all) = load(args, seed)?;
+    // Every seed changes the initial weights and the batch order too.
+    spec.training.seed = spec.training.seed.wrapping_add(seed);
+    let split = all.split(
+        spec.task.kind,
+        SplitFractions {
+            validation: 0.0,
+            holdout: 0.2,
+        },
+        seed,
+    );
+    let how: Partition = point.partition.parse()?;
+    let parts = partition(&split.train, &spec, &how, point.parties, 5, seed)?;
+    let parties: Vec<(String, Dataset)> = parts
+        .iter()
+        .enumerate()
+        .map(|(i, idx)| (format!("party-{i:02}"), split.train.subset(idx)))
+        .collect();
+    // The statistics step: normalisation from every party's feature sums.
+    let mut sums = FeatureSums::zeros(spec.input_width());
+    for (_, d) in &parties {
+        sums.merge(&FeatureSums::of_rows(&d.features, spec.input_width()))?;
+    }
+    let initial = Weights::initial(&spec, &sums.normalization()?);
+    Ok(Setup {
+        spec,
+        holdout: split.holdout,
+        parties,
+        initial,
+    })
+}
+
+/// The party side and the coordinator side of one update, in memory: train, (poison,) encode,
+/// sign, verify. Returns the verified network and the bytes moved (update up).
+#[allow(clippy::too_many_arguments)]
+fn exchange(
+    s: &Setup,
+    cfg: &StrategyConfig,
+    party: usize,
+    base: &Model,
+    base_bytes: &[u8],
+    round: u64,
+    step: usize,
+    attack: Option<Attack>,
+    key: &shared_model::SigningKey,
+) -> anyhow::Result<(Weights, u64)> {
+    let (name, data) = &s.parties[party];
+    let seed = s.spec.training.seed ^ (round << 20) ^ (party as u64) << 8;
+    let opts = cfg.train_options(&s.spec, step, seed);
+    let out = local_update(&s.spec, &cfg.name, name, base, data, &opts)?;
+    let mut weights = out.weights;
+    if let Some(Attack::SignFlip(scale)) = attack {
+        weights = match base.start_for(name) {
+            Some(b) if out.stage == 0 => weights.map_trainable(|t| {
+                let bt = b
+                    .trainable()
+                    .iter()
+                    .find(|x| x.name == t.name)
+                    .expect("same layout");
+                t.data
+                    .iter()
+                    .zip(&bt.data)
+                    .map(|(&w, &b)| b - scale * (w - b))
+                    .collect()
+            })?,
+            _ => weights.map_trainable(|t| t.data.iter().map(|w| -scale * w).collect())?,
+        };
+    }
+    let bytes = encode(
+        &weights,
+        &BlobMeta {
+            spec_id: s.spec.id(),
+            role: BlobRole::Update,
+        },
+    );
+    let task = TaskId::new("experiment")?;
+    let party_id = PartyId::new(name)?;
+    let base_sha = Sha256::of(base_bytes);
+    let env = SignedUpdate::for_blob(
+        task.clone(),
+        s.spec.id(),
+        RoundNo(round),
+        StepNo(step as u64),
+        base_sha,
+        party_id.clone(),
+        &bytes,
+        out.samples as u64,
+        key,
+    );
+    let verified = verify(
+        &env,
+        &bytes,
+        &key.verifying_key(),
+        &Expectations {
+            task: &task,
+            spec: &s.spec,
+            round: RoundNo(round),
+            step: StepNo(step as u64),
+            base_model: base_sha,
+            party: &party_id,
+            stage: out.stage,
+        },
+    )?;
+    Ok((verified.weights().clone(), bytes.len() as u64))
+}
+
+/// Runs one strategy at one point with one seed.
+fn run_strategy(
+    s: &Setup,
+    cfg: &StrategyConfig,
+    point: &Point,
+    attackers: usize,
+    attack: Attack,
+) -> anyhow::Result<(Metrics, Vec<f64>, u64)> {
+    let keys: Vec<shared_model::SigningKey> = s
+        .parties
+        .iter()
+        .map(|_| shared_model::keys::generate())
+        .collect::<Result<_, _>>()?;
+    let names: Vec<String> = s.parties.iter().map(|(n, _)| n.clone()).collect();
+    let index = |name: &str| names.iter().position(|n| n == name).expect("a party");
+    let poisoned = |i: usize| (i < attackers).then_some(attack);
+    let mut model = Model::Single(s.initial.clone());
+    let mut per_round = Vec::new();
+    let mut bytes = 0u64;
+    let mut step = 0usize;
+    for round in 1..=u64::from(point.rounds) {
+        if cfg.is_relay() {
+            for party in cfg.relay_order(&names) {
+                let i = index(&party);
+                let base_bytes = model.encode(s.spec.id(), BlobRole::Merged);
+                let (w, up) = exchange(
+                    s,
+                    cfg,
+                    i,
+                    &model,
+                    &base_bytes,
+                    round,
+                    step,
+                    poisoned(i),
+                    &keys[i],
+                )?;
+                model = relay_step(&cfg.strategy, &model, &w);
+                bytes += base_bytes.len() as u64 + up;
+                step += 1;
+            }
+        } else {
+            let base_bytes = model.encode(s.spec.id(), BlobRole::Merged);
+            let mut trained = Vec::with_capacity(names.len());
+            for (i, key) in keys.iter().enumerate() {
+                let (w, up) = exchange(
+                    s,
+                    cfg,
+                    i,
+                    &model,
+                    &base_bytes,
+                    round,
+                    0,
+                    poisoned(i),
+                    key,
+                )?;
+                bytes += base_bytes.len() as u64 + up;
+                trained.push(w);
+            }
+            let contributions: Vec<Contribution<'_>> = trained
+                .iter()
+                .enumerate()
+                .map(|(i, w)| Contribution {
+                    party: &names[i],
+                    weights: w,
+                    samples: s.parties[i].1.len() as u64,
+                })
+                .collect();
+            model = cfg.merge(&model, &contributions)?;
+        }
+        // Every party downloads the published model to evaluate it.
+        bytes += names.len() as u64 * model.encode(s.spec.id(), BlobRole::Merged).len() as u64;
+        let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
+        per_round.push(m.headline().1);
+    }
+    let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
+    Ok((m, per_round, bytes))
+}
+
+/// The two baselines, with as many local epochs in total as a federation gives each party.
+fn baselines(s: &Setup, point: &Point) -> anyhow::Result<(Metrics, Metrics)> {
+    let epochs = s.spec.training.local_epochs * point.rounds;
+    let opts = TrainOptions {
+        epochs,
+        ..TrainOptions::from_spec(&s.spec, s.spec.training.seed)
+    };
+    let mut local = Vec::new();
+    for (_, d) in &s.parties {
+        let norm = FeatureSums::of_rows(&d.features, s.spec.input_width()).normalization()?;
+        let out = train(&s.spec, &Weights::initial(&s.spec, &norm), d, &opts)?;
+        local.push(Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default()));
+    }
+    let pooled = Dataset::concat(s.parties.iter().map(|(_, d)| d));
+    let out = train(&s.spec, &s.initial, &pooled, &opts)?;
+    let sharing = Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default());
+    Ok((crate::demo::mean_metrics(&local), sharing))
+}
+
+/// Runs the experiment; returns every record.
+pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
+    let started = Instant::now();
+    anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let attack = parse_attack(&args.attack)?;
+    let names: Vec<&str> = if args.strategies == "all" {
+        NAMES.to_vec()
+    } else {
+        let list: Vec<&str> = args.strategies.split(',').map(str::trim).collect();
+        for n in &list {
+            anyhow::ensure!(
+                NAMES.contains(n),
+                "--strategies: unknown strategy {n:?}; known: {} (or all)",
+                NAMES.join(", ")
+            );
+        }
+        list
+    };
+    let points = grid(args)?;
+    for p in &points {
+        anyhow::ensure!(
+            args.attackers < p.parties,
+            "--attackers {} leaves no honest party among {}",
+            args.attackers,
+            p.parties
+        );
+    }
+    let total = (points.len() * args.seeds as usize * (names.len() + 1)) as u64;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} runs  {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    let mut records = Vec::new();
+    for point in &points {
+        for seed in 1..=args.seeds {
+            let s = setup(args, point, seed)
+                .with_context(|| format!("setting up {point:?} with seed {seed}"))?;
+            for name in &names {
+                bar.set_message(format!(
+                    "{name}, {} parties, {}, seed {seed}",
+                    point.parties, point.partition
+                ));
+                if !runs_with(name, point.parties) {
+                    bar.inc(1);
+                    continue;
+                }
+                let cfg = StrategyConfig::parse(name, &options_for(name, point.parties))?;
+                let t0 = Instant::now();
+                let (metrics, per_round, bytes) =
+                    run_strategy(&s, &cfg, point, args.attackers, attack)
+                        .with_context(|| format!("{cfg} at {point:?}, seed {seed}"))?;
+                records.push(Record {
+                    strategy: cfg.to_string(),
+                    name: name.to_string(),
+                    seed,
+                    point: point.clone(),
+                    attackers: args.attackers,
+                    metric: metrics.headline().0.to_string(),
+                    metrics,
+                    per_round,
+                    bytes,
+                    seconds: t0.elapsed().as_secs_f64(),
+                });
+                bar.inc(1);
+            }
+            let t0 = Instant::now();
+            let (local, sharing) = baselines(&s, point)?;
+            let secs = t0.elapsed().as_secs_f64();
+            for (name, m) in [("local-only", local), ("data-sharing", sharing)] {
+                records.push(Record {
+                    strategy: name.into(),
+                    name: name.into(),
+                    seed,
+                    point: point.clone(),
+                    attackers: 0,
+                    metric: m.headline().0.to_string(),
+                    per_round: vec![m.headline().1],
+                    metrics: m,
+                    bytes: 0,
+                    seconds: secs / 2.0,
+                });
+            }
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    write_report(args, &points, &records, started.elapsed().as_secs_f64())?;
+    Ok(records)
+}
+
+/// Mean and (sample) standard deviation.
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Summary of one (point, strategy) over seeds.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    /// Grid point.
+    pub point: Point,
+    /// Strategy label.
+    pub strategy: String,
+    /// Headline metric name.
+    pub metric: String,
+    /// Named metrics: mean and std over seeds.
+    pub values: BTreeMap<String, (f64, f64)>,
+    /// Headline metric per round, mean over seeds.
+    pub per_round: Vec<f64>,
+    /// Seeds.
+    pub runs: usize,
+}
+
+fn named_metrics(m: &Metrics) -> Vec<(&'static str, f64)> {
+    match m {
+        Metrics::Binary(b) => vec![
+            ("precision", b.precision),
+            ("recall", b.recall),
+            ("f1", b.f1),
+            ("accuracy", b.accuracy),
+            ("auc", b.roc_auc),
+        ],
+        Metrics::Multiclass(c) => vec![("accuracy", c.accuracy), ("macro_f1", c.macro_f1)],
+        Metrics::Regression(r) => vec![("mse", r.mse), ("mae", r.mae), ("r2", r.r2)],
+    }
+}
+
+/// Groups records by point and strategy, in first-seen order.
+pub fn summarize(records: &[Record]) -> Vec<Summary> {
+    let mut out: Vec<Summary> = Vec::new();
+    let mut groups: Vec<Vec<&Record>> = Vec::new();
+    for r in records {
+        match out
+            .iter()
+            .position(|s| s.point == r.point && s.strategy == r.strategy)
+        {
+            Some(i) => groups[i].push(r),
+            None => {
+                out.push(Summary {
+                    point: r.point.clone(),
+                    strategy: r.strategy.clone(),
+                    metric: r.metric.clone(),
+                    values: BTreeMap::new(),
+                    per_round: Vec::new(),
+                    runs: 0,
+                });
+                groups.push(vec![r]);
+            }
+        }
+    }
+    for (s, g) in out.iter_mut().zip(&groups) {
+        s.runs = g.len();
+        let names: Vec<&str> = named_metrics(&g[0].metrics)
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        for (k, name) in names.iter().enumerate() {
+            let v: Vec<f64> = g.iter().map(|r| named_metrics(&r.metrics)[k].1).collect();
+            s.values.insert(name.to_string(), mean_std(&v));
+        }
+        let rounds = g.iter().map(|r| r.per_round.len()).max().unwrap_or(0);
+        s.per_round = (0..rounds)
+            .map(|i| {
+                let v: Vec<f64> = g
+                    .iter()
+                    .filter_map(|r| r.per_round.get(i).copied())
+                    .collect();
+                mean_std(&v).0
+            })
+            .collect();
+    }
+    out
+}
+
+fn write_report(
+    args: &ExperimentArgs,
+    points: &[Point],
+    records: &[Record],
+    seconds: f64,
+) -> anyhow::Result<()> {
+    let out = &args.out;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    std::fs::write(
+        out.join("results.json"),
+        serde_json::to_string_pretty(records)?,
+    )?;
+    let mut csv = String::from(
+        "strategy,name,seed,parties,partition,rounds,attackers,metric,value,bytes,seconds",
+    );
+    let metric_names: Vec<&str> = records
+        .first()
+        .map(|r| named_metrics(&r.metrics).iter().map(|(n, _)| *n).collect())
+        .unwrap_or_default();
+    for n in &metric_names {
+        let _ = write!(csv, ",{n}");
+    }
+    csv.push('\n');
+    for r in records {
+        let _ = write!(
+            csv,
+            "\"{}\",{},{},{},{},{},{},{},{},{},{:.3}",
+            r.strategy,
+            r.name,
+            r.seed,
+            r.point.parties,
+            r.point.partition,
+            r.point.rounds,
+            r.attackers,
+            r.metric,
+            r.metrics.headline().1,
+            r.bytes,
+            r.seconds
+        );
+        for (_, v) in named_metrics(&r.metrics) {
+            let _ = write!(csv, ",{v}");
+        }
+        csv.push('\n');
+    }
+    std::fs::write(out.join("results.csv"), csv)?;
+    let summaries = summarize(records);
+    let mut md = format!(
+        "# Yosegi experiment\n\nCommand: `coordinator experiment {}`\n\nData `{}`, {} seed(s), {} grid point(s), attackers {} ({}); {:.0} s on this machine.\nMetrics are on rows no party trained on: mean ± std over seeds.\n\n",
+        std::env::args().skip(2).collect::<Vec<_>>().join(" "),
+        args.data,
+        args.seeds,
+        points.len(),
+        args.attackers,
+        args.attack,
+        seconds
+    );
+    md += &table(&summaries);
+    let plots = crate::plots::write_all(out, &summaries, points)?;
+    md += "\n## Plots\n\n";
+    for p in &plots {
+        let _ = writeln!(md, "![{p}]({p})\n");
+    }
+    std::fs::write(out.join("README.md"), md)?;
+    println!("{}", table(&summaries));
+    println!("results written to {} ({:.0} s)", out.display(), seconds);
+    Ok(())
+}
+
+/// The Markdown table of summaries: one row per point and strategy.
+pub fn table(summaries: &[Summary]) -> String {
+    let Some(first) = summaries.first() else {
+        return "no results\n".into();
+    };
+    let names: Vec<&String> = first.values.keys().collect();
+    let mut s = String::from("| parties | partition | rounds | strategy |");
+    for n in &names {
+        let _ = write!(s, " {n} |");
+    }
+    s += "\n|---:|---|---:|---|";
+    s += &"---:|".repeat(names.len());
+    s.push('\n');
+    for x in summaries {
+        let _ = write!(
+            s,
+            "| {} | {} | {} | {} |",
+            x.point.parties, x.point.partition, x.point.rounds, x.strategy
+        );
+        for n in &names {
+            let (m, sd) = x.values.get(*n).copied().unwrap_or((f64::NAN, 0.0));
+            let _ = write!(s, " {m:.4} ± {sd:.4} |");
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grids_are_every_combination_and_bad_axes_are_named() {
+        let mut args = ExperimentArgs {
+            data: "synthetic".into(),
+            spec: None,
+            target: None,
+            parties: 3,
+            partition: "iid".into(),
+            strategies: "all".into(),
+            rounds: 2,
+            seeds: 1,
+            sweep: vec!["parties=2,5".into(), "alpha=0.1,100".into()],
+            attackers: 0,
+            attack: "sign-flip:10".into(),
+            synthetic_rows: 100,
+            out: PathBuf::from("x"),
+        };
+        let g = grid(&args).unwrap();
+        assert_eq!(g.len(), 4);
+        assert_eq!(
+            g[3],
+            Point {
+                parties: 5,
+                partition: "dirichlet:100".into(),
+                rounds: 2
+            }
+        );
+        args.sweep = vec!["colour=red".into()];
+        assert!(
+            grid(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown axis")
+        );
+        args.sweep = vec!["parties=0".into()];
+        assert!(
+            grid(&args)
+                .unwrap_err()
+                .to_string()
+                .contains("bad value \"0\"")
+        );
+    }
+
+    #[test]
+    fn mean_and_sample_std_by_hand() {
+        let (m, s) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12);
+        assert!((s - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(mean_std(&[7.0]), (7.0, 0.0));
+    }
+}
