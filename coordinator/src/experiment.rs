@@ -411,17 +411,7 @@ fn run_strategy(
             let base_bytes = model.encode(s.spec.id(), BlobRole::Merged);
             let mut trained = Vec::with_capacity(names.len());
             for (i, key) in keys.iter().enumerate() {
-                let (w, up) = exchange(
-                    s,
-                    cfg,
-                    i,
-                    &model,
-                    &base_bytes,
-                    round,
-                    0,
-                    poisoned(i),
-                    key,
-                )?;
+                let (w, up) = exchange(s, cfg, i, &model, &base_bytes, round, 0, poisoned(i), key)?;
                 bytes += base_bytes.len() as u64 + up;
                 trained.push(w);
             }
