@@ -66,17 +66,25 @@ pub enum Command {
     /// training, strategy and verification code, in memory), over seeds and sweeps; writes
     /// results.json, results.csv, a Markdown table and SVG plots.
     Experiment(crate::experiment::ExperimentArgs),
-    /// Serve the party and operator gRPC services until SIGINT/SIGTERM.
+    /// Serve the party and operator gRPC services (and Prometheus metrics, if asked) until
+    /// SIGINT/SIGTERM. Settings come from --config coordinator.toml and flags (flags win); see
+    /// docs/CONFIG.md.
     Serve {
-        /// The data directory.
-        #[arg(long, default_value = "coordinator-data")]
-        data_dir: PathBuf,
-        /// Address to listen on.
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: std::net::SocketAddr,
-        /// Largest accepted clock difference of a caller, in seconds.
-        #[arg(long, default_value_t = 300)]
-        max_skew_secs: u64,
+        /// A coordinator.toml file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The data directory [default: coordinator-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// gRPC address to listen on [default: 127.0.0.1:50051].
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics at GET /metrics on this address [default: off].
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
+        /// Largest accepted clock difference of a caller, in seconds [default: 300].
+        #[arg(long)]
+        max_skew_secs: Option<u64>,
     },
     /// Inspect model specs.
     #[command(subcommand)]
@@ -369,20 +377,32 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Serve {
+            config,
             data_dir,
             listen,
+            metrics_listen,
             max_skew_secs,
         } => {
-            let data = state::open(&data_dir)?;
+            let file = match &config {
+                Some(p) => crate::config::RawServeConfig::from_file(p)?,
+                None => Default::default(),
+            };
+            let settings = file
+                .overlay(crate::config::RawServeConfig {
+                    data_dir,
+                    listen,
+                    metrics_listen,
+                    max_skew_secs,
+                    ..Default::default()
+                })
+                .validate()?;
+            let data = state::open(&settings.data_dir)?;
             runtime()?.block_on(async move {
+                let listen = settings.listen;
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("cannot listen on {listen}"))?;
-                let config = crate::grpc::ServeConfig {
-                    max_skew: Duration::from_secs(max_skew_secs),
-                    ..Default::default()
-                };
-                crate::grpc::serve(listener, data, config, shutdown_signal()).await
+                crate::grpc::serve(listener, data, settings.serve, shutdown_signal()).await
             })?;
         }
         Command::Experiment(args) => {

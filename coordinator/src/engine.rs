@@ -64,8 +64,13 @@ pub enum EngineError {
     #[error("{0}")]
     Precondition(String),
     /// An upload failed verification; recorded as a rejection.
-    #[error("rejected: {0}")]
-    Rejected(String),
+    #[error("rejected: {reason}")]
+    Rejected {
+        /// The failed check, e.g. `signature` (see `VerifyError::code`).
+        code: &'static str,
+        /// The readable reason, naming the party.
+        reason: String,
+    },
     /// Database.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -211,6 +216,8 @@ pub struct Engine {
     blobs: BlobStore,
     key: SigningKey,
     config: EngineConfig,
+    /// Seconds each merge took (re-verification, strategy, publication) since last taken.
+    merge_seconds: Vec<f64>,
 }
 
 impl Engine {
@@ -221,7 +228,13 @@ impl Engine {
             blobs,
             key,
             config,
+            merge_seconds: Vec::new(),
         }
+    }
+
+    /// Durations of the merges done since the last call (for the metrics endpoint).
+    pub fn take_merge_seconds(&mut self) -> Vec<f64> {
+        std::mem::take(&mut self.merge_seconds)
     }
 
     /// The database (read access for status views).
@@ -744,7 +757,7 @@ impl Engine {
             stage,
         };
         let checked = verify(envelope, bytes, party_key, &expect)
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.code(), e.to_string()))
             .and_then(|v| {
                 // The task's normalisation is fixed by the statistics step; an update must keep
                 // it (a series stage adds its own for the extra inputs after the features).
@@ -758,15 +771,18 @@ impl Engine {
                 if n.mean[..d] == task_norm.mean[..] && n.std[..d] == task_norm.std[..] {
                     Ok(v)
                 } else {
-                    Err(format!(
-                        "update of {party}: its normalisation (norm.mean / norm.std) differs from the task's"
+                    Err((
+                        "normalisation",
+                        format!(
+                            "update of {party}: its normalisation (norm.mean / norm.std) differs from the task's"
+                        ),
                     ))
                 }
             });
-        if let Err(reason) = checked {
+        if let Err((code, reason)) = checked {
             self.store
                 .reject_in_round(&task, round, party, "rejected", &reason, now)?;
-            return Err(EngineError::Rejected(reason));
+            return Err(EngineError::Rejected { code, reason });
         }
         let sha = self.blobs.put(bytes)?;
         self.store.accept_update(
@@ -909,7 +925,12 @@ impl Engine {
         }
         let rounds = self.store.rounds(&t.name)?;
         if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Training) {
-            return self.tick_round(t, &spec, r, now);
+            let started = std::time::Instant::now();
+            let changed = self.tick_round(t, &spec, r, now)?;
+            if changed {
+                self.merge_seconds.push(started.elapsed().as_secs_f64());
+            }
+            return Ok(changed);
         }
         if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) {
             let latest = self.store.model(&t.name, None)?.map_or(0, |m| m.version);

@@ -18,7 +18,7 @@ use shared_model::blob::{BlobMeta, BlobRole, encode};
 use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
 use shared_model::eval::Metrics;
 use shared_model::ids::{PartyId, RoundNo, Sha256, StepNo, TaskId};
-use shared_model::model::Model;
+use shared_model::model::{MAX_PARTS, Model};
 use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
@@ -492,6 +492,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
         .progress_chars("=> "),
     );
     let mut records = Vec::new();
+    let mut skipped: Vec<String> = Vec::new();
     for point in &points {
         for seed in 1..=args.seeds {
             let s = setup(args, point, seed)
@@ -501,7 +502,20 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
                     "{name}, {} parties, {}, seed {seed}",
                     point.parties, point.partition
                 ));
-                if !runs_with(name, point.parties) {
+                // What a live coordinator would refuse is skipped here too: Krum below three
+                // parties, a published model of more than MAX_PARTS networks.
+                let parts = match *name {
+                    "series" => point.parties * point.rounds as usize,
+                    "ensemble" => point.parties,
+                    _ => 1,
+                };
+                if !runs_with(name, point.parties) || parts > MAX_PARTS {
+                    if seed == 1 {
+                        skipped.push(format!(
+                            "{name} at {} parties × {} rounds",
+                            point.parties, point.rounds
+                        ));
+                    }
                     bar.inc(1);
                     continue;
                 }
@@ -545,7 +559,18 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
         }
     }
     bar.finish_and_clear();
-    write_report(args, &points, &records, started.elapsed().as_secs_f64())?;
+    for s in &skipped {
+        eprintln!(
+            "skipped {s}: a live coordinator refuses it (Krum needs 3 parties; a model holds at most {MAX_PARTS} networks)"
+        );
+    }
+    write_report(
+        args,
+        &points,
+        &records,
+        &skipped,
+        started.elapsed().as_secs_f64(),
+    )?;
     Ok(records)
 }
 
@@ -566,8 +591,10 @@ pub fn mean_std(v: &[f64]) -> (f64, f64) {
 pub struct Summary {
     /// Grid point.
     pub point: Point,
-    /// Strategy label.
+    /// Strategy label (with options).
     pub strategy: String,
+    /// The bare strategy name (options can differ between grid points, e.g. Krum's f).
+    pub name: String,
     /// Headline metric name.
     pub metric: String,
     /// Named metrics: mean and std over seeds.
@@ -606,6 +633,7 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
                 out.push(Summary {
                     point: r.point.clone(),
                     strategy: r.strategy.clone(),
+                    name: r.name.clone(),
                     metric: r.metric.clone(),
                     values: BTreeMap::new(),
                     per_round: Vec::new(),
@@ -643,6 +671,7 @@ fn write_report(
     args: &ExperimentArgs,
     points: &[Point],
     records: &[Record],
+    skipped: &[String],
     seconds: f64,
 ) -> anyhow::Result<()> {
     let out = &args.out;
@@ -696,6 +725,13 @@ fn write_report(
         seconds
     );
     md += &table(&summaries);
+    if !skipped.is_empty() {
+        let _ = write!(
+            md,
+            "\nNot run (a live coordinator refuses them: Krum needs 3 parties; a published model holds at most {MAX_PARTS} networks): {}.\n",
+            skipped.join("; ")
+        );
+    }
     let plots = crate::plots::write_all(out, &summaries, points)?;
     md += "\n## Plots\n\n";
     for p in &plots {

@@ -5,11 +5,13 @@
 
 pub mod blobs;
 pub mod cli;
+pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod experiment;
 pub mod grpc;
 pub mod local;
+pub mod metrics;
 pub mod plots;
 pub mod state;
 pub mod store;

@@ -273,8 +273,8 @@ fn sweep(
         .disable_x_mesh()
         .draw()
         .map_err(err)?;
-    let mut strategies: Vec<&str> = rows.iter().map(|s| s.strategy.as_str()).collect();
-    strategies.dedup();
+    // By bare name: a strategy's options may differ between points (Krum's f follows n).
+    let strategies: Vec<&str> = rows.iter().map(|s| s.name.as_str()).collect();
     let mut seen = Vec::new();
     for st in strategies {
         if seen.contains(&st) {
@@ -286,12 +286,12 @@ fn sweep(
         for (label, x) in xs {
             if let Some(s) = rows
                 .iter()
-                .find(|s| s.strategy == st && key(&s.point) == *label)
+                .find(|s| s.name == st && key(&s.point) == *label)
             {
                 pts.push((*x, headline(s).0));
             }
         }
-        let name = st.split(' ').next().unwrap_or_default().to_string();
+        let name = st.to_string();
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
             .map_err(err)?

@@ -128,6 +128,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_parses() {
+        let raw: RawConfig =
+            toml::from_str(include_str!("../../docs/examples/party.toml")).unwrap();
+        assert_eq!(raw.name.as_deref(), Some("plant-a"));
+        assert_eq!(
+            raw.server.as_deref(),
+            Some("http://coordinator.example.org:50051")
+        );
+        assert!(raw.key.is_some() && raw.coordinator_key.is_some());
+        assert!(raw.data.is_some() && raw.state_dir.is_some());
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = RawConfig {
             server: Some("http://a".into()),

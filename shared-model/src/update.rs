@@ -225,6 +225,29 @@ pub enum VerifyError {
     },
 }
 
+impl VerifyError {
+    /// A short, stable name of the failed check, for metrics and logs (`signature`, `hash`…).
+    pub fn code(&self) -> &'static str {
+        match self {
+            VerifyError::TooLarge { .. } => "too_large",
+            VerifyError::LengthMismatch { .. } => "length",
+            VerifyError::Mismatch { field, .. } => match *field {
+                "task" => "task",
+                "spec id" => "spec",
+                "round" => "round",
+                "step" => "step",
+                "base model" => "base_model",
+                _ => "party",
+            },
+            VerifyError::ZeroSamples { .. } | VerifyError::TooManySamples { .. } => "samples",
+            VerifyError::ForeignKey { .. } => "foreign_key",
+            VerifyError::BadSignature { .. } => "signature",
+            VerifyError::HashMismatch { .. } => "hash",
+            VerifyError::Blob { .. } => "blob",
+        }
+    }
+}
+
 /// An update that passed every check. Only [`verify`] makes one.
 #[derive(Clone, Debug, PartialEq)]
 pub struct VerifiedUpdate {

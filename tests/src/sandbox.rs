@@ -37,10 +37,24 @@ impl DerefMut for Sandbox {
 impl Sandbox {
     /// Starts a coordinator that ticks every 50 ms.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a coordinator that also serves Prometheus metrics; returns their address.
+    pub async fn start_with_metrics() -> (Self, std::net::SocketAddr) {
+        // A free loopback port: bound, read, released (the coordinator binds it right after).
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        (Self::start_with(Some(addr)).await, addr)
+    }
+
+    async fn start_with(metrics: Option<std::net::SocketAddr>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = ServeConfig {
             tick: Duration::from_millis(50),
             grace: Duration::from_secs(2),
+            metrics,
             ..Default::default()
         };
         let fed = LocalFederation::start(dir.path(), config)
@@ -101,4 +115,18 @@ pub fn wdbc_split(n: usize) -> (ModelSpec, Dataset, Vec<Dataset>) {
     let parts = partition(&pool, &spec, &Partition::Iid, n, 10, 1).expect("partition");
     let slices = parts.iter().map(|idx| pool.subset(idx)).collect();
     (spec, split.holdout, slices)
+}
+
+/// `GET path` over plain HTTP/1.1; returns the status line and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connects");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("writes");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("reads");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
 }

@@ -17,7 +17,7 @@ fn spec_text() -> String {
 /// verifies, and the database has three accepted updates per round.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_parties_three_fedavg_rounds() {
-    let mut sb = Sandbox::start().await;
+    let (mut sb, metrics) = Sandbox::start_with_metrics().await;
     let (spec, holdout, slices) = wdbc_split(3);
     let mut op = sb.operator().await;
     let names = ["plant-a", "plant-b", "plant-c"];
@@ -95,6 +95,37 @@ async fn three_parties_three_fedavg_rounds() {
         );
     }
     drop(store);
+
+    // The Prometheus endpoint counts what happened.
+    let (status, body) =
+        tokio::task::spawn_blocking(move || yosegi_tests::sandbox::http_get(metrics, "/metrics"))
+            .await
+            .unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    for line in [
+        "yosegi_uploads_total{outcome=\"accepted\",reason=\"\"} 9",
+        "yosegi_rounds{phase=\"published\"} 3",
+        "yosegi_parties{state=\"enrolled\"} 3",
+        "yosegi_verification_seconds_count 9",
+        "yosegi_tasks 1",
+    ] {
+        assert!(
+            body.lines().any(|l| l == line),
+            "missing {line:?} in\n{body}"
+        );
+    }
+    let merges: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("yosegi_aggregation_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(merges >= 3, "{merges} merges timed");
+    let (status, _) =
+        tokio::task::spawn_blocking(move || yosegi_tests::sandbox::http_get(metrics, "/"))
+            .await
+            .unwrap();
+    assert_eq!(status, "HTTP/1.1 404 Not Found");
     sb.stop().await;
 }
 

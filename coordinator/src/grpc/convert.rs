@@ -18,7 +18,7 @@ pub fn status(e: EngineError) -> Status {
         EngineError::NotFound(m) => Status::not_found(m),
         EngineError::Exists(m) => Status::already_exists(m),
         EngineError::Precondition(m) => Status::failed_precondition(m),
-        e @ EngineError::Rejected(_) => Status::invalid_argument(e.to_string()),
+        e @ EngineError::Rejected { .. } => Status::invalid_argument(e.to_string()),
         EngineError::Blobs(e) => {
             tracing::error!(error = %e, "blob store failure");
             Status::unavailable(format!(

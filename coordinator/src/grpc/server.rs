@@ -37,6 +37,10 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// How long an upload stream may send nothing before it is dropped.
     pub upload_idle: Duration,
+    /// How long a published manifest stays valid.
+    pub manifest_ttl: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Default for ServeConfig {
@@ -47,6 +51,8 @@ impl Default for ServeConfig {
             tick: Duration::from_millis(200),
             grace: Duration::from_secs(10),
             upload_idle: Duration::from_secs(60),
+            manifest_ttl: Duration::from_secs(30 * 86_400),
+            metrics: None,
         }
     }
 }
@@ -65,6 +71,7 @@ struct Shared {
     nonces: Mutex<NonceCache>,
     notify: Notify,
     config: ServeConfig,
+    metrics: crate::metrics::Metrics,
 }
 
 /// Runs `f` on the engine on a blocking thread.
@@ -294,6 +301,7 @@ impl PartyService for PartySvc {
             e.model(&r.task, Some(r.version))
         })
         .await?;
+        self.0.metrics.download(blob.len() as u64);
         Ok(Response::new(stream_model(
             convert::manifest(&m),
             blob,
@@ -344,6 +352,7 @@ impl PartyService for PartySvc {
         }
         let cap = with_engine(&self.0, move |e| e.max_blob_bytes(&task)).await?;
         if env.header.blob_len > cap {
+            self.0.metrics.upload("refused", "too_large", 0, 0.0);
             return Err(Status::invalid_argument(format!(
                 "rejected: update of {party} declares {} bytes; the spec allows at most {cap}",
                 env.header.blob_len
@@ -395,6 +404,8 @@ impl PartyService for PartySvc {
             .ok_or_else(|| Status::unauthenticated("party vanished"))?;
         let sha = env.header.blob_sha256.to_string();
         let (p, assignment) = (party.clone(), start.assignment_id.clone());
+        let received = bytes.len() as u64;
+        let started = std::time::Instant::now();
         let outcome = change_engine(&self.0, move |e| {
             let upload = Upload {
                 party: &p,
@@ -404,9 +415,18 @@ impl PartyService for PartySvc {
                 bytes: &bytes,
                 local_metrics: metrics.as_ref(),
             };
-            e.accept_upload(&upload, now_ms())
+            Ok(e.accept_upload(&upload, now_ms()))
         })
-        .await;
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (label, reason) = match &outcome {
+            Ok(UploadOutcome::Accepted) => ("accepted", ""),
+            Ok(UploadOutcome::AlreadyAccepted) => ("already_accepted", ""),
+            Err(EngineError::Rejected { code, .. }) => ("rejected", *code),
+            Err(_) => ("refused", ""),
+        };
+        self.0.metrics.upload(label, reason, received, seconds);
+        let outcome = outcome.map_err(convert::status);
         match &outcome {
             Ok(o) => tracing::info!(%party, outcome = ?o, blob = %sha, "upload"),
             Err(s) => tracing::warn!(%party, reason = %s.message(), "upload refused"),
@@ -602,6 +622,7 @@ impl OperatorService for OperatorSvc {
         let r = req.into_inner();
         let version = (r.version > 0).then_some(r.version);
         let (m, blob) = with_engine(&self.0, move |e| e.model(&r.task, version)).await?;
+        self.0.metrics.download(blob.len() as u64);
         Ok(Response::new(stream_model(
             convert::manifest(&m),
             blob,
@@ -630,7 +651,14 @@ pub async fn serve(
         blobs,
         path,
     } = data;
-    let engine = Engine::new(store, blobs, key, crate::engine::EngineConfig::default());
+    let engine = Engine::new(
+        store,
+        blobs,
+        key,
+        crate::engine::EngineConfig {
+            manifest_ttl_ms: config.manifest_ttl.as_millis() as i64,
+        },
+    );
     let shared = Arc::new(Shared {
         engine: Arc::new(Mutex::new(engine)),
         keys: RwLock::new(HashMap::new()),
@@ -638,6 +666,7 @@ pub async fn serve(
         nonces: Mutex::new(NonceCache::default()),
         notify: Notify::new(),
         config: config.clone(),
+        metrics: crate::metrics::Metrics::default(),
     });
     {
         let s = shared.clone();
@@ -665,13 +694,53 @@ pub async fn serve(
                     _ = tokio::time::sleep(shared.config.tick) => {}
                     _ = stop.changed() => return,
                 }
-                match with_engine(&shared, |e| e.tick(now_ms())).await {
-                    Ok(true) => shared.notify.notify_waiters(),
-                    Ok(false) => {}
+                let r = with_engine(&shared, |e| {
+                    let changed = e.tick(now_ms())?;
+                    Ok((changed, e.take_merge_seconds()))
+                })
+                .await;
+                match r {
+                    Ok((changed, merges)) => {
+                        for s in merges {
+                            shared.metrics.aggregation(s);
+                        }
+                        if changed {
+                            shared.notify.notify_waiters();
+                        }
+                    }
                     Err(s) => tracing::error!(error = %s.message(), "engine tick failed"),
                 }
             }
         })
+    };
+    let metrics_task = match config.metrics {
+        None => None,
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {at}: {e}"))?;
+            tracing::info!(addr = %l.local_addr()?, "Prometheus metrics at GET /metrics");
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            let scrape = move || {
+                let shared = shared.clone();
+                async move {
+                    let g = with_engine(&shared, |e| {
+                        Ok(crate::metrics::gauges(e.store(), now_ms())?)
+                    })
+                    .await
+                    .unwrap_or_default();
+                    shared.metrics.render(&g)
+                }
+            };
+            Some(tokio::spawn(crate::metrics::serve_metrics(
+                l,
+                scrape,
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )))
+        }
     };
     let addr = listener.local_addr()?;
     tracing::info!(%addr, data_dir = %path.display(), "coordinator serving");
@@ -693,6 +762,9 @@ pub async fn serve(
         }
     }
     let _ = ticker.await;
+    if let Some(m) = metrics_task {
+        let _ = m.await;
+    }
     tracing::info!("coordinator stopped");
     Ok(())
 }

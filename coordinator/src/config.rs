@@ -1,0 +1,196 @@
+//! `coordinator serve`'s configuration: a `coordinator.toml` file (raw serde struct, unknown keys
+//! refused by name, TOML errors with line and column), every key also settable by a flag (flags
+//! win), validated into [`ServeSettings`]. docs/CONFIG.md documents each key;
+//! `docs/examples/coordinator.toml` is loaded by the tests below.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+
+use crate::grpc::ServeConfig;
+
+/// `coordinator.toml` as written; `None` = not given.
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RawServeConfig {
+    /// State: database, blobs, keys.
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address.
+    pub listen: Option<SocketAddr>,
+    /// Prometheus `/metrics` address (off when absent).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Largest accepted caller clock difference, seconds.
+    pub max_skew_secs: Option<u64>,
+    /// Longest a long poll is held, seconds.
+    pub long_poll_secs: Option<u64>,
+    /// Engine tick period, milliseconds.
+    pub tick_ms: Option<u64>,
+    /// Time given to in-flight calls at shutdown, seconds.
+    pub shutdown_grace_secs: Option<u64>,
+    /// An upload stream silent this long is dropped, seconds.
+    pub upload_idle_secs: Option<u64>,
+    /// Validity of published manifests, days.
+    pub manifest_ttl_days: Option<u64>,
+}
+
+/// Validated settings of `coordinator serve`.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    /// State directory.
+    pub data_dir: PathBuf,
+    /// gRPC address.
+    pub listen: SocketAddr,
+    /// Server settings (including the metrics address).
+    pub serve: ServeConfig,
+}
+
+impl RawServeConfig {
+    /// Reads a config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+    }
+
+    /// Keys set in `over` replace ours.
+    pub fn overlay(self, over: RawServeConfig) -> Self {
+        Self {
+            data_dir: over.data_dir.or(self.data_dir),
+            listen: over.listen.or(self.listen),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
+            max_skew_secs: over.max_skew_secs.or(self.max_skew_secs),
+            long_poll_secs: over.long_poll_secs.or(self.long_poll_secs),
+            tick_ms: over.tick_ms.or(self.tick_ms),
+            shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
+            upload_idle_secs: over.upload_idle_secs.or(self.upload_idle_secs),
+            manifest_ttl_days: over.manifest_ttl_days.or(self.manifest_ttl_days),
+        }
+    }
+
+    /// Fills defaults and checks ranges, naming the key at fault.
+    pub fn validate(self) -> anyhow::Result<ServeSettings> {
+        let d = ServeConfig::default();
+        let ranged = |key: &str, v: Option<u64>, default: u64, min: u64, max: u64| {
+            let v = v.unwrap_or(default);
+            anyhow::ensure!(
+                (min..=max).contains(&v),
+                "coordinator config: `{key}` must be between {min} and {max}, found {v}"
+            );
+            Ok(v)
+        };
+        let serve = ServeConfig {
+            max_skew: Duration::from_secs(ranged(
+                "max_skew_secs",
+                self.max_skew_secs,
+                d.max_skew.as_secs(),
+                1,
+                86_400,
+            )?),
+            max_wait: Duration::from_secs(ranged(
+                "long_poll_secs",
+                self.long_poll_secs,
+                d.max_wait.as_secs(),
+                1,
+                300,
+            )?),
+            tick: Duration::from_millis(ranged(
+                "tick_ms",
+                self.tick_ms,
+                d.tick.as_millis() as u64,
+                10,
+                60_000,
+            )?),
+            grace: Duration::from_secs(ranged(
+                "shutdown_grace_secs",
+                self.shutdown_grace_secs,
+                d.grace.as_secs(),
+                0,
+                3_600,
+            )?),
+            upload_idle: Duration::from_secs(ranged(
+                "upload_idle_secs",
+                self.upload_idle_secs,
+                d.upload_idle.as_secs(),
+                1,
+                3_600,
+            )?),
+            manifest_ttl: Duration::from_secs(
+                86_400
+                    * ranged(
+                        "manifest_ttl_days",
+                        self.manifest_ttl_days,
+                        d.manifest_ttl.as_secs() / 86_400,
+                        1,
+                        3_650,
+                    )?,
+            ),
+            metrics: self.metrics_listen,
+        };
+        Ok(ServeSettings {
+            data_dir: self
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("coordinator-data")),
+            listen: self
+                .listen
+                .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),
+            serve,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../docs/examples/coordinator.toml");
+
+    #[test]
+    fn the_documented_example_loads_and_flags_win() {
+        let raw = RawServeConfig::parse(EXAMPLE, "docs/examples/coordinator.toml").unwrap();
+        assert_eq!(raw.listen, Some("0.0.0.0:50051".parse().unwrap()));
+        let s = raw
+            .clone()
+            .overlay(RawServeConfig {
+                listen: Some("127.0.0.1:7000".parse().unwrap()),
+                ..Default::default()
+            })
+            .validate()
+            .unwrap();
+        assert_eq!(s.listen, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(s.serve.metrics, Some("0.0.0.0:9464".parse().unwrap()));
+        assert_eq!(s.serve.max_skew, Duration::from_secs(120));
+        assert_eq!(s.serve.manifest_ttl, Duration::from_secs(30 * 86_400));
+        assert_eq!(s.data_dir, PathBuf::from("/var/lib/yosegi"));
+    }
+
+    #[test]
+    fn defaults_without_a_file_and_errors_that_name_the_key() {
+        let s = RawServeConfig::default().validate().unwrap();
+        assert_eq!(s.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(s.serve.metrics, None);
+        let e =
+            RawServeConfig::parse("listen = \"127.0.0.1:1\"\nport = 5\n", "c.toml").unwrap_err();
+        assert!(
+            e.to_string().contains("c.toml") && e.to_string().contains("port"),
+            "{e}"
+        );
+        let e = RawServeConfig::parse("tick_ms = 1\n", "c.toml")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("`tick_ms` must be between 10"),
+            "{e}"
+        );
+        let e = RawServeConfig::parse("listen = \"nowhere\"\n", "c.toml").unwrap_err();
+        assert!(e.to_string().contains("line 1"), "{e}");
+    }
+}

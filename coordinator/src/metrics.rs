@@ -1,0 +1,299 @@
+//! Prometheus metrics of a serving coordinator, in the text exposition format (version 0.0.4) at
+//! `GET /metrics` on `metrics_listen` (off unless configured). Counters and histograms are kept
+//! in memory by the gRPC layer; round, party and task gauges are read from the database at
+//! scrape time, so they survive restarts.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `yosegi_uploads_total` | counter | `outcome` (accepted, already_accepted, rejected, refused), `reason` (the failed check for `rejected`: signature, hash, round, …) |
+//! | `yosegi_upload_bytes_total` | counter | — blob bytes received |
+//! | `yosegi_download_bytes_total` | counter | — blob bytes sent to parties and operators |
+//! | `yosegi_verification_seconds` | histogram | — time to verify and store one upload |
+//! | `yosegi_aggregation_seconds` | histogram | — time to close a round (re-verify, merge, publish) |
+//! | `yosegi_rounds` | gauge | `phase` (queued, training, published, failed) |
+//! | `yosegi_parties` | gauge | `state` (enrolled, revoked) |
+//! | `yosegi_parties_connected` | gauge | — parties with a call in the last 60 s |
+//! | `yosegi_tasks` | gauge | — |
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+
+/// Histogram bucket bounds, seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, v: f64) {
+        for (c, b) in self.counts.iter_mut().zip(BUCKETS) {
+            if v <= b {
+                *c += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += v;
+    }
+
+    fn render(&self, name: &str, help: &str, out: &mut String) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (c, b) in self.counts.iter().zip(BUCKETS) {
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {c}");
+        }
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(out, "{name}_sum {}", self.sum);
+        let _ = writeln!(out, "{name}_count {}", self.count);
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    uploads: BTreeMap<(String, String), u64>,
+    upload_bytes: u64,
+    download_bytes: u64,
+    verification: Histogram,
+    aggregation: Histogram,
+}
+
+/// The in-memory counters and histograms.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    state: Mutex<State>,
+}
+
+/// Gauges read from the database at scrape time.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Gauges {
+    /// Rounds per phase.
+    pub rounds: BTreeMap<String, u64>,
+    /// Enrolled (not revoked) parties.
+    pub enrolled: u64,
+    /// Revoked parties.
+    pub revoked: u64,
+    /// Parties seen in the last 60 s.
+    pub connected: u64,
+    /// Tasks.
+    pub tasks: u64,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Counts an upload's outcome (`reason` empty unless rejected).
+    pub fn upload(&self, outcome: &str, reason: &str, bytes: u64, seconds: f64) {
+        self.with(|s| {
+            *s.uploads
+                .entry((outcome.to_string(), reason.to_string()))
+                .or_default() += 1;
+            s.upload_bytes += bytes;
+            s.verification.observe(seconds);
+        });
+    }
+
+    /// Counts blob bytes sent.
+    pub fn download(&self, bytes: u64) {
+        self.with(|s| s.download_bytes += bytes);
+    }
+
+    /// Records how long closing a round took.
+    pub fn aggregation(&self, seconds: f64) {
+        self.with(|s| s.aggregation.observe(seconds));
+    }
+
+    /// The exposition text.
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        self.with(|s| {
+            out += "# HELP yosegi_uploads_total Uploads by outcome and, for rejections, the failed check.\n# TYPE yosegi_uploads_total counter\n";
+            for ((outcome, reason), n) in &s.uploads {
+                let _ = writeln!(
+                    out,
+                    "yosegi_uploads_total{{outcome=\"{outcome}\",reason=\"{reason}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP yosegi_upload_bytes_total Blob bytes received from parties.\n# TYPE yosegi_upload_bytes_total counter\nyosegi_upload_bytes_total {}",
+                s.upload_bytes
+            );
+            let _ = writeln!(
+                out,
+                "# HELP yosegi_download_bytes_total Blob bytes sent to parties and operators.\n# TYPE yosegi_download_bytes_total counter\nyosegi_download_bytes_total {}",
+                s.download_bytes
+            );
+            s.verification.render(
+                "yosegi_verification_seconds",
+                "Time to verify and durably store one upload.",
+                &mut out,
+            );
+            s.aggregation.render(
+                "yosegi_aggregation_seconds",
+                "Time to close a round: re-verify its updates, merge, publish.",
+                &mut out,
+            );
+        });
+        out += "# HELP yosegi_rounds Rounds by phase.\n# TYPE yosegi_rounds gauge\n";
+        for phase in ["queued", "training", "published", "failed"] {
+            let n = g.rounds.get(phase).copied().unwrap_or(0);
+            let _ = writeln!(out, "yosegi_rounds{{phase=\"{phase}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_parties Parties by state.\n# TYPE yosegi_parties gauge\nyosegi_parties{{state=\"enrolled\"}} {}\nyosegi_parties{{state=\"revoked\"}} {}",
+            g.enrolled, g.revoked
+        );
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_parties_connected Parties with an authenticated call in the last 60 s.\n# TYPE yosegi_parties_connected gauge\nyosegi_parties_connected {}",
+            g.connected
+        );
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_tasks Tasks.\n# TYPE yosegi_tasks gauge\nyosegi_tasks {}",
+            g.tasks
+        );
+        out
+    }
+}
+
+/// Reads the gauges from the database.
+pub fn gauges(
+    store: &crate::store::Store,
+    now_ms: i64,
+) -> Result<Gauges, crate::store::StoreError> {
+    let mut g = Gauges::default();
+    for t in store.tasks()? {
+        g.tasks += 1;
+        for r in store.rounds(&t.name)? {
+            *g.rounds.entry(r.phase.to_string()).or_default() += 1;
+        }
+    }
+    for p in store.parties()? {
+        if p.revoked {
+            g.revoked += 1;
+        } else {
+            g.enrolled += 1;
+            if now_ms - p.last_seen_ms <= 60_000 {
+                g.connected += 1;
+            }
+        }
+    }
+    Ok(g)
+}
+
+/// Answers `GET /metrics` on `listener` until `stop` resolves; any other request gets 404. The
+/// scrape closure renders the body (it reads the database on a blocking thread).
+pub async fn serve_metrics<F, Fut>(
+    listener: TcpListener,
+    scrape: F,
+    stop: impl std::future::Future<Output = ()>,
+) where
+    F: Fn() -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = String> + Send,
+{
+    tokio::pin!(stop);
+    loop {
+        let (mut sock, _) = tokio::select! {
+            _ = &mut stop => return,
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics: accept failed");
+                    continue;
+                }
+            },
+        };
+        let scrape = scrape.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read the request head (at most 4 KiB, at most 5 s).
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match sock.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => len += n,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let line = head.lines().next().unwrap_or_default();
+            let (status, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+                ("200 OK", scrape().await)
+            } else {
+                (
+                    "404 Not Found",
+                    "only GET /metrics is served here\n".to_string(),
+                )
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(response.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_by_hand() {
+        let m = Metrics::default();
+        m.upload("accepted", "", 100, 0.003);
+        m.upload("rejected", "signature", 50, 0.02);
+        m.download(10);
+        m.aggregation(0.2);
+        let g = Gauges {
+            rounds: BTreeMap::from([("published".to_string(), 2)]),
+            enrolled: 3,
+            revoked: 1,
+            connected: 2,
+            tasks: 1,
+        };
+        let text = m.render(&g);
+        for line in [
+            "yosegi_uploads_total{outcome=\"accepted\",reason=\"\"} 1",
+            "yosegi_uploads_total{outcome=\"rejected\",reason=\"signature\"} 1",
+            "yosegi_upload_bytes_total 150",
+            "yosegi_download_bytes_total 10",
+            "yosegi_verification_seconds_bucket{le=\"0.0025\"} 0",
+            "yosegi_verification_seconds_bucket{le=\"0.005\"} 1",
+            "yosegi_verification_seconds_bucket{le=\"+Inf\"} 2",
+            "yosegi_verification_seconds_count 2",
+            "yosegi_aggregation_seconds_bucket{le=\"0.25\"} 1",
+            "yosegi_rounds{phase=\"published\"} 2",
+            "yosegi_rounds{phase=\"failed\"} 0",
+            "yosegi_parties{state=\"revoked\"} 1",
+            "yosegi_parties_connected 2",
+            "yosegi_tasks 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+}
