@@ -104,6 +104,19 @@ pub enum Command {
     /// Download published models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Write a task's report: per-round merged metrics, per-party contribution, rejections,
+    /// bytes moved, time per round, gain of the merged model over each party's own update
+    /// (Markdown, JSON and an SVG plot).
+    Report {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Where to write README.md, report.json and metric-by-round.svg.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `coordinator spec …`
@@ -279,7 +292,11 @@ pub enum ModelCommand {
         #[arg(long)]
         out: PathBuf,
         /// The coordinator's public key file (what parties pin).
-        #[arg(long, default_value = "coordinator-data/coordinator.pub.pem")]
+        #[arg(
+            long,
+            env = "YOSEGI_COORDINATOR_KEY",
+            default_value = "coordinator-data/coordinator.pub.pem"
+        )]
         coordinator_key: PathBuf,
         #[command(flatten)]
         remote: Remote,
@@ -405,6 +422,26 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 crate::grpc::serve(listener, data, settings.serve, shutdown_signal()).await
             })?;
         }
+        Command::Report { task, out, remote } => runtime()?.block_on(async move {
+            let mut c = connect(&remote).await?;
+            let t = c
+                .tasks()
+                .await?
+                .into_iter()
+                .find(|t| t.name == task)
+                .with_context(|| format!("no task named {task}"))?;
+            let rounds = c.status(&task).await?;
+            let report = crate::report::build(&t, &rounds);
+            crate::report::write(&out, &t, &report)?;
+            println!(
+                "report of {task}: {} round(s) published, {} failed, {} blob bytes moved; written to {}",
+                report.published,
+                report.failed,
+                report.bytes_moved,
+                out.display()
+            );
+            anyhow::Ok(())
+        })?,
         Command::Experiment(args) => {
             crate::experiment::run(&args)?;
         }

@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod local;
 pub mod metrics;
 pub mod plots;
+pub mod report;
 pub mod state;
 pub mod store;
 pub mod views;

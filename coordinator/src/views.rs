@@ -43,6 +43,12 @@ pub struct PartyRoundView {
     pub reason: String,
     /// Rows trained on, for accepted updates.
     pub sample_count: u64,
+    /// Bytes of the accepted update.
+    pub update_bytes: u64,
+    /// The party's metrics of its own update on its holdout.
+    pub local_metrics: Option<Metrics>,
+    /// The party's metrics of the round's published model on its holdout.
+    pub evaluation: Option<Metrics>,
 }
 
 /// A round.
@@ -66,6 +72,16 @@ pub struct RoundView {
     pub version: u64,
     /// Merged metrics of the published model on the parties' holdouts.
     pub metrics: Option<Metrics>,
+    /// Parties whose evaluations `metrics` merges.
+    pub evaluated_by: u32,
+    /// Stored options (strategy options; relay party/step/steps).
+    pub options: std::collections::BTreeMap<String, String>,
+    /// Round start (Unix ms, 0 = not started).
+    pub started_unix_ms: i64,
+    /// Publication time (Unix ms, 0 = not published).
+    pub published_unix_ms: i64,
+    /// Published blob size.
+    pub model_bytes: u64,
 }
 
 impl RoundView {
@@ -88,13 +104,20 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
             .as_ref()
             .map(|m| {
                 let (name, v) = m.headline();
-                format!("  {name} {v:.4}")
+                format!("  {name} {v:.4} (evaluated by {})", r.evaluated_by)
             })
             .unwrap_or_default();
+        let strategy = match (r.options.get("step"), r.options.get("steps")) {
+            (Some(step), Some(steps)) => {
+                let step: u64 = step.parse().unwrap_or(0);
+                format!("{} step {}/{steps}", r.strategy, step + 1)
+            }
+            _ => r.strategy.clone(),
+        };
         println!(
-            "round {:>3}  {:<8} {:<10} {}/{} accepted (quorum {}){}{}",
+            "round {:>3}  {:<20} {:<10} {}/{} accepted (quorum {}){}{}",
             r.round,
-            r.strategy,
+            strategy,
             r.phase,
             accepted,
             r.parties.len(),

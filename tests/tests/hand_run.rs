@@ -216,5 +216,41 @@ fn a_federation_run_by_hand_with_the_binaries() {
     )
     .unwrap();
     assert_eq!(manifest["version"], 2);
+
+    // The operator's report: both rounds, every plant's contribution and gain, a plot. Wait until
+    // all three plants have evaluated version 2 (they do so after it is published).
+    let started = Instant::now();
+    loop {
+        let v: serde_json::Value =
+            serde_json::from_str(&run_ok("coordinator", &status_args)).unwrap();
+        if v[1]["evaluated_by"] == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report_dir = d.join("report");
+    let report_s = s(&report_dir);
+    let mut report = vec!["report", "--task", "wdbc", "--out", report_s.as_str()];
+    report.extend(remote);
+    assert!(run_ok("coordinator", &report).contains("2 round(s) published, 0 failed"));
+    let md = std::fs::read_to_string(report_dir.join("README.md")).unwrap();
+    for plant in ["plant-a", "plant-b", "plant-c"] {
+        let row = md
+            .lines()
+            .find(|l| l.starts_with(&format!("| {plant} | 2 | 2 | 0 |")))
+            .unwrap_or_else(|| panic!("no row of {plant} in\n{md}"));
+        assert!(!row.ends_with("| — |"), "{plant} has a gain: {row}");
+    }
+    assert!(md.contains("| 2 | fedavg | published | 3 / 3 |"), "{md}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report_dir.join("report.json")).unwrap())
+            .unwrap();
+    assert!(json["bytes_moved"].as_u64().unwrap() > 0);
+    assert!(
+        std::fs::read_to_string(report_dir.join("metric-by-round.svg"))
+            .unwrap()
+            .starts_with("<svg")
+    );
     procs.terminate();
 }

@@ -230,11 +230,19 @@ impl OperatorClient {
                         state: p.state,
                         reason: p.reason,
                         sample_count: p.sample_count,
+                        update_bytes: p.update_bytes,
+                        local_metrics: serde_json::from_str(&p.local_metrics_json).ok(),
+                        evaluation: serde_json::from_str(&p.evaluation_json).ok(),
                     })
                     .collect(),
                 failure: r.failure,
                 version: r.version,
                 metrics: serde_json::from_str(&r.metrics_json).ok(),
+                evaluated_by: r.evaluated_by,
+                options: serde_json::from_str(&r.options_json).unwrap_or_default(),
+                started_unix_ms: r.started_unix_ms,
+                published_unix_ms: r.published_unix_ms,
+                model_bytes: r.model_bytes,
             })
             .collect())
     }

@@ -153,38 +153,74 @@ pub fn round_infos(
     }
     let mut out = Vec::new();
     for r in store.rounds(task)? {
+        let evaluations = match r.version {
+            Some(v) => store.evaluations(task, v)?,
+            None => Vec::new(),
+        };
+        let as_metrics = |json: &str| {
+            serde_json::from_str::<MetricStats>(json)
+                .ok()
+                .and_then(|m| serde_json::to_string(&m.metrics()).ok())
+                .unwrap_or_default()
+        };
         let mut parties: Vec<pb::PartyRoundState> = store
             .round_parties(task, r.round)?
             .into_iter()
             .map(|p| pb::PartyRoundState {
+                evaluation_json: evaluations
+                    .iter()
+                    .find(|(q, _)| *q == p.party)
+                    .map(|(_, j)| as_metrics(j))
+                    .unwrap_or_default(),
                 party: p.party,
                 state: p.state,
                 reason: p.reason,
                 sample_count: 0,
+                update_bytes: 0,
+                local_metrics_json: String::new(),
             })
             .collect();
         for u in store.updates(task, r.round)? {
             if let Some(p) = parties.iter_mut().find(|p| p.party == u.party) {
                 p.sample_count = u.sample_count;
+                p.local_metrics_json = u
+                    .local_metrics
+                    .as_deref()
+                    .map(as_metrics)
+                    .unwrap_or_default();
+                p.update_bytes = serde_json::from_str::<serde_json::Value>(&u.envelope)
+                    .ok()
+                    .and_then(|e| e["header"]["blob_len"].as_u64())
+                    .unwrap_or(0);
             }
         }
         let mut metrics_json = String::new();
-        if let Some(v) = r.version {
-            let mut merged: Option<MetricStats> = None;
-            for (_, json) in store.evaluations(task, v)? {
-                if let Ok(s) = serde_json::from_str::<MetricStats>(&json) {
-                    match &mut merged {
-                        None => merged = Some(s),
-                        Some(m) => {
-                            let _ = m.merge(&s);
-                        }
+        let mut merged: Option<MetricStats> = None;
+        let mut evaluated_by = 0;
+        for (_, json) in &evaluations {
+            if let Ok(s) = serde_json::from_str::<MetricStats>(json) {
+                let ok = match &mut merged {
+                    None => {
+                        merged = Some(s);
+                        true
                     }
-                }
-            }
-            if let Some(m) = merged {
-                metrics_json = serde_json::to_string(&m.metrics()).unwrap_or_default();
+                    Some(m) => m.merge(&s).is_ok(),
+                };
+                evaluated_by += u32::from(ok);
             }
         }
+        if let Some(m) = merged {
+            metrics_json = serde_json::to_string(&m.metrics()).unwrap_or_default();
+        }
+        let (published_unix_ms, model_bytes) = match r.version {
+            Some(v) => store
+                .model(task, Some(v))?
+                .and_then(|m| {
+                    serde_json::from_slice::<shared_model::manifest::Manifest>(&m.manifest).ok()
+                })
+                .map_or((0, 0), |m| (m.created_unix_ms, m.blob_len)),
+            None => (0, 0),
+        };
         let rejections = store.rejections(task, r.round)?;
         let failure = r.failure.clone().unwrap_or_default();
         for (party, reason) in rejections {
@@ -196,7 +232,7 @@ pub fn round_infos(
                     party,
                     state: "rejected".into(),
                     reason,
-                    sample_count: 0,
+                    ..Default::default()
                 });
             }
         }
@@ -211,6 +247,10 @@ pub fn round_infos(
             failure,
             version: r.version.unwrap_or(0),
             metrics_json,
+            evaluated_by,
+            options_json: r.options,
+            published_unix_ms,
+            model_bytes,
         });
     }
     Ok(out)
