@@ -42,12 +42,16 @@ pub struct DemoArgs {
     /// krum, multi-krum) or all.
     #[arg(long, default_value = "all")]
     pub strategy: String,
-    /// A CSV to use instead of the bundled WDBC data (needs --spec).
-    #[arg(long, requires = "spec")]
+    /// A CSV to use instead of the bundled WDBC data (needs --spec or --target).
+    #[arg(long)]
     pub data: Option<PathBuf>,
     /// The ModelSpec for --data.
-    #[arg(long)]
+    #[arg(long, requires = "data", conflicts_with = "target")]
     pub spec: Option<PathBuf>,
+    /// The target column of --data when no --spec is given: every other column becomes a
+    /// feature of a 16→8 MLP (binary, multiclass or regression from the target's values).
+    #[arg(long, requires = "data")]
+    pub target: Option<String>,
     /// How rows are dealt to plants: iid, dirichlet:ALPHA, quantity:ALPHA, shift:FEATURE.
     #[arg(long, default_value = "iid")]
     pub partition: String,
@@ -82,8 +86,12 @@ fn progress(msg: &str) {
 pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let work = tempfile::tempdir().context("creating a temp dir")?;
-    let (spec, data_path) = match (&args.data, &args.spec) {
-        (Some(d), Some(s)) => (ModelSpec::from_file(s)?, d.clone()),
+    let (spec, data_path) = match (&args.data, &args.spec, &args.target) {
+        (Some(d), Some(s), _) => (ModelSpec::from_file(s)?, d.clone()),
+        (Some(d), None, Some(t)) => (crate::experiment::derive_spec(d, t)?, d.clone()),
+        (Some(d), None, None) => {
+            anyhow::bail!("--data {} needs --spec or --target", d.display())
+        }
         _ => {
             let p = work.path().join("wdbc.csv");
             std::fs::write(&p, WDBC_CSV)?;
@@ -388,10 +396,34 @@ fn write_report(
         args.rounds,
         args.seed
     );
+    let md = md + "\n![metric per strategy](metric-by-strategy.svg)\n";
     std::fs::write(args.out.join("README.md"), md)?;
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_vec_pretty(rows)?,
     )?;
+    // One point per row (a single run: no error bars), with the experiment's plot.
+    let point = crate::experiment::Point {
+        parties: args.parties,
+        partition: args.partition.clone(),
+        rounds: args.rounds,
+    };
+    let summaries: Vec<crate::experiment::Summary> = rows
+        .iter()
+        .map(|r| {
+            let (metric, value) = r.metrics.headline();
+            crate::experiment::Summary {
+                point: point.clone(),
+                strategy: r.name.clone(),
+                name: r.name.split(' ').next().unwrap_or_default().to_string(),
+                metric: metric.to_string(),
+                values: std::collections::BTreeMap::from([(metric.to_string(), (value, 0.0))]),
+                per_round: vec![value],
+                runs: 1,
+            }
+        })
+        .collect();
+    let refs: Vec<&crate::experiment::Summary> = summaries.iter().collect();
+    crate::plots::by_strategy(&args.out.join("metric-by-strategy.svg"), &refs)?;
     Ok(())
 }

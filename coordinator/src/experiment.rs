@@ -157,7 +157,7 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
 /// A spec for a CSV from its header and target column: every other column is a feature; the
 /// task is binary if the target only holds 0 and 1, multiclass if it holds small non-negative
 /// integers, regression otherwise.
-fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
+pub fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
     let header = std::fs::read_to_string(path)
         .with_context(|| format!("reading {}", path.display()))?
         .lines()

@@ -100,7 +100,8 @@ fn alpha(p: &str) -> f64 {
         .unwrap_or(f64::INFINITY)
 }
 
-fn by_strategy(path: &Path, rows: &[&Summary]) -> Res<()> {
+/// The headline metric per strategy, ±1 std error bars (none for single runs).
+pub fn by_strategy(path: &Path, rows: &[&Summary]) -> Res<()> {
     let metric = rows[0].metric.clone();
     let (lo, hi) = range(rows.iter().flat_map(|s| {
         let (m, sd) = headline(s);
@@ -112,7 +113,11 @@ fn by_strategy(path: &Path, rows: &[&Summary]) -> Res<()> {
     let labels: Vec<String> = rows.iter().map(|s| s.strategy.clone()).collect();
     let mut chart = ChartBuilder::on(&root)
         .caption(
-            format!("{metric} per strategy (mean ± 1 std over seeds)"),
+            if rows.iter().all(|s| s.runs <= 1) {
+                format!("{metric} per strategy")
+            } else {
+                format!("{metric} per strategy (mean ± 1 std over seeds)")
+            },
             ("sans-serif", 20),
         )
         .margin(15)

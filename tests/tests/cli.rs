@@ -164,9 +164,56 @@ fn the_demo_runs_a_federation_and_writes_its_report() {
         "best merged F1 {best} vs data-sharing {}",
         f1("data-sharing")
     );
+    let readme = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(readme.contains("| strategy |"));
+    assert!(readme.contains("metric-by-strategy.svg"));
+    let svg = std::fs::read_to_string(out.join("metric-by-strategy.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("f1 per strategy"));
+}
+
+/// Without a spec, a CSV and its target column are enough: the spec is derived (every other
+/// column a feature; binary because the target holds 0 and 1), and a wrong column is named.
+#[test]
+fn experiments_derive_a_spec_from_the_target_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("exp");
+    let csv = data("wdbc.csv");
+    let csv = csv.to_str().unwrap();
+    let printed = run_ok(
+        "coordinator",
+        &[
+            "experiment",
+            "--data",
+            csv,
+            "--target",
+            "malignant",
+            "--strategies",
+            "fedavg",
+            "--rounds",
+            "1",
+            "--seeds",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(printed.contains("| f1 |"), "{printed}");
+    let bad = yosegi_tests::run(
+        "coordinator",
+        &[
+            "experiment",
+            "--data",
+            csv,
+            "--target",
+            "diagnosis",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        std::fs::read_to_string(out.join("README.md"))
-            .unwrap()
-            .contains("| strategy |")
+        err.contains("line 1: no column named \"diagnosis\""),
+        "{err}"
     );
 }
