@@ -545,22 +545,6 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Sets a party's state in a round unless it is already `accepted`.
-    pub fn set_round_party(
-        &self,
-        task: &str,
-        round: u64,
-        party: &str,
-        state: &str,
-        reason: &str,
-    ) -> Result<()> {
-        self.conn.execute(
-            "UPDATE round_parties SET state = ?4, reason = ?5 WHERE task = ?1 AND round = ?2 AND party = ?3 AND state != 'accepted'",
-            params![task, round as i64, party, state, reason],
-        )?;
-        Ok(())
-    }
-
     /// Sets a party's state in a round (unless `accepted`) and records the rejection, atomically.
     pub fn reject_in_round(
         &mut self,
@@ -571,17 +555,7 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute(
-            "UPDATE round_parties SET state = ?4, reason = ?5 WHERE task = ?1 AND round = ?2 AND party = ?3 AND state != 'accepted'",
-            params![task, round as i64, party, state, reason],
-        )?;
-        tx.execute(
-            "INSERT INTO rejections (task, round, party, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![task, round as i64, party, reason, now],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.mark(task, round, party, state, reason, now, false)
     }
 
     /// Marks an accepted update as left out of the merge (its party revoked, its blob damaged)
@@ -594,10 +568,24 @@ impl Store {
         reason: &str,
         now: i64,
     ) -> Result<()> {
+        self.mark(task, round, party, "rejected", reason, now, true)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn mark(
+        &mut self,
+        task: &str,
+        round: u64,
+        party: &str,
+        state: &str,
+        reason: &str,
+        now: i64,
+        even_accepted: bool,
+    ) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "UPDATE round_parties SET state = 'rejected', reason = ?4 WHERE task = ?1 AND round = ?2 AND party = ?3",
-            params![task, round as i64, party, reason],
+            "UPDATE round_parties SET state = ?4, reason = ?5 WHERE task = ?1 AND round = ?2 AND party = ?3 AND (?6 OR state != 'accepted')",
+            params![task, round as i64, party, state, reason, even_accepted],
         )?;
         tx.execute(
             "INSERT INTO rejections (task, round, party, reason, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -63,6 +63,29 @@ impl Sandbox {
         Self { dir, fed }
     }
 
+    /// Enrolls one plant per slice under `names`, pinned to this coordinator's key, and starts
+    /// their daemons; returns their files.
+    pub async fn enroll_and_start(
+        &mut self,
+        op: &mut OperatorClient,
+        names: &[&str],
+        spec: &ModelSpec,
+        slices: &[Dataset],
+    ) -> Vec<PartyFiles> {
+        let mut files = Vec::new();
+        for (name, rows) in names.iter().zip(slices) {
+            let f = self.party_files(name, spec, rows);
+            let key = shared_model::keys::read_public(&f.public_key).expect("public key");
+            op.enroll(name, &key).await.expect("enrolls");
+            files.push(f);
+        }
+        let pinned = self.coordinator_pub();
+        for f in &files {
+            self.start_party(f, &pinned);
+        }
+        files
+    }
+
     /// An operator client.
     pub async fn operator(&self) -> OperatorClient {
         self.fed.operator().await.expect("operator connects")

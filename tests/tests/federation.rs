@@ -21,17 +21,7 @@ async fn three_parties_three_fedavg_rounds() {
     let (spec, holdout, slices) = wdbc_split(3);
     let mut op = sb.operator().await;
     let names = ["plant-a", "plant-b", "plant-c"];
-    let mut files = Vec::new();
-    for (name, rows) in names.iter().zip(&slices) {
-        let f = sb.party_files(name, &spec, rows);
-        let key = shared_model::keys::read_public(&f.public_key).unwrap();
-        op.enroll(name, &key).await.unwrap();
-        files.push(f);
-    }
-    let pinned = sb.coordinator_pub();
-    for f in &files {
-        sb.start_party(f, &pinned);
-    }
+    let files = sb.enroll_and_start(&mut op, &names, &spec, &slices).await;
     op.create_task("wdbc", &spec_text(), &[]).await.unwrap();
     let first = op
         .start_round("wdbc", "fedavg", Default::default(), 3, 120_000, 3)
