@@ -29,6 +29,9 @@ use crate::store::{ModelRow, RoundPhase, RoundRow, Store, StoreError, TaskRow, U
 /// Strategies this build can run.
 pub const STRATEGIES: &[&str] = shared_model::strategy::NAMES;
 
+/// Longest decline reason stored, in characters.
+const MAX_REASON: usize = 500;
+
 /// Option keys the engine adds to each step of a relay (not strategy options).
 const RELAY_KEYS: [&str; 3] = ["party", "step", "steps"];
 
@@ -393,6 +396,12 @@ impl Engine {
             version: None,
             failure: None,
         };
+        if matches!(cfg.strategy, Strategy::Ensemble) && t.parties.len() > MAX_PARTS {
+            return Err(EngineError::Invalid(format!(
+                "an ensemble holds at most {MAX_PARTS} members; task {task} has {} parties",
+                t.parties.len()
+            )));
+        }
         let mut rows = Vec::new();
         if cfg.is_relay() {
             // A relay is queued as one round per step, each inviting one party: the order is
@@ -405,14 +414,28 @@ impl Engine {
                 .cloned()
                 .collect();
             let order = cfg.relay_order(&active);
-            if matches!(cfg.strategy, Strategy::Series { .. })
-                && order.len() * count as usize > MAX_PARTS
-            {
-                return Err(EngineError::Invalid(format!(
-                    "a series network holds at most {MAX_PARTS} stages; {count} relays over {} parties would need {}",
-                    order.len(),
-                    order.len() * count as usize
-                )));
+            if matches!(cfg.strategy, Strategy::Series { .. }) {
+                // Stages already published (a later relay extends the chain), plus one per step.
+                let have = match self.latest_model(task, &spec)? {
+                    Some(Model::Series(stages)) => stages.len(),
+                    _ => 0,
+                };
+                let queued = self
+                    .store
+                    .rounds(task)?
+                    .iter()
+                    .filter(|r| {
+                        r.strategy == "series"
+                            && matches!(r.phase, RoundPhase::Queued | RoundPhase::Training)
+                    })
+                    .count();
+                let need = have + queued + order.len() * count as usize;
+                if need > MAX_PARTS {
+                    return Err(EngineError::Invalid(format!(
+                        "a series network holds at most {MAX_PARTS} stages; {have} published, {queued} queued and {count} relay(s) over {} parties would make {need}",
+                        order.len()
+                    )));
+                }
             }
             if order.is_empty() {
                 return Err(EngineError::Precondition(format!(
@@ -639,6 +662,29 @@ impl Engine {
         ))
     }
 
+    /// The latest published model of a task, decoded (None before the statistics step).
+    fn latest_model(&self, task: &str, spec: &ModelSpec) -> Result<Option<Model>> {
+        let Some(row) = self.store.model(task, None)? else {
+            return Ok(None);
+        };
+        let sha: Sha256 = row
+            .blob_sha256
+            .parse()
+            .map_err(|e: shared_model::ids::IdError| {
+                EngineError::Invalid(format!("task {task}: stored model {}: {e}", row.version))
+            })?;
+        let role = if row.version == 0 {
+            BlobRole::Initial
+        } else {
+            BlobRole::Merged
+        };
+        Model::decode(&self.blobs.get(&sha)?, spec, role)
+            .map(Some)
+            .map_err(|e| {
+                EngineError::Invalid(format!("task {task}: stored model {}: {e}", row.version))
+            })
+    }
+
     /// A round's base model: its blob's sha256 and the decoded model.
     fn base_model(&self, task: &str, spec: &ModelSpec, r: &RoundRow) -> Result<(Sha256, Model)> {
         let version = r.base_version.unwrap_or(0);
@@ -669,11 +715,7 @@ impl Engine {
     fn update_shape(r: &RoundRow, base: &Model) -> Result<(StepNo, usize)> {
         let (cfg, relay) = round_config(r)?;
         let step = relay.map_or(0, |(_, s)| s as u64);
-        let stage = match (&cfg.strategy, base) {
-            (Strategy::Series { .. }, Model::Series(stages)) => stages.len(),
-            _ => 0,
-        };
-        Ok((StepNo(step), stage))
+        Ok((StepNo(step), cfg.expected_stage(base)))
     }
 
     /// Verifies, stores and records an upload; a failed check is recorded as a rejection.
@@ -735,8 +777,9 @@ impl Engine {
             self.store.reject(&task, round, party, &reason, now)?;
             return Err(EngineError::Precondition(reason));
         }
-        // A party whose upload failed verification may send a good one (the bad one may have
-        // been damaged in transit); one that declined or was dropped may not.
+        // A party whose upload failed verification may still send a good one while the round is
+        // open (the bad one may have been damaged in transit); the round does not wait for it and
+        // the assignment is not offered again. One that declined or was dropped may not.
         if invited.state != "invited" && invited.state != "rejected" {
             return Err(EngineError::Precondition(format!(
                 "{party} can no longer upload to round {round} of {task}: it is {} ({})",
@@ -759,25 +802,10 @@ impl Engine {
         let checked = verify(envelope, bytes, party_key, &expect)
             .map_err(|e| (e.code(), e.to_string()))
             .and_then(|v| {
-                // The task's normalisation is fixed by the statistics step; an update must keep
-                // it (a series stage adds its own for the extra inputs after the features).
-                let task_norm = match &base {
-                    Model::Single(w) => w.normalization(),
-                    Model::Ensemble(m) => m[0].weights.normalization(),
-                    Model::Series(s) => s[0].normalization(),
-                };
-                let d = spec.input_width();
-                let n = v.weights().normalization();
-                if n.mean[..d] == task_norm.mean[..] && n.std[..d] == task_norm.std[..] {
-                    Ok(v)
-                } else {
-                    Err((
-                        "normalisation",
-                        format!(
-                            "update of {party}: its normalisation (norm.mean / norm.std) differs from the task's"
-                        ),
-                    ))
-                }
+                // The task's normalisation is fixed by the statistics step; an update keeps it.
+                base.check_update_normalization(v.weights(), spec.input_width())
+                    .map(|()| v)
+                    .map_err(|why| ("normalisation", format!("update of {party}: {why}")))
             });
         if let Err((code, reason)) = checked {
             self.store
@@ -830,17 +858,54 @@ impl Engine {
     /// Records that a party declined an assignment. A declined training invitation counts as
     /// an answer in its round; declined statistics or evaluation work is not offered again.
     pub fn decline(&mut self, party: &str, assignment: &str, reason: &str, now: i64) -> Result<()> {
-        let (task, kind, round) = Self::parse_assignment(assignment)?;
+        let (task, kind, number) = Self::parse_assignment(assignment)?;
+        let (t, _) = self.task(&task)?;
         self.check_member(&task, party)?;
+        // A reason is for people to read; a long one is cut, never stored whole.
+        let reason: String = if reason.chars().count() > MAX_REASON {
+            reason.chars().take(MAX_REASON).chain("…".chars()).collect()
+        } else {
+            reason.to_string()
+        };
+        let not_yours = || {
+            EngineError::Precondition(format!(
+                "{party} has no open assignment {assignment} to decline"
+            ))
+        };
         match kind.as_str() {
             "train" => {
+                // Only an open invitation can be declined.
+                let open = self
+                    .store
+                    .rounds(&task)?
+                    .iter()
+                    .any(|r| r.round == number && r.phase == RoundPhase::Training);
+                let invited = self
+                    .store
+                    .round_parties(&task, number)?
+                    .iter()
+                    .any(|p| p.party == party && p.state == "invited");
+                if !(open && invited) {
+                    return Err(not_yours());
+                }
                 let reason = format!("declined: {reason}");
                 self.store
-                    .reject_in_round(&task, round, party, "declined", &reason, now)?;
+                    .reject_in_round(&task, number, party, "declined", &reason, now)?;
             }
-            "stats" | "evaluate" => {
+            "stats" => {
+                if t.normalization.is_some() || number != 0 {
+                    return Err(not_yours());
+                }
                 self.store
-                    .put_decline(&task, assignment, party, reason, now)?;
+                    .put_decline(&task, assignment, party, &reason, now)?;
+                tracing::info!(%task, %party, %assignment, %reason, "party declined work");
+            }
+            "evaluate" => {
+                if self.store.model(&task, Some(number))?.is_none() || number == 0 {
+                    return Err(not_yours());
+                }
+                self.store
+                    .put_decline(&task, assignment, party, &reason, now)?;
                 tracing::info!(%task, %party, %assignment, %reason, "party declined work");
             }
             other => {
@@ -1222,6 +1287,18 @@ seed = 1
     impl Fixture {
         /// A correctly signed update of party `i` for round `round`, trained on nothing.
         fn upload(&mut self, i: usize, round: u64, now: i64) -> Result<UploadOutcome> {
+            let norm = sums().normalization().unwrap();
+            self.upload_with(i, round, now, &norm)
+        }
+
+        /// The same with a chosen normalisation.
+        fn upload_with(
+            &mut self,
+            i: usize,
+            round: u64,
+            now: i64,
+            norm: &shared_model::stats::Normalization,
+        ) -> Result<UploadOutcome> {
             let spec = ModelSpec::parse(SPEC, "t").unwrap();
             let (name, key) = &self.keys[i];
             let r = self.engine.store().rounds("t").unwrap();
@@ -1232,7 +1309,7 @@ seed = 1
                 .model("t", r.base_version)
                 .unwrap()
                 .unwrap();
-            let w = Weights::initial(&spec, &sums().normalization().unwrap())
+            let w = Weights::initial(&spec, norm)
                 .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (i as f32 + 1.0)).collect())
                 .unwrap();
             let bytes = blob::encode(
@@ -1346,5 +1423,88 @@ seed = 1
         // The other party still gets it.
         let b = f.engine.next_assignment("plant-1", 10).unwrap().unwrap();
         assert_eq!(b.id, "t/train/2");
+    }
+
+    #[test]
+    fn an_update_with_another_normalisation_is_rejected_and_named() {
+        let mut f = fixture(2);
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        let mut norm = sums().normalization().unwrap();
+        norm.mean[1] += 1.0;
+        match f.upload_with(0, 1, 3, &norm) {
+            Err(EngineError::Rejected { code, reason }) => {
+                assert_eq!(code, "normalisation");
+                assert!(reason.contains("plant-0") && reason.contains("differs from the task's"));
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        // A correct upload afterwards is still taken while the round is open.
+        assert_eq!(f.upload(0, 1, 4).unwrap(), UploadOutcome::Accepted);
+    }
+
+    #[test]
+    fn only_open_work_can_be_declined_and_reasons_are_cut() {
+        let mut f = fixture(2);
+        // No round 7, and no version 3: nothing to decline, nothing recorded.
+        assert!(f.engine.decline("plant-0", "t/train/7", "no", 1).is_err());
+        assert!(
+            f.engine
+                .decline("plant-0", "t/evaluate/3", "no", 1)
+                .is_err()
+        );
+        assert!(
+            f.engine.decline("plant-0", "t/stats/0", "no", 1).is_err(),
+            "stats closed"
+        );
+        assert!(f.engine.store().rejections("t", 7).unwrap().is_empty());
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        f.engine
+            .decline("plant-0", "t/train/1", &"x".repeat(10_000), 3)
+            .unwrap();
+        let p = &f.engine.store().round_parties("t", 1).unwrap()[0];
+        assert_eq!(p.state, "declined");
+        assert!(p.reason.chars().count() < 600, "{} chars", p.reason.len());
+        // Declining twice is refused: the invitation is answered.
+        assert!(
+            f.engine
+                .decline("plant-0", "t/train/1", "again", 4)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn strategies_that_cannot_run_are_refused_at_round_start() {
+        let mut f = fixture(3);
+        let opts = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+        let e = f
+            .engine
+            .start_rounds("t", "krum", &opts("f", "1"), 3, 60_000, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("at least 5 updates"), "{e}");
+        let e = f
+            .engine
+            .start_rounds("t", "krum", &opts("f", "0"), 2, 60_000, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("--min-parties to 3"), "{e}");
+        let e = f
+            .engine
+            .start_rounds("t", "transfer", &opts("freeze", "2"), 1, 60_000, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("freeze"), "{e}");
+        // 21 relays over 3 parties = 63 stages fit; one more relay would make 66.
+        f.engine
+            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 21)
+            .unwrap();
+        let e = f
+            .engine
+            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("63 queued"), "{e}");
     }
 }

@@ -361,9 +361,12 @@ fn exchange(
             step: StepNo(step as u64),
             base_model: base_sha,
             party: &party_id,
-            stage: out.stage,
+            // What the coordinator expects, from the base: not what the party says it trained.
+            stage: cfg.expected_stage(base),
         },
     )?;
+    base.check_update_normalization(verified.weights(), s.spec.input_width())
+        .map_err(|why| anyhow::anyhow!("update of {name}: {why}"))?;
     Ok((verified.weights().clone(), bytes.len() as u64))
 }
 

@@ -194,14 +194,15 @@ pub fn gauges(
 }
 
 /// Answers `GET /metrics` on `listener` until `stop` resolves; any other request gets 404. The
-/// scrape closure renders the body (it reads the database on a blocking thread).
+/// scrape closure renders the body (it reads the database on a blocking thread); if it fails the
+/// scrape gets a 500 with the reason, never made-up zeros.
 pub async fn serve_metrics<F, Fut>(
     listener: TcpListener,
     scrape: F,
     stop: impl std::future::Future<Output = ()>,
 ) where
     F: Fn() -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = String> + Send,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
 {
     tokio::pin!(stop);
     loop {
@@ -238,7 +239,10 @@ pub async fn serve_metrics<F, Fut>(
             let head = String::from_utf8_lossy(&buf[..len]);
             let line = head.lines().next().unwrap_or_default();
             let (status, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-                ("200 OK", scrape().await)
+                match scrape().await {
+                    Ok(body) => ("200 OK", body),
+                    Err(why) => ("500 Internal Server Error", format!("{why}\n")),
+                }
             } else {
                 (
                     "404 Not Found",

@@ -45,7 +45,8 @@ pub struct Report {
     pub published: u32,
     /// Rounds failed.
     pub failed: u32,
-    /// Blob bytes over the network: bases down, updates up, published models down for evaluation.
+    /// Blob bytes over the network: each invited party's base model down, accepted updates up,
+    /// published models down for evaluation (refused uploads are not counted).
     pub bytes_moved: u64,
     /// From the first round's start to the last publication, seconds.
     pub seconds: f64,
@@ -95,8 +96,8 @@ pub fn build(task: &TaskView, rounds: &[RoundView]) -> Report {
         })
         .collect();
     let mut bytes_moved = 0u64;
-    let mut base_bytes = 0u64;
     for r in rounds {
+        let base_bytes = r.base_model_bytes;
         let mut seen: Vec<&str> = Vec::new();
         for p in &r.parties {
             // A party appears once per round in its state and again for each earlier rejection.
@@ -130,7 +131,6 @@ pub fn build(task: &TaskView, rounds: &[RoundView]) -> Report {
         }
         if r.version > 0 {
             bytes_moved += u64::from(r.evaluated_by) * r.model_bytes;
-            base_bytes = r.model_bytes;
         }
     }
     let first = rounds
@@ -164,7 +164,7 @@ pub fn markdown(task: &TaskView, r: &Report) -> String {
     let mut s = format!(
         "# Task {} — federation report\n\nSpec `{}` (id `{}`), parties: {}. {} round(s) published, {} failed; \
          {:.1} s from the first round's start to the last publication; about {} blob bytes over the network \
-         (base models down, updates up, published models down for evaluation).\n\n",
+         (base models down, accepted updates up, published models down for evaluation).\n\n",
         r.task,
         task.spec_name,
         task.spec_id,
@@ -180,8 +180,9 @@ pub fn markdown(task: &TaskView, r: &Report) -> String {
     );
     for x in &r.rounds {
         let accepted = x.parties.iter().filter(|p| p.state == "accepted").count();
-        let mut invited: Vec<&str> = x.parties.iter().map(|p| p.party.as_str()).collect();
-        invited.dedup();
+        // A party is listed once for its state and again for each earlier rejection.
+        let invited: std::collections::BTreeSet<&str> =
+            x.parties.iter().map(|p| p.party.as_str()).collect();
         let step = match (x.options.get("party"), x.options.get("step")) {
             (Some(p), Some(st)) => format!(" (step {st}: {p})"),
             _ => String::new(),
@@ -358,6 +359,7 @@ mod tests {
             started_unix_ms: 1_000 * n as i64,
             published_unix_ms: 1_000 * n as i64 + 500,
             model_bytes: 3000,
+            base_model_bytes: if n == 1 { 2500 } else { 3000 },
         };
         let rounds = vec![
             round(
@@ -379,9 +381,9 @@ mod tests {
         ];
         let r = build(&task, &rounds);
         assert_eq!((r.published, r.failed), (2, 0));
-        // round 1: 1 update up + 2 evaluations of 3000; round 2: 2 bases of 3000 down, 2 updates,
-        // 2 evaluations.
-        assert_eq!(r.bytes_moved, 1000 + 6000 + 6000 + 2000 + 6000);
+        // round 1: 2 initial models of 2500 down, 1 update up, 2 evaluations of 3000; round 2:
+        // 2 bases of 3000 down, 2 updates, 2 evaluations.
+        assert_eq!(r.bytes_moved, 5000 + 1000 + 6000 + 6000 + 2000 + 6000);
         assert!((r.seconds - 1.5).abs() < 1e-9);
         let a = &r.parties[0];
         assert_eq!(

@@ -27,7 +27,15 @@ pub enum StoreError {
 /// Result alias.
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-const SCHEMA: &str = r#"
+/// The `declines` table (schema 2): non-training work a party refused (statistics, evaluation).
+macro_rules! declines_ddl {
+    () => {
+        "CREATE TABLE declines (task TEXT NOT NULL, assignment TEXT NOT NULL, party TEXT NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (task, assignment, party));"
+    };
+}
+
+const SCHEMA: &str = concat!(
+    r#"
 CREATE TABLE parties (
   name TEXT PRIMARY KEY,
   public_key BLOB NOT NULL,
@@ -101,14 +109,6 @@ CREATE TABLE models (
   created_ms INTEGER NOT NULL,
   PRIMARY KEY (task, version)
 );
-CREATE TABLE declines (             -- non-training work a party refused (statistics, evaluation)
-  task TEXT NOT NULL,
-  assignment TEXT NOT NULL,
-  party TEXT NOT NULL,
-  reason TEXT NOT NULL,
-  at_ms INTEGER NOT NULL,
-  PRIMARY KEY (task, assignment, party)
-);
 CREATE TABLE evaluations (
   task TEXT NOT NULL,
   version INTEGER NOT NULL,
@@ -116,12 +116,14 @@ CREATE TABLE evaluations (
   stats TEXT NOT NULL,             -- JSON MetricStats on the party's holdout
   PRIMARY KEY (task, version, party)
 );
-"#;
+"#,
+    declines_ddl!()
+);
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` upgrades version `v`.
 const MIGRATIONS: &[&str] = &[
     // 1 → 2: declines of non-training work are remembered, so refused work is not re-offered.
-    "CREATE TABLE declines (task TEXT NOT NULL, assignment TEXT NOT NULL, party TEXT NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (task, assignment, party));",
+    declines_ddl!(),
 ];
 
 /// A party row.

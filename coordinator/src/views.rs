@@ -82,6 +82,8 @@ pub struct RoundView {
     pub published_unix_ms: i64,
     /// Published blob size.
     pub model_bytes: u64,
+    /// Size of the model the round started from.
+    pub base_model_bytes: u64,
 }
 
 impl RoundView {
@@ -99,6 +101,13 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
     }
     for r in rounds {
         let accepted = r.parties.iter().filter(|p| p.state == "accepted").count();
+        // A party is listed once for its state and again for each earlier rejection.
+        let invited = r
+            .parties
+            .iter()
+            .map(|p| p.party.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
         let metric = r
             .metrics
             .as_ref()
@@ -120,7 +129,7 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
             strategy,
             r.phase,
             accepted,
-            r.parties.len(),
+            invited,
             r.min_parties,
             if r.version > 0 {
                 format!("  → version {}", r.version)

@@ -213,6 +213,29 @@ impl Model {
         MetricStats::from_predictions(spec.task.kind, &preds, &data.targets)
     }
 
+    /// The task's normalisation this model carries (every network of a model shares it for the
+    /// task's features).
+    pub fn task_normalization(&self) -> crate::stats::Normalization {
+        match self {
+            Model::Single(w) => w.normalization(),
+            Model::Ensemble(m) => m[0].weights.normalization(),
+            Model::Series(s) => s[0].normalization(),
+        }
+    }
+
+    /// Checks that an update trained from this model kept the task's normalisation for the
+    /// task's `d` features (a series stage adds its own for the extra inputs after them).
+    pub fn check_update_normalization(&self, update: &Weights, d: usize) -> Result<(), String> {
+        let task = self.task_normalization();
+        let n = update.normalization();
+        let same = n.mean.get(..d) == task.mean.get(..d) && n.std.get(..d) == task.std.get(..d);
+        if same {
+            Ok(())
+        } else {
+            Err("its normalisation (norm.mean / norm.std) differs from the task's".into())
+        }
+    }
+
     /// Total number of parameters.
     pub fn numel(&self) -> usize {
         match self {

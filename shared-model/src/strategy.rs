@@ -357,6 +357,15 @@ impl StrategyConfig {
         o
     }
 
+    /// The series stage an update of a round starting from `base` must be: the number of stages
+    /// already in the chain for `series`, 0 (a whole network) otherwise.
+    pub fn expected_stage(&self, base: &Model) -> usize {
+        match (&self.strategy, base) {
+            (Strategy::Series { .. }, Model::Series(stages)) => stages.len(),
+            _ => 0,
+        }
+    }
+
     /// Whether the round is a relay (one party at a time, each building on the previous).
     pub fn is_relay(&self) -> bool {
         matches!(
@@ -544,11 +553,7 @@ pub fn local_update_observed(
         };
         let j = stages.len();
         let stage = stage_spec(spec, j);
-        let task_norm = match base {
-            Model::Single(w) => w.normalization(),
-            Model::Series(s) => s[0].normalization(),
-            Model::Ensemble(m) => m[0].weights.normalization(),
-        };
+        let task_norm = base.task_normalization();
         let augmented = stage_dataset(spec, stages, data, opts.backend);
         let start = if j == 0 {
             match base {
@@ -590,11 +595,7 @@ pub fn local_update_observed(
     }
     let start = match base.start_for(party) {
         Some(w) => w.clone(),
-        None => match base {
-            Model::Ensemble(m) => Weights::initial(spec, &m[0].weights.normalization()),
-            Model::Series(s) => Weights::initial(spec, &s[0].normalization()),
-            Model::Single(w) => w.clone(),
-        },
+        None => Weights::initial(spec, &base.task_normalization()),
     };
     let out = train_observed(spec, &start, data, opts, on_epoch)?;
     Ok(LocalUpdate {

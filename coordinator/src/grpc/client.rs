@@ -243,6 +243,7 @@ impl OperatorClient {
                 started_unix_ms: r.started_unix_ms,
                 published_unix_ms: r.published_unix_ms,
                 model_bytes: r.model_bytes,
+                base_model_bytes: r.base_model_bytes,
             })
             .collect())
     }

@@ -212,15 +212,18 @@ pub fn round_infos(
         if let Some(m) = merged {
             metrics_json = serde_json::to_string(&m.metrics()).unwrap_or_default();
         }
-        let (published_unix_ms, model_bytes) = match r.version {
-            Some(v) => store
-                .model(task, Some(v))?
-                .and_then(|m| {
-                    serde_json::from_slice::<shared_model::manifest::Manifest>(&m.manifest).ok()
+        let manifest =
+            |v: Option<u64>| -> Result<Option<shared_model::manifest::Manifest>, EngineError> {
+                Ok(match v {
+                    Some(v) => store
+                        .model(task, Some(v))?
+                        .and_then(|m| serde_json::from_slice(&m.manifest).ok()),
+                    None => None,
                 })
-                .map_or((0, 0), |m| (m.created_unix_ms, m.blob_len)),
-            None => (0, 0),
-        };
+            };
+        let (published_unix_ms, model_bytes) =
+            manifest(r.version)?.map_or((0, 0), |m| (m.created_unix_ms, m.blob_len));
+        let base_model_bytes = manifest(r.base_version)?.map_or(0, |m| m.blob_len);
         let rejections = store.rejections(task, r.round)?;
         let failure = r.failure.clone().unwrap_or_default();
         for (party, reason) in rejections {
@@ -251,6 +254,7 @@ pub fn round_infos(
             options_json: r.options,
             published_unix_ms,
             model_bytes,
+            base_model_bytes,
         });
     }
     Ok(out)

@@ -729,8 +729,8 @@ pub async fn serve(
                         Ok(crate::metrics::gauges(e.store(), now_ms())?)
                     })
                     .await
-                    .unwrap_or_default();
-                    shared.metrics.render(&g)
+                    .map_err(|s| format!("reading the database failed: {}", s.message()))?;
+                    Ok(shared.metrics.render(&g))
                 }
             };
             Some(tokio::spawn(crate::metrics::serve_metrics(
