@@ -88,6 +88,41 @@ pub enum Command {
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
+    /// Predict the site's rows with a model (a published one, an ensemble, a series, or a local
+    /// one) and write a CSV of predictions. Nothing is sent anywhere.
+    Predict {
+        /// The task's ModelSpec TOML file (the blob must carry its spec id).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The model blob (e.g. from `coordinator model pull`).
+        #[arg(long)]
+        model: PathBuf,
+        /// The rows to predict (header row; feature columns named as in the spec; no target
+        /// needed).
+        #[arg(long)]
+        data: PathBuf,
+        /// A column to copy into the output beside each prediction (e.g. a row id).
+        #[arg(long)]
+        id_column: Option<String>,
+        /// Where to write the predictions CSV.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Score a model on labelled local rows: the metrics of the task kind.
+    Evaluate {
+        /// The task's ModelSpec TOML file.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The model blob.
+        #[arg(long)]
+        model: PathBuf,
+        /// Labelled rows (header row; feature and target columns named as in the spec).
+        #[arg(long)]
+        data: PathBuf,
+        /// Print metrics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Train the declared network on local data only (the local-only baseline) and report
     /// holdout metrics. Nothing is sent anywhere.
     Train {
@@ -172,6 +207,50 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(crate::daemon::run(config, shutdown_signal()))?;
+        }
+        Command::Predict {
+            spec,
+            model,
+            data,
+            id_column,
+            out,
+        } => {
+            let spec = ModelSpec::from_file(&spec)?;
+            let m = crate::inference::load_model(&spec, &model)?;
+            let n = crate::inference::predict_csv(&spec, &m, &data, id_column.as_deref(), &out)?;
+            println!(
+                "{n} rows predicted with a {} model of spec {} → {}",
+                m.kind(),
+                spec.id().0.short(),
+                out.display()
+            );
+        }
+        Command::Evaluate {
+            spec,
+            model,
+            data,
+            json,
+        } => {
+            let spec = ModelSpec::from_file(&spec)?;
+            let m = crate::inference::load_model(&spec, &model)?;
+            let metrics = crate::inference::evaluate_csv(&spec, &m, &data)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&metrics)?);
+            } else {
+                println!(
+                    "{} model of spec {} on {}:",
+                    m.kind(),
+                    spec.id().0.short(),
+                    data.display()
+                );
+                for (name, v) in serde_json::to_value(&metrics)?
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    println!("  {name:<10} {v}");
+                }
+            }
         }
         Command::Train {
             spec,

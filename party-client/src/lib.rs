@@ -8,5 +8,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod grpc;
+pub mod inference;
 pub mod local;
 pub mod state;

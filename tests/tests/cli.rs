@@ -217,3 +217,182 @@ fn experiments_derive_a_spec_from_the_target_column() {
         "{err}"
     );
 }
+
+/// `party-client predict` writes one prediction per row, which agree with `party-client evaluate`
+/// on the same labelled rows; the id column is carried over and a bad row is named by line.
+#[test]
+fn predict_at_the_plant_matches_its_evaluation() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec_path, csv) = (data("wdbc.toml"), data("wdbc.csv"));
+    let (spec_s, csv_s) = (spec_path.to_str().unwrap(), csv.to_str().unwrap());
+    let model = dir.path().join("local.safetensors");
+    run_ok(
+        "party-client",
+        &[
+            "train",
+            "--spec",
+            spec_s,
+            "--data",
+            csv_s,
+            "--epochs",
+            "3",
+            "--out",
+            model.to_str().unwrap(),
+        ],
+    );
+    let out = dir.path().join("predictions.csv");
+    let printed = run_ok(
+        "party-client",
+        &[
+            "predict",
+            "--spec",
+            spec_s,
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            csv_s,
+            "--id-column",
+            "malignant",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        printed.contains("569 rows predicted with a single model"),
+        "{printed}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some("malignant,predicted_class,probability,probability_1")
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 569);
+    let correct = rows.iter().filter(|r| r[0] == r[1]).count();
+    for r in &rows {
+        assert!(
+            (0.5..=1.0).contains(&r[2]),
+            "probability of the predicted class: {r:?}"
+        );
+        assert_eq!(r[1] == 1.0, r[3] >= 0.5);
+    }
+    let eval: serde_json::Value = serde_json::from_str(&run_ok(
+        "party-client",
+        &[
+            "evaluate",
+            "--spec",
+            spec_s,
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            csv_s,
+            "--json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(eval["count"], 569);
+    let accuracy = eval["accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - correct as f64 / 569.0).abs() < 1e-12,
+        "{accuracy} vs {correct}/569"
+    );
+
+    // A bad row stops the run with its line and column.
+    let bad = dir.path().join("bad.csv");
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text = text.replacen("\n1", "\nx", 1);
+    std::fs::write(&bad, text).unwrap();
+    let r = run(
+        "party-client",
+        &[
+            "predict",
+            "--spec",
+            spec_s,
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            bad.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(err.contains("bad.csv: line "), "{err}");
+}
+
+/// Ensemble and series models predict at the plant exactly as the library does.
+#[test]
+fn predict_works_for_ensembles_and_series() {
+    use shared_model::blob::BlobRole;
+    use shared_model::data::load_csv;
+    use shared_model::model::{Member, Model, stage_spec};
+    use shared_model::network::CpuBackend;
+    use shared_model::spec::ModelSpec;
+    use shared_model::stats::FeatureSums;
+    use shared_model::weights::Weights;
+
+    let dir = tempfile::tempdir().unwrap();
+    let spec = ModelSpec::from_file(&data("wdbc.toml")).unwrap();
+    let rows = load_csv(&data("wdbc.csv"), &spec).unwrap();
+    let norm = FeatureSums::of_rows(&rows.features, spec.input_width())
+        .normalization()
+        .unwrap();
+    let a = Weights::initial(&spec, &norm);
+    let b = a
+        .map_trainable(|t| t.data.iter().map(|v| v * 0.5 + 0.01).collect())
+        .unwrap();
+    let mut stage_norm = norm.clone();
+    stage_norm.mean.push(0.5);
+    stage_norm.std.push(0.25);
+    let s1 = Weights::initial(&stage_spec(&spec, 1), &stage_norm);
+    let models = [
+        Model::Ensemble(vec![
+            Member {
+                party: "plant-a".into(),
+                weight: 100.0,
+                weights: a.clone(),
+            },
+            Member {
+                party: "plant-b".into(),
+                weight: 50.0,
+                weights: b,
+            },
+        ]),
+        Model::Series(vec![a, s1]),
+    ];
+    for m in &models {
+        let path = dir.path().join(format!("{}.safetensors", m.kind()));
+        std::fs::write(&path, m.encode(spec.id(), BlobRole::Merged)).unwrap();
+        let out = dir.path().join(format!("{}.csv", m.kind()));
+        let printed = run_ok(
+            "party-client",
+            &[
+                "predict",
+                "--spec",
+                data("wdbc.toml").to_str().unwrap(),
+                "--model",
+                path.to_str().unwrap(),
+                "--data",
+                data("wdbc.csv").to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            printed.contains(&format!("with a {} model", m.kind())),
+            "{printed}"
+        );
+        let want = m.predict(&spec, &rows.features, CpuBackend::default());
+        let got: Vec<f32> = std::fs::read_to_string(&out)
+            .unwrap()
+            .lines()
+            .skip(1)
+            .map(|l| l.rsplit(',').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(got, want, "{}", m.kind());
+    }
+}

@@ -1,0 +1,102 @@
+//! Using a model at the plant, with no coordinator: `predict` writes predictions for the site's
+//! new rows, `evaluate` scores a model on labelled local rows. Any published model works — a
+//! single network, an Average Ensemble or a Series Network — and any blob role (a published model,
+//! a local update, the initial model). Feature columns are found by name and the model applies the
+//! normalisation it carries, as in training. Bad rows stop the run with their line and column.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use shared_model::blob::BlobRole;
+use shared_model::data::{load_csv, read_columns};
+use shared_model::eval::Metrics;
+use shared_model::model::Model;
+use shared_model::network::CpuBackend;
+use shared_model::spec::{ModelSpec, TaskKind};
+
+/// Reads and strictly decodes a model blob of `spec` (any kind, any role).
+pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Model> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut first_error = None;
+    for role in [BlobRole::Merged, BlobRole::Update, BlobRole::Initial] {
+        match Model::decode(&bytes, spec, role) {
+            Ok(m) => return Ok(m),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "{}: not a model of spec {}: {}",
+        path.display(),
+        spec.id().0.short(),
+        first_error.expect("three attempts")
+    ))
+}
+
+/// Predicts every row of `data` and writes `out` as CSV: the `id_column` (if given), then
+/// `predicted_class,probability` for classification (the probability of the predicted class;
+/// for binary tasks also `probability_1`) or `prediction` for regression. Returns the row count.
+pub fn predict_csv(
+    spec: &ModelSpec,
+    model: &Model,
+    data: &Path,
+    id_column: Option<&str>,
+    out: &Path,
+) -> anyhow::Result<usize> {
+    let table = read_columns(data, &spec.task.features, id_column)?;
+    let rows = table.offsets.len();
+    let preds = model.predict(spec, &table.features, CpuBackend::default());
+    let mut csv = String::new();
+    if let Some(id) = id_column {
+        let _ = write!(csv, "{},", quote(id));
+    }
+    let k = spec.task.kind.output_width();
+    match spec.task.kind {
+        TaskKind::Binary => csv += "predicted_class,probability,probability_1\n",
+        TaskKind::Multiclass { .. } => csv += "predicted_class,probability\n",
+        TaskKind::Regression => csv += "prediction\n",
+    }
+    for (i, p) in preds.chunks_exact(k).enumerate() {
+        if id_column.is_some() {
+            let _ = write!(csv, "{},", quote(&table.targets[i]));
+        }
+        match spec.task.kind {
+            TaskKind::Binary => {
+                let class = u8::from(p[0] >= 0.5);
+                let prob = if class == 1 { p[0] } else { 1.0 - p[0] };
+                let _ = writeln!(csv, "{class},{prob},{}", p[0]);
+            }
+            TaskKind::Multiclass { .. } => {
+                let (class, prob) = p
+                    .iter()
+                    .copied()
+                    .enumerate()
+                    .fold((0, f32::MIN), |b, (c, v)| if v > b.1 { (c, v) } else { b });
+                let _ = writeln!(csv, "{class},{prob}");
+            }
+            TaskKind::Regression => {
+                let _ = writeln!(csv, "{}", p[0]);
+            }
+        }
+    }
+    std::fs::write(out, csv).with_context(|| format!("writing {}", out.display()))?;
+    Ok(rows)
+}
+
+/// Quotes a CSV field when it needs it.
+fn quote(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The task kind's metrics of `model` on labelled rows (every row of `data`).
+pub fn evaluate_csv(spec: &ModelSpec, model: &Model, data: &Path) -> anyhow::Result<Metrics> {
+    let ds = load_csv(data, spec)?;
+    anyhow::ensure!(!ds.is_empty(), "{}: no rows to evaluate", data.display());
+    Ok(model.evaluate(spec, &ds, CpuBackend::default()))
+}
