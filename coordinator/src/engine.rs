@@ -221,6 +221,8 @@ pub struct Engine {
     config: EngineConfig,
     /// Seconds each merge took (re-verification, strategy, publication) since last taken.
     merge_seconds: Vec<f64>,
+    /// The last stored model decoded, by blob sha256 (blobs are immutable, so it never goes stale).
+    model_cache: Option<(Sha256, Model)>,
 }
 
 impl Engine {
@@ -232,6 +234,7 @@ impl Engine {
             key,
             config,
             merge_seconds: Vec::new(),
+            model_cache: None,
         }
     }
 
@@ -416,8 +419,8 @@ impl Engine {
             let order = cfg.relay_order(&active);
             if matches!(cfg.strategy, Strategy::Series { .. }) {
                 // Stages already published (a later relay extends the chain), plus one per step.
-                let have = match self.latest_model(task, &spec)? {
-                    Some(Model::Series(stages)) => stages.len(),
+                let have = match self.stored_model(task, &spec, None)? {
+                    Some((_, Model::Series(stages))) => stages.len(),
                     _ => 0,
                 };
                 let queued = self
@@ -662,53 +665,56 @@ impl Engine {
         ))
     }
 
-    /// The latest published model of a task, decoded (None before the statistics step).
-    fn latest_model(&self, task: &str, spec: &ModelSpec) -> Result<Option<Model>> {
-        let Some(row) = self.store.model(task, None)? else {
+    /// A stored model of a task (`None` = latest): its blob's sha256 and the decoded model, or
+    /// `None` if there is none. The last one decoded is kept, so the uploads of a round do not
+    /// each read, hash and decode their base model again.
+    fn stored_model(
+        &mut self,
+        task: &str,
+        spec: &ModelSpec,
+        version: Option<u64>,
+    ) -> Result<Option<(Sha256, Model)>> {
+        let Some(row) = self.store.model(task, version)? else {
             return Ok(None);
+        };
+        let bad = |e: String| {
+            EngineError::Invalid(format!("task {task}: stored model {}: {e}", row.version))
         };
         let sha: Sha256 = row
             .blob_sha256
             .parse()
-            .map_err(|e: shared_model::ids::IdError| {
-                EngineError::Invalid(format!("task {task}: stored model {}: {e}", row.version))
-            })?;
+            .map_err(|e: shared_model::ids::IdError| bad(e.to_string()))?;
+        if let Some((cached, model)) = &self.model_cache
+            && *cached == sha
+        {
+            return Ok(Some((sha, model.clone())));
+        }
         let role = if row.version == 0 {
             BlobRole::Initial
         } else {
             BlobRole::Merged
         };
-        Model::decode(&self.blobs.get(&sha)?, spec, role)
-            .map(Some)
-            .map_err(|e| {
-                EngineError::Invalid(format!("task {task}: stored model {}: {e}", row.version))
-            })
+        let model =
+            Model::decode(&self.blobs.get(&sha)?, spec, role).map_err(|e| bad(e.to_string()))?;
+        self.model_cache = Some((sha, model.clone()));
+        Ok(Some((sha, model)))
     }
 
     /// A round's base model: its blob's sha256 and the decoded model.
-    fn base_model(&self, task: &str, spec: &ModelSpec, r: &RoundRow) -> Result<(Sha256, Model)> {
+    fn base_model(
+        &mut self,
+        task: &str,
+        spec: &ModelSpec,
+        r: &RoundRow,
+    ) -> Result<(Sha256, Model)> {
         let version = r.base_version.unwrap_or(0);
-        let row = self.store.model(task, Some(version))?.ok_or_else(|| {
-            EngineError::NotFound(format!(
-                "task {task}: base model version {version} of round {} is missing",
-                r.round
-            ))
-        })?;
-        let sha: Sha256 = row
-            .blob_sha256
-            .parse()
-            .map_err(|e: shared_model::ids::IdError| {
-                EngineError::Invalid(format!("task {task}: stored model {version}: {e}"))
-            })?;
-        let role = if version == 0 {
-            BlobRole::Initial
-        } else {
-            BlobRole::Merged
-        };
-        let model = Model::decode(&self.blobs.get(&sha)?, spec, role).map_err(|e| {
-            EngineError::Invalid(format!("task {task}: stored model {version}: {e}"))
-        })?;
-        Ok((sha, model))
+        self.stored_model(task, spec, Some(version))?
+            .ok_or_else(|| {
+                EngineError::NotFound(format!(
+                    "task {task}: base model version {version} of round {} is missing",
+                    r.round
+                ))
+            })
     }
 
     /// What an update of round `r` must look like: its relay step and series stage.
@@ -777,10 +783,9 @@ impl Engine {
             self.store.reject(&task, round, party, &reason, now)?;
             return Err(EngineError::Precondition(reason));
         }
-        // A party whose upload failed verification may still send a good one while the round is
-        // open (the bad one may have been damaged in transit); the round does not wait for it and
-        // the assignment is not offered again. One that declined or was dropped may not.
-        if invited.state != "invited" && invited.state != "rejected" {
+        // Only a party still awaited may upload. A rejected upload leaves the party awaited (see
+        // below); one that declined, was revoked or was left out may not upload.
+        if invited.state != "invited" {
             return Err(EngineError::Precondition(format!(
                 "{party} can no longer upload to round {round} of {task}: it is {} ({})",
                 invited.state, invited.reason
@@ -808,8 +813,12 @@ impl Engine {
                     .map_err(|why| ("normalisation", format!("update of {party}: {why}")))
             });
         if let Err((code, reason)) = checked {
+            // The rejection is recorded, but the party stays invited: the bad upload may have
+            // been damaged in transit, so it is offered the assignment again and may send a good
+            // update until the deadline. A party that keeps failing is dropped at the deadline,
+            // named with its last rejection.
             self.store
-                .reject_in_round(&task, round, party, "rejected", &reason, now)?;
+                .reject_in_round(&task, round, party, "invited", &reason, now)?;
             return Err(EngineError::Rejected { code, reason });
         }
         let sha = self.blobs.put(bytes)?;
@@ -1084,7 +1093,13 @@ impl Engine {
                             .any(|(v, _, _)| v.party().as_str() == p.party)
                 })
                 .map(|p| match p.state.as_str() {
-                    "invited" => format!("{}: no answer by the deadline", p.party),
+                    "invited" if p.reason.is_empty() => {
+                        format!("{}: no answer by the deadline", p.party)
+                    }
+                    "invited" => format!(
+                        "{}: no valid update by the deadline (last rejected: {})",
+                        p.party, p.reason
+                    ),
                     _ => format!("{}: {}", p.party, p.reason),
                 })
                 .collect();

@@ -184,57 +184,33 @@ fn by_round(path: &Path, rows: &[&Summary]) -> Res<()> {
         .max()
         .unwrap_or(1)
         .max(2);
-    let (lo, hi) = range(rows.iter().flat_map(|s| s.per_round.iter().copied()));
-    let root = SVGBackend::new(path, (1000, 560)).into_drawing_area();
-    root.fill(&WHITE).map_err(err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            format!("{metric} after each round (mean over seeds)"),
-            ("sans-serif", 20),
-        )
-        .margin(15)
-        .x_label_area_size(45)
-        .y_label_area_size(70)
-        .build_cartesian_2d(1f64..rounds as f64, lo..hi)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_labels(rounds)
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .x_desc("round")
-        .y_desc(metric.as_str())
-        .draw()
-        .map_err(err)?;
-    for (i, s) in rows.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
-        // A baseline has one value: drawn flat across the rounds.
-        let pts: Vec<(f64, f64)> = if s.per_round.len() == 1 {
-            vec![(1.0, s.per_round[0]), (rounds as f64, s.per_round[0])]
-        } else {
-            s.per_round
-                .iter()
-                .enumerate()
-                .map(|(r, v)| ((r + 1) as f64, *v))
-                .collect()
-        };
-        let name = s.strategy.split(' ').next().unwrap_or_default().to_string();
-        chart
-            .draw_series(LineSeries::new(pts, color.stroke_width(2)))
-            .map_err(err)?
-            .label(name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(())
+    let series: Vec<(String, Vec<(f64, f64)>)> = rows
+        .iter()
+        .map(|s| {
+            // A baseline has one value: drawn flat across the rounds.
+            let pts = if s.per_round.len() == 1 {
+                vec![(1.0, s.per_round[0]), (rounds as f64, s.per_round[0])]
+            } else {
+                s.per_round
+                    .iter()
+                    .enumerate()
+                    .map(|(r, v)| ((r + 1) as f64, *v))
+                    .collect()
+            };
+            (
+                s.strategy.split(' ').next().unwrap_or_default().to_string(),
+                pts,
+            )
+        })
+        .collect();
+    lines(
+        path,
+        &format!("{metric} after each round (mean over seeds)"),
+        "round",
+        &metric,
+        &series,
+        false,
+    )
 }
 
 fn sweep(
@@ -319,13 +295,15 @@ fn sweep(
     Ok(())
 }
 
-/// Lines of (x, y) points, one per named series, with a legend (used by `coordinator report`).
+/// Lines of (x, y) points, one per named series, with a legend; `first_bold` draws the first
+/// series thicker (the merged model in `coordinator report`).
 pub fn lines(
     path: &Path,
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[(String, Vec<(f64, f64)>)],
+    first_bold: bool,
 ) -> Res<()> {
     let xs = series.iter().flat_map(|(_, p)| p.iter().map(|q| q.0));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
@@ -346,6 +324,8 @@ pub fn lines(
         .map_err(err)?;
     chart
         .configure_mesh()
+        // Integer x (rounds): one label per step, at most 20.
+        .x_labels(((x1 - x0) as usize + 1).min(20))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc(x_desc)
         .y_desc(y_desc)
@@ -353,7 +333,7 @@ pub fn lines(
         .map_err(err)?;
     for (i, (name, pts)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let width = if i == 0 { 3 } else { 1 };
+        let width = if i == 0 && first_bold { 3 } else { 2 };
         chart
             .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
             .map_err(err)?

@@ -298,6 +298,7 @@ pub fn write(out: &Path, task: &TaskView, r: &Report) -> anyhow::Result<()> {
         "round",
         &r.metric,
         &series,
+        true,
     )
 }
 

@@ -321,7 +321,7 @@ pub fn decode_as(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::tests::SMALL;
     use crate::stats::Normalization;
@@ -338,7 +338,7 @@ mod tests {
     }
 
     /// Rewrites the header JSON of a blob (keeping the data) with `f`.
-    fn rewrite_header(bytes: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    pub(crate) fn rewrite_header(bytes: &[u8], f: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
         let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
         let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
         f(&mut header);

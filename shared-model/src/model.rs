@@ -505,17 +505,9 @@ mod tests {
 
     /// Re-encodes a blob with one metadata value changed.
     fn bytes_with_meta(bytes: &[u8], key: &str, value: &str) -> Vec<u8> {
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        header["__metadata__"][key] = serde_json::Value::String(value.into());
-        let mut json = serde_json::to_vec(&header).unwrap();
-        while !json.len().is_multiple_of(8) {
-            json.push(b' ');
-        }
-        let mut out = (json.len() as u64).to_le_bytes().to_vec();
-        out.extend(json);
-        out.extend_from_slice(&bytes[8 + n..]);
-        out
+        crate::blob::tests::rewrite_header(bytes, |h| {
+            h["__metadata__"][key] = serde_json::Value::String(value.into());
+        })
     }
 
     #[test]

@@ -96,7 +96,6 @@ async fn three_parties_three_fedavg_rounds() {
         "yosegi_uploads_total{outcome=\"accepted\",reason=\"\"} 9",
         "yosegi_rounds{phase=\"published\"} 3",
         "yosegi_parties{state=\"enrolled\"} 3",
-        "yosegi_verification_seconds_count 9",
         "yosegi_tasks 1",
     ] {
         assert!(
@@ -104,6 +103,23 @@ async fn three_parties_three_fedavg_rounds() {
             "missing {line:?} in\n{body}"
         );
     }
+    // Every upload handled is timed once (a retried upload is answered ALREADY_ACCEPTED and
+    // counted too).
+    let uploads: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("yosegi_uploads_total{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let timed: u64 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("yosegi_verification_seconds_count "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        uploads >= 9 && timed == uploads,
+        "{uploads} uploads, {timed} timed"
+    );
     let merges: u64 = body
         .lines()
         .find_map(|l| l.strip_prefix("yosegi_aggregation_seconds_count "))
