@@ -13,6 +13,7 @@ pub mod eval;
 pub mod ids;
 pub mod keys;
 pub mod manifest;
+pub mod membership;
 pub mod model;
 pub mod network;
 pub mod partition;

@@ -138,6 +138,22 @@ impl SignedManifest {
         coordinator: &VerifyingKey,
         now_unix_ms: i64,
     ) -> Result<Manifest, ManifestError> {
+        let m = self.verify_signature(coordinator)?;
+        if now_unix_ms > m.expires_unix_ms {
+            return Err(ManifestError::Expired {
+                task: m.task,
+                version: m.version,
+                expires_unix_ms: m.expires_unix_ms,
+                now_unix_ms,
+            });
+        }
+        Ok(m)
+    }
+
+    /// Checks the signature and parses the manifest, without the expiry: for a model kept at
+    /// the plant (`party-client predict`), where an old but authentic model is still usable.
+    /// Live training and evaluation always use [`Self::verify`].
+    pub fn verify_signature(&self, coordinator: &VerifyingKey) -> Result<Manifest, ManifestError> {
         coordinator
             .verify_strict(&digest(&self.bytes), &self.signature)
             .map_err(|_| ManifestError::BadSignature)?;
@@ -149,17 +165,56 @@ impl SignedManifest {
                 m.format
             )));
         }
-        if now_unix_ms > m.expires_unix_ms {
-            return Err(ManifestError::Expired {
-                task: m.task,
-                version: m.version,
-                expires_unix_ms: m.expires_unix_ms,
-                now_unix_ms,
-            });
-        }
         Ok(m)
     }
+
+    /// The file form written next to a pulled model: the exact signed manifest text and the
+    /// signature in hex, so anyone holding the coordinator's public key can check it later.
+    pub fn to_file_json(&self) -> String {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let file = serde_json::json!({
+            "format": SIGNED_MANIFEST_FILE_FORMAT,
+            "manifest": text,
+            "signature": hex::encode(self.signature.to_bytes()),
+        });
+        serde_json::to_string_pretty(&file).expect("JSON values serialise")
+    }
+
+    /// Reads [`Self::to_file_json`]; `origin` names the file in errors. Only parses: call
+    /// [`Self::verify`] or [`Self::verify_signature`] before trusting it.
+    pub fn from_file_json(text: &str, origin: &str) -> Result<Self, ManifestError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct File {
+            format: String,
+            manifest: String,
+            signature: String,
+        }
+        let bad = |what: String| ManifestError::Malformed(format!("{origin}: {what}"));
+        let f: File = serde_json::from_str(text).map_err(|e| {
+            bad(format!(
+                "not a signed manifest file ({e}); `coordinator model pull` writes one as MODEL.manifest.json"
+            ))
+        })?;
+        if f.format != SIGNED_MANIFEST_FILE_FORMAT {
+            return Err(bad(format!(
+                "field `format` is {:?}, expected {SIGNED_MANIFEST_FILE_FORMAT:?}",
+                f.format
+            )));
+        }
+        let sig: [u8; 64] = hex::decode(f.signature.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| bad("field `signature` is not 64 bytes of hex".into()))?;
+        Ok(Self {
+            bytes: f.manifest.into_bytes(),
+            signature: Signature::from_bytes(&sig),
+        })
+    }
 }
+
+/// `format` of the signed-manifest file.
+pub const SIGNED_MANIFEST_FILE_FORMAT: &str = "yosegi.signed-manifest.v1";
 
 impl Manifest {
     /// Checks the manifest is for `task` with `spec_id` and not older than `accepted`.
@@ -230,6 +285,49 @@ mod tests {
             metrics: None,
             created_unix_ms: 1_000,
             expires_unix_ms: 2_000,
+        }
+    }
+
+    #[test]
+    fn the_manifest_file_form_round_trips_and_tampering_is_caught() {
+        let key = generate().unwrap();
+        let signed = manifest().sign(&key);
+        let text = signed.to_file_json();
+        let back = SignedManifest::from_file_json(&text, "m.json").unwrap();
+        assert_eq!(back, signed);
+        assert_eq!(
+            back.verify_signature(&key.verifying_key()).unwrap(),
+            manifest()
+        );
+        // Expired for live use, still authentic for a model kept at the plant.
+        assert!(back.verify(&key.verifying_key(), 3_000).is_err());
+        let tampered = text.replace("\\\"round\\\":3", "\\\"round\\\":4");
+        assert_ne!(tampered, text, "the edit applies");
+        let t = SignedManifest::from_file_json(&tampered, "m.json").unwrap();
+        assert_eq!(
+            t.verify_signature(&key.verifying_key()),
+            Err(ManifestError::BadSignature)
+        );
+        let other = generate().unwrap();
+        assert_eq!(
+            back.verify_signature(&other.verifying_key()),
+            Err(ManifestError::BadSignature)
+        );
+        for (bad, want) in [
+            ("{}", "m.json: not a signed manifest file"),
+            (
+                &text.replace(SIGNED_MANIFEST_FILE_FORMAT, "v0"),
+                "field `format`",
+            ),
+            (
+                &text.replace(&hex::encode(signed.signature.to_bytes()), "abcd"),
+                "field `signature`",
+            ),
+        ] {
+            let e = SignedManifest::from_file_json(bad, "m.json")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{e}");
         }
     }
 

@@ -159,6 +159,55 @@ pub struct ModelSpec {
     pub model: MlpSpec,
     /// Local training.
     pub training: TrainingSpec,
+    /// Privacy settings (`[privacy]`); left out of the spec id when all default, so specs
+    /// without the section keep their ids.
+    #[serde(skip_serializing_if = "PrivacySpec::is_default")]
+    pub privacy: PrivacySpec,
+}
+
+/// The task's privacy settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PrivacySpec {
+    /// Largest membership-inference advantage a party's trained model may show before its
+    /// upload is refused at the party (`None` = the documented default,
+    /// `membership::DEFAULT_MAX_ADVANTAGE`). A site's policy may insist on a stricter one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub membership_max_advantage: Option<f64>,
+    /// Differential privacy of the updates, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dp: Option<DpSpec>,
+}
+
+impl PrivacySpec {
+    /// True when nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Where the Gaussian noise of differential privacy is added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DpMode {
+    /// Each party clips its own update and adds noise before signing it: the coordinator never
+    /// sees an un-noised update.
+    Local,
+    /// Each party clips its update; the coordinator adds the noise once, to the sum.
+    Central,
+}
+
+/// Differential privacy: each party's update (its delta from the base model) is clipped to L2
+/// norm `clip` and Gaussian noise of standard deviation `noise_multiplier · clip` is added.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct DpSpec {
+    /// Local or central noise.
+    pub mode: DpMode,
+    /// The clipping norm C, > 0.
+    pub clip: f64,
+    /// σ: the noise's standard deviation is σ·C, > 0.
+    pub noise_multiplier: f64,
+    /// δ of the reported (ε, δ), in (0, 1).
+    pub delta: f64,
 }
 
 /// One tensor the spec demands in a weight blob.
@@ -187,6 +236,29 @@ struct RawSpec {
     task: RawTask,
     model: RawModel,
     training: RawTraining,
+    #[serde(default)]
+    privacy: Option<RawPrivacy>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrivacy {
+    membership_max_advantage: Option<f64>,
+    dp: Option<RawDp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDp {
+    mode: DpMode,
+    clip: f64,
+    noise_multiplier: f64,
+    #[serde(default = "default_delta")]
+    delta: f64,
+}
+
+fn default_delta() -> f64 {
+    1e-5
 }
 
 #[derive(Deserialize)]
@@ -309,6 +381,24 @@ impl ModelSpec {
         );
         if let Some(mu) = self.training.fedprox_mu {
             s += &format!("fedprox_mu = {mu:?}\n");
+        }
+        if !self.privacy.is_default() {
+            s += "\n[privacy]\n";
+            if let Some(a) = self.privacy.membership_max_advantage {
+                s += &format!("membership_max_advantage = {a:?}\n");
+            }
+            if let Some(d) = &self.privacy.dp {
+                s += &format!(
+                    "\n[privacy.dp]\nmode = \"{}\"\nclip = {:?}\nnoise_multiplier = {:?}\ndelta = {:?}\n",
+                    match d.mode {
+                        DpMode::Local => "local",
+                        DpMode::Central => "central",
+                    },
+                    d.clip,
+                    d.noise_multiplier,
+                    d.delta
+                );
+            }
         }
         s
     }
@@ -553,6 +643,58 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             format!("expected a number ≥ 0, found {}", t.weight_decay),
         ));
     }
+    let privacy = match raw.privacy {
+        None => PrivacySpec::default(),
+        Some(p) => {
+            if let Some(a) = p.membership_max_advantage
+                && !(a.is_finite() && a > 0.0 && a <= 1.0)
+            {
+                return Err(invalid(
+                    "privacy.membership_max_advantage",
+                    format!("expected a number in (0, 1], found {a}"),
+                ));
+            }
+            let dp = match p.dp {
+                None => None,
+                Some(d) => {
+                    if !(d.clip.is_finite() && d.clip > 0.0) {
+                        return Err(invalid(
+                            "privacy.dp.clip",
+                            format!("expected a number > 0, found {}", d.clip),
+                        ));
+                    }
+                    if !(d.noise_multiplier.is_finite()
+                        && d.noise_multiplier > 0.0
+                        && d.noise_multiplier <= 1e6)
+                    {
+                        return Err(invalid(
+                            "privacy.dp.noise_multiplier",
+                            format!(
+                                "expected a number in (0, 1e6], found {}",
+                                d.noise_multiplier
+                            ),
+                        ));
+                    }
+                    if !(d.delta.is_finite() && d.delta > 0.0 && d.delta < 1.0) {
+                        return Err(invalid(
+                            "privacy.dp.delta",
+                            format!("expected a number in (0, 1), found {}", d.delta),
+                        ));
+                    }
+                    Some(DpSpec {
+                        mode: d.mode,
+                        clip: d.clip,
+                        noise_multiplier: d.noise_multiplier,
+                        delta: d.delta,
+                    })
+                }
+            };
+            PrivacySpec {
+                membership_max_advantage: p.membership_max_advantage,
+                dp,
+            }
+        }
+    };
     let spec = ModelSpec {
         name: raw.name,
         task: TaskSpec {
@@ -575,6 +717,7 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             fedprox_mu: t.fedprox_mu.filter(|&mu| mu > 0.0),
             weight_decay: t.weight_decay,
         },
+        privacy,
     };
     if spec.parameter_count() > MAX_PARAMETERS {
         return Err(invalid(
@@ -664,6 +807,81 @@ seed = 3
         let round_trip = ModelSpec::parse(&a.to_toml(), "<t>").unwrap();
         assert_eq!(round_trip, a);
         assert_eq!(round_trip.id(), a.id());
+    }
+
+    #[test]
+    fn privacy_settings_are_part_of_the_id_and_round_trip() {
+        let plain = ModelSpec::parse(SMALL, "<t>").unwrap();
+        assert!(plain.privacy.is_default());
+        let empty = ModelSpec::parse(&format!("{SMALL}\n[privacy]\n"), "<t>").unwrap();
+        assert_eq!(
+            empty.id(),
+            plain.id(),
+            "an empty [privacy] section changes nothing"
+        );
+        let audit = ModelSpec::parse(
+            &format!("{SMALL}\n[privacy]\nmembership_max_advantage = 0.1\n"),
+            "<t>",
+        )
+        .unwrap();
+        let dp_text = format!(
+            "{SMALL}\n[privacy]\nmembership_max_advantage = 0.1\n[privacy.dp]\nmode = \"local\"\nclip = 1.5\nnoise_multiplier = 0.8\n"
+        );
+        let dp = ModelSpec::parse(&dp_text, "<t>").unwrap();
+        let central =
+            ModelSpec::parse(&dp_text.replace("\"local\"", "\"central\""), "<t>").unwrap();
+        let ids = HashSet::from([plain.id(), audit.id(), dp.id(), central.id()]);
+        assert_eq!(ids.len(), 4, "every privacy change makes a new spec id");
+        let d = dp.privacy.dp.unwrap();
+        assert_eq!(
+            (d.mode, d.clip, d.noise_multiplier, d.delta),
+            (DpMode::Local, 1.5, 0.8, 1e-5)
+        );
+        for s in [&audit, &dp, &central] {
+            let back = ModelSpec::parse(&s.to_toml(), "<t>").unwrap();
+            assert_eq!(&back, s);
+            assert_eq!(back.id(), s.id());
+        }
+    }
+
+    #[test]
+    fn bad_privacy_settings_name_the_field() {
+        for (section, field) in [
+            (
+                "membership_max_advantage = 0.0",
+                "privacy.membership_max_advantage",
+            ),
+            (
+                "membership_max_advantage = 1.5",
+                "privacy.membership_max_advantage",
+            ),
+            (
+                "[privacy.dp]\nmode = \"local\"\nclip = 0.0\nnoise_multiplier = 1.0",
+                "privacy.dp.clip",
+            ),
+            (
+                "[privacy.dp]\nmode = \"local\"\nclip = 1.0\nnoise_multiplier = -1.0",
+                "privacy.dp.noise_multiplier",
+            ),
+            (
+                "[privacy.dp]\nmode = \"local\"\nclip = 1.0\nnoise_multiplier = 1.0\ndelta = 1.0",
+                "privacy.dp.delta",
+            ),
+        ] {
+            let e = ModelSpec::parse(&format!("{SMALL}\n[privacy]\n{section}\n"), "<t>")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{section}: {e}");
+        }
+        let e = ModelSpec::parse(
+            &format!(
+                "{SMALL}\n[privacy.dp]\nmode = \"secure\"\nclip = 1.0\nnoise_multiplier = 1.0\n"
+            ),
+            "<t>",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("mode") || e.contains("secure"), "{e}");
     }
 
     #[test]
