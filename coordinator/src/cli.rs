@@ -1,8 +1,9 @@
 //! Command-line interface of the `coordinator` binary: `init` and `serve` run a coordinator;
-//! `party`, `task`, `round` and `model` are the operator's commands against a running one.
+//! `party`, `task`, `round` and `model` are the operator's commands against a running one;
+//! `audit` reads the governance log from the data dir.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -104,6 +105,11 @@ pub enum Command {
     /// Download published models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Check and list the governance log, the hash-chained record of every enrolment,
+    /// revocation, task, round, accepted or rejected update, decline, merge and publication
+    /// (docs/AUDIT.md). Reads the data dir directly; safe while the coordinator runs.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write a task's report: per-round merged metrics, per-party contribution, rejections,
     /// bytes moved, time per round, gain of the merged model over each party's own update
     /// (Markdown, JSON and an SVG plot).
@@ -288,7 +294,7 @@ pub enum ModelCommand {
         /// Version (default: latest).
         #[arg(long)]
         version: Option<u64>,
-        /// Where to write the blob; the manifest goes to FILE.manifest.json.
+        /// Where to write the blob; the signed manifest goes to FILE.manifest.json.
         #[arg(long)]
         out: PathBuf,
         /// The coordinator's public key file (what parties pin).
@@ -300,6 +306,33 @@ pub enum ModelCommand {
         coordinator_key: PathBuf,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+/// `coordinator audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain: prints the record count and the head hash, or names the first
+    /// broken record (seq, kind, what is wrong) and exits non-zero.
+    Verify {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+    },
+    /// List records, oldest first, as a table.
+    Show {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// Only records of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only the newest N records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON (every field, the detail as an object) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -449,6 +482,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             runtime()?.block_on(crate::demo::run(args))?;
         }
         Command::Spec(cmd) => spec_command(cmd)?,
+        Command::Audit(cmd) => audit_command(cmd)?,
         Command::Data(DataCommand::Split {
             data,
             spec,
@@ -503,10 +537,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }) => runtime()?.block_on(async move {
             let key = shared_model::keys::read_public(&coordinator_key)?;
             let mut c = connect(&remote).await?;
-            let (m, blob, _) = c.pull(&task, version.unwrap_or(0), &key).await?;
+            let (m, blob, signed) = c.pull(&task, version.unwrap_or(0), &key).await?;
             std::fs::write(&out, &blob).with_context(|| format!("writing {}", out.display()))?;
             let mpath = PathBuf::from(format!("{}.manifest.json", out.display()));
-            std::fs::write(&mpath, serde_json::to_vec_pretty(&m)?)
+            // The signed form: a plant can check it later with the coordinator's public key
+            // (`party-client predict --manifest … --coordinator-key …`).
+            std::fs::write(&mpath, signed.to_file_json())
                 .with_context(|| format!("writing {}", mpath.display()))?;
             println!(
                 "task {} version {} ({}, round {}): {} bytes, sha256 {}, signature verified",
@@ -515,6 +551,56 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("blob {}\nmanifest {}", out.display(), mpath.display());
             anyhow::Ok(())
         })?,
+    }
+    Ok(())
+}
+
+fn audit_command(cmd: AuditCommand) -> anyhow::Result<()> {
+    let open = |dir: &Path| {
+        let path = dir.join(state::DB);
+        anyhow::ensure!(
+            path.exists(),
+            "{} has no coordinator database ({} is missing)",
+            dir.display(),
+            path.display()
+        );
+        let store = crate::store::Store::open_read_only(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok((store, path))
+    };
+    match cmd {
+        AuditCommand::Verify { data_dir } => {
+            let (store, path) = open(&data_dir)?;
+            let head = store
+                .verify_audit()
+                .with_context(|| format!("governance log in {}", path.display()))?;
+            println!("audit log OK: {} records, head {}", head.records, head.hash);
+        }
+        AuditCommand::Show {
+            data_dir,
+            task,
+            limit,
+            json,
+        } => {
+            let (store, _) = open(&data_dir)?;
+            let records = store.audit_records(task.as_deref(), limit)?;
+            if json {
+                let rows: Vec<serde_json::Value> = records
+                    .iter()
+                    .map(|r| {
+                        let mut v = serde_json::to_value(r)?;
+                        // The detail as the object it is (the hash covers the stored text).
+                        if let Ok(d) = serde_json::from_str::<serde_json::Value>(&r.detail) {
+                            v["detail"] = d;
+                        }
+                        Ok(v)
+                    })
+                    .collect::<serde_json::Result<_>>()?;
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                crate::audit::write_table(&mut std::io::stdout().lock(), &records)?;
+            }
+        }
     }
     Ok(())
 }
@@ -678,11 +764,12 @@ async fn round_command(cmd: RoundCommand) -> anyhow::Result<()> {
             }
         }
         RoundCommand::Status { task, json, remote } => {
-            let rounds = connect(&remote).await?.status(&task).await?;
+            let (rounds, declines) = connect(&remote).await?.status_with_declines(&task).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rounds)?);
             } else {
                 print_rounds(&task, &rounds);
+                crate::views::print_declines(&declines);
             }
         }
         RoundCommand::Watch {
@@ -692,8 +779,9 @@ async fn round_command(cmd: RoundCommand) -> anyhow::Result<()> {
         } => {
             let mut c = connect(&remote).await?;
             loop {
-                let rounds = c.status(&task).await?;
+                let (rounds, declines) = c.status_with_declines(&task).await?;
                 print_rounds(&task, &rounds);
+                crate::views::print_declines(&declines);
                 if rounds.iter().all(|r| r.is_final()) {
                     break;
                 }

@@ -33,7 +33,7 @@ pub const STRATEGIES: &[&str] = shared_model::strategy::NAMES;
 const MAX_REASON: usize = 500;
 
 /// Option keys the engine adds to each step of a relay (not strategy options).
-const RELAY_KEYS: [&str; 3] = ["party", "step", "steps"];
+const RELAY_KEYS: [&str; 4] = ["party", "step", "steps", "parties"];
 
 /// A stored round's strategy, and for a relay step, the party and step index.
 fn round_config(r: &RoundRow) -> Result<(StrategyConfig, Option<(String, usize)>)> {
@@ -46,9 +46,17 @@ fn round_config(r: &RoundRow) -> Result<(StrategyConfig, Option<(String, usize)>
     let party = options.remove(RELAY_KEYS[0]);
     let step = options.remove(RELAY_KEYS[1]).and_then(|s| s.parse().ok());
     options.remove(RELAY_KEYS[2]);
+    options.remove(RELAY_KEYS[3]);
     let cfg = StrategyConfig::parse(&r.strategy, &options)
         .map_err(|e| EngineError::Invalid(format!("task {} round {}: {e}", r.task, r.round)))?;
     Ok((cfg, party.zip(step)))
+}
+
+/// The number of parties a relay step's relay runs over (relays queued before this was recorded
+/// have none: the caller falls back to the task's parties).
+fn relay_parties(r: &RoundRow) -> Option<usize> {
+    let options: BTreeMap<String, String> = serde_json::from_str(&r.options).ok()?;
+    options.get(RELAY_KEYS[3])?.parse().ok()
 }
 
 /// Errors of the engine, mapped to gRPC codes in one place (`grpc::status`).
@@ -139,6 +147,8 @@ pub enum Work {
         learning_rate: f64,
         /// Layers to keep frozen.
         frozen_layers: u32,
+        /// Parties whose data the round's result combines (all of a relay's parties).
+        round_parties: u32,
     },
     /// Evaluate a published version.
     Evaluate {
@@ -346,7 +356,8 @@ impl Engine {
         Ok((t, spec))
     }
 
-    /// Queues `count` rounds; returns the first round number.
+    /// Queues `count` rounds at `now`; returns the first round number.
+    #[allow(clippy::too_many_arguments)]
     pub fn start_rounds(
         &mut self,
         task: &str,
@@ -355,6 +366,7 @@ impl Engine {
         min_parties: u32,
         deadline_ms: i64,
         count: u32,
+        now: i64,
     ) -> Result<u64> {
         let (t, spec) = self.task(task)?;
         let cfg = StrategyConfig::parse(strategy, options)
@@ -453,6 +465,7 @@ impl Engine {
                 o.insert("party".into(), party.clone());
                 o.insert("step".into(), step.to_string());
                 o.insert("steps".into(), steps.to_string());
+                o.insert("parties".into(), active.len().to_string());
                 rows.push(row(&o, 1));
             }
         } else {
@@ -460,7 +473,7 @@ impl Engine {
                 .map(|_| row(&cfg.options(), min_parties))
                 .collect();
         }
-        Ok(self.store.queue_rounds(task, &rows)?)
+        Ok(self.store.queue_rounds(task, &rows, now)?)
     }
 
     fn revoked(&self) -> Result<Vec<String>> {
@@ -507,10 +520,9 @@ impl Engine {
                 if r.phase != RoundPhase::Training {
                     continue;
                 }
-                let invited = self
-                    .store
-                    .round_parties(&t.name, r.round)?
-                    .into_iter()
+                let members = self.store.round_parties(&t.name, r.round)?;
+                let invited = members
+                    .iter()
                     .any(|p| p.party == party && p.state == "invited");
                 if invited {
                     let bv = r.base_version.unwrap_or(0);
@@ -525,6 +537,11 @@ impl Engine {
                     let spec = ModelSpec::parse(&t.spec_toml, &t.name)
                         .map_err(|e| EngineError::Invalid(e.to_string()))?;
                     let o = cfg.train_options(&spec, step, 0);
+                    let round_parties = if relay.is_some() {
+                        relay_parties(&r).unwrap_or(t.parties.len())
+                    } else {
+                        members.len()
+                    };
                     let work = Work::Train {
                         base_version: bv,
                         base_sha256: m.blob_sha256.parse().map_err(
@@ -543,6 +560,7 @@ impl Engine {
                             o.learning_rate
                         },
                         frozen_layers: o.frozen_layers as u32,
+                        round_parties: u32::try_from(round_parties).unwrap_or(u32::MAX),
                     };
                     let mut a = base(
                         t,
@@ -780,7 +798,8 @@ impl Engine {
         }
         if r.phase != RoundPhase::Training || now > r.ends_ms.unwrap_or(i64::MAX) {
             let reason = format!("late: round {round} of {task} is closed ({})", r.phase);
-            self.store.reject(&task, round, party, &reason, now)?;
+            self.store
+                .reject(&task, round, party, "late", &reason, now)?;
             return Err(EngineError::Precondition(reason));
         }
         // Only a party still awaited may upload. A rejected upload leaves the party awaited (see
@@ -818,7 +837,7 @@ impl Engine {
             // update until the deadline. A party that keeps failing is dropped at the deadline,
             // named with its last rejection.
             self.store
-                .reject_in_round(&task, round, party, "invited", &reason, now)?;
+                .reject_upload(&task, round, party, code, &reason, now)?;
             return Err(EngineError::Rejected { code, reason });
         }
         let sha = self.blobs.put(bytes)?;
@@ -899,7 +918,7 @@ impl Engine {
                 }
                 let reason = format!("declined: {reason}");
                 self.store
-                    .reject_in_round(&task, number, party, "declined", &reason, now)?;
+                    .decline_in_round(&task, number, party, &reason, now)?;
             }
             "stats" => {
                 if t.normalization.is_some() || number != 0 {
@@ -944,7 +963,21 @@ impl Engine {
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         if t.normalization.is_none() {
             let sums = self.store.sums(&t.name)?;
-            if sums.len() < t.parties.len() {
+            // A party that declined the statistics (e.g. its site policy refuses the task) has
+            // answered: the others need not wait for the deadline.
+            let stats_id = format!("{}/stats/0", t.name);
+            let mut declined = 0;
+            for p in &t.parties {
+                if !sums.iter().any(|(q, _)| q == p)
+                    && self.store.declined(&t.name, &stats_id, p)?
+                {
+                    declined += 1;
+                }
+            }
+            if sums.is_empty() && declined == t.parties.len() {
+                return Ok(false);
+            }
+            if sums.len() + declined < t.parties.len() {
                 // A silent party must not stall the task: once the first queued round's
                 // deadline has passed since the task was created, go on with the parties that
                 // reported, if they are at least that round's quorum.
@@ -1118,7 +1151,7 @@ impl Engine {
                 others.join("; ")
             );
             tracing::warn!(task = %t.name, round = r.round, %reason, "round failed");
-            self.store.fail_round(&t.name, r.round, &reason)?;
+            self.store.fail_round(&t.name, r.round, &reason, now)?;
             return Ok(true);
         }
         let mut contributors = Vec::new();
@@ -1165,7 +1198,7 @@ impl Engine {
                 Err(e) => {
                     let reason = format!("{} merge failed: {e}", cfg.name);
                     tracing::warn!(task = %t.name, round = r.round, %reason, "round failed");
-                    self.store.fail_round(&t.name, r.round, &reason)?;
+                    self.store.fail_round(&t.name, r.round, &reason, now)?;
                     return Ok(true);
                 }
             }
@@ -1181,7 +1214,7 @@ impl Engine {
                 merged.kind()
             );
             tracing::warn!(task = %t.name, round = r.round, %reason, "round failed");
-            self.store.fail_round(&t.name, r.round, &reason)?;
+            self.store.fail_round(&t.name, r.round, &reason, now)?;
             return Ok(true);
         }
         let version = self.store.model(&t.name, None)?.map_or(0, |m| m.version) + 1;
@@ -1393,7 +1426,7 @@ seed = 1
     fn a_party_revoked_mid_round_cannot_upload_and_is_not_merged() {
         let mut f = fixture(3);
         f.engine
-            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1)
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
             .unwrap();
         f.engine.tick(2).unwrap();
         assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
@@ -1415,10 +1448,37 @@ seed = 1
     }
 
     #[test]
+    fn training_work_says_how_many_parties_the_round_combines() {
+        let round_parties = |a: Assignment| match a.work {
+            Work::Train { round_parties, .. } => round_parties,
+            other => panic!("{other:?}"),
+        };
+        let mut f = fixture(3);
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        let a = f.engine.next_assignment("plant-1", 3).unwrap().unwrap();
+        assert_eq!(round_parties(a), 3);
+        for i in 0..3 {
+            f.upload(i, 1, 4).unwrap();
+        }
+        assert!(f.engine.tick(5).unwrap(), "round 1 published");
+        // A relay step invites one party, but its result combines the whole relay's.
+        f.engine
+            .start_rounds("t", "transfer", &BTreeMap::new(), 1, 60_000, 1, 6)
+            .unwrap();
+        f.engine.tick(7).unwrap();
+        let a = f.engine.next_assignment("plant-0", 8).unwrap().unwrap();
+        assert_eq!(a.step, 0);
+        assert_eq!(round_parties(a), 3);
+    }
+
+    #[test]
     fn declined_evaluations_are_not_offered_again_and_training_comes_first() {
         let mut f = fixture(2);
         f.engine
-            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 2)
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 2, 1)
             .unwrap();
         f.engine.tick(2).unwrap();
         f.upload(0, 1, 3).unwrap();
@@ -1444,7 +1504,7 @@ seed = 1
     fn an_update_with_another_normalisation_is_rejected_and_named() {
         let mut f = fixture(2);
         f.engine
-            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1)
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
             .unwrap();
         f.engine.tick(2).unwrap();
         let mut norm = sums().normalization().unwrap();
@@ -1456,8 +1516,29 @@ seed = 1
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
+        // The governance log names the party, the round and the failed check.
+        let logged = f.engine.store().audit_records(None, Some(1)).unwrap();
+        let detail: serde_json::Value = serde_json::from_str(&logged[0].detail).unwrap();
+        assert_eq!(
+            (
+                logged[0].kind.as_str(),
+                logged[0].party.as_deref(),
+                logged[0].round
+            ),
+            ("update_rejected", Some("plant-0"), Some(1))
+        );
+        assert_eq!(detail["code"], "normalisation");
         // A correct upload afterwards is still taken while the round is open.
         assert_eq!(f.upload(0, 1, 4).unwrap(), UploadOutcome::Accepted);
+        // An upload after the deadline is rejected as late, and logged so.
+        assert!(f.upload(1, 1, 60_003).is_err());
+        let logged = f.engine.store().audit_records(None, Some(1)).unwrap();
+        assert_eq!(logged[0].kind, "update_rejected");
+        assert!(
+            logged[0].detail.contains(r#""code":"late""#),
+            "{}",
+            logged[0].detail
+        );
     }
 
     #[test]
@@ -1476,7 +1557,7 @@ seed = 1
         );
         assert!(f.engine.store().rejections("t", 7).unwrap().is_empty());
         f.engine
-            .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1)
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
             .unwrap();
         f.engine.tick(2).unwrap();
         f.engine
@@ -1499,26 +1580,26 @@ seed = 1
         let opts = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
         let e = f
             .engine
-            .start_rounds("t", "krum", &opts("f", "1"), 3, 60_000, 1)
+            .start_rounds("t", "krum", &opts("f", "1"), 3, 60_000, 1, 1)
             .unwrap_err();
         assert!(e.to_string().contains("at least 5 updates"), "{e}");
         let e = f
             .engine
-            .start_rounds("t", "krum", &opts("f", "0"), 2, 60_000, 1)
+            .start_rounds("t", "krum", &opts("f", "0"), 2, 60_000, 1, 1)
             .unwrap_err();
         assert!(e.to_string().contains("--min-parties to 3"), "{e}");
         let e = f
             .engine
-            .start_rounds("t", "transfer", &opts("freeze", "2"), 1, 60_000, 1)
+            .start_rounds("t", "transfer", &opts("freeze", "2"), 1, 60_000, 1, 1)
             .unwrap_err();
         assert!(e.to_string().contains("freeze"), "{e}");
         // 21 relays over 3 parties = 63 stages fit; one more relay would make 66.
         f.engine
-            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 21)
+            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 21, 1)
             .unwrap();
         let e = f
             .engine
-            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 1)
+            .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 1, 1)
             .unwrap_err();
         assert!(e.to_string().contains("63 queued"), "{e}");
     }

@@ -112,6 +112,16 @@ impl LocalFederation {
         files: &PartyFiles,
         coordinator_key: &Path,
     ) -> anyhow::Result<()> {
+        self.start_party_with_policy(files, coordinator_key, None)
+    }
+
+    /// Starts a party daemon pinned to the key in `coordinator_key`, with a site policy.
+    pub fn start_party_with_policy(
+        &mut self,
+        files: &PartyFiles,
+        coordinator_key: &Path,
+        policy: Option<party_client::policy::RawPolicy>,
+    ) -> anyhow::Result<()> {
         let raw = party_client::config::RawConfig {
             server: Some(self.url.clone()),
             name: Some(files.name.clone()),
@@ -119,6 +129,7 @@ impl LocalFederation {
             coordinator_key: Some(coordinator_key.to_path_buf()),
             data: Some(files.data.clone()),
             state_dir: Some(files.state_dir.clone()),
+            policy,
         };
         let config = raw.validate()?;
         let (tx, rx) = oneshot::channel::<()>();

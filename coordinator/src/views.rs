@@ -32,6 +32,38 @@ pub struct TaskView {
     pub latest_version: u64,
 }
 
+/// Statistics or evaluation work a party declined (training declines are in the rounds).
+#[derive(Clone, Debug, Serialize)]
+pub struct DeclineView {
+    /// The party.
+    pub party: String,
+    /// The assignment: `task/stats/0` or `task/evaluate/VERSION`.
+    pub assignment: String,
+    /// The party's reason.
+    pub reason: String,
+    /// When.
+    pub at_unix_ms: i64,
+}
+
+/// Prints declined work under the round table.
+pub fn print_declines(declines: &[DeclineView]) {
+    if declines.is_empty() {
+        return;
+    }
+    println!("declined work:");
+    for d in declines {
+        let what = match d.assignment.split('/').nth(1) {
+            Some("stats") => "the statistics step".to_string(),
+            Some("evaluate") => format!(
+                "evaluating version {}",
+                d.assignment.rsplit('/').next().unwrap_or("?")
+            ),
+            _ => d.assignment.clone(),
+        };
+        println!("  {} declined {what}: {}", d.party, d.reason);
+    }
+}
+
 /// One party's state in a round.
 #[derive(Clone, Debug, Serialize)]
 pub struct PartyRoundView {
@@ -74,7 +106,7 @@ pub struct RoundView {
     pub metrics: Option<Metrics>,
     /// Parties whose evaluations `metrics` merges.
     pub evaluated_by: u32,
-    /// Stored options (strategy options; relay party/step/steps).
+    /// Stored options (strategy options; relay party/step/steps/parties).
     pub options: std::collections::BTreeMap<String, String>,
     /// Round start (Unix ms, 0 = not started).
     pub started_unix_ms: i64,

@@ -66,7 +66,8 @@ pub enum Command {
     /// Run the site daemon: connect to the coordinator and do the work it assigns until
     /// SIGINT/SIGTERM. Every key of the config file can also be given as a flag (flags win).
     Run {
-        /// A party.toml file (keys: server, name, key, coordinator_key, data, state_dir).
+        /// A party.toml file (keys: server, name, key, coordinator_key, data, state_dir, and
+        /// the `[policy]` table, which only the file can set).
         #[arg(long)]
         config: Option<PathBuf>,
         /// The coordinator's URL, e.g. http://127.0.0.1:50051.
@@ -97,6 +98,8 @@ pub enum Command {
         /// The model blob (e.g. from `coordinator model pull`).
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// The rows to predict (header row; feature columns named as in the spec; no target
         /// needed).
         #[arg(long)]
@@ -116,6 +119,8 @@ pub enum Command {
         /// The model blob.
         #[arg(long)]
         model: PathBuf,
+        #[command(flatten)]
+        verify: VerifyArgs,
         /// Labelled rows (header row; feature and target columns named as in the spec).
         #[arg(long)]
         data: PathBuf,
@@ -123,6 +128,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The site's policy: what this plant agrees to train.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Train the declared network on local data only (the local-only baseline) and report
     /// holdout metrics. Nothing is sent anywhere.
     Train {
@@ -145,6 +153,128 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `--manifest` / `--coordinator-key`: check a model file before using it.
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// The model's signed manifest (`coordinator model pull` writes MODEL.manifest.json): the
+    /// model is used only if the manifest's signature verifies, it names this spec, and the
+    /// file is exactly the blob it names.
+    #[arg(long, requires = "coordinator_key")]
+    pub manifest: Option<PathBuf>,
+    /// The coordinator's public key file the manifest must be signed with.
+    #[arg(long, requires = "manifest")]
+    pub coordinator_key: Option<PathBuf>,
+}
+
+impl VerifyArgs {
+    /// Verifies when asked to, saying what was checked on stderr.
+    fn check(&self, spec: &ModelSpec, model: &std::path::Path) -> anyhow::Result<()> {
+        let (Some(manifest), Some(key)) = (&self.manifest, &self.coordinator_key) else {
+            eprintln!(
+                "note: {} used without a manifest: its origin is not checked (give --manifest and --coordinator-key)",
+                model.display()
+            );
+            return Ok(());
+        };
+        let m = crate::inference::verify_manifest(spec, model, manifest, key)?;
+        eprintln!(
+            "verified: task {} version {} (round {}, {}), signed by the coordinator, sha256 {}",
+            m.task,
+            m.version,
+            m.round,
+            m.strategy,
+            m.blob_sha256.short()
+        );
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        if now > m.expires_unix_ms {
+            eprintln!(
+                "warning: the manifest expired at {} ms; the model is authentic but may not be the task's latest",
+                m.expires_unix_ms
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `party-client policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Tell, before joining, whether a spec passes this site's policy and why not. Exits 1 when
+    /// the site would decline the task's work.
+    Check {
+        /// The site's party.toml (only its `[policy]` table is read).
+        #[arg(long)]
+        config: PathBuf,
+        /// The task's ModelSpec TOML file.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Also check a round combining this many parties (this site included).
+        #[arg(long)]
+        round_parties: Option<u32>,
+    },
+}
+
+/// Prints the policy check of `spec`; an error when the site would decline.
+fn policy_check(
+    config: &std::path::Path,
+    spec_path: &std::path::Path,
+    round_parties: Option<u32>,
+) -> anyhow::Result<()> {
+    let raw = RawConfig::from_file(config)?;
+    let site = raw.name.clone().unwrap_or_else(|| "this site".into());
+    let policy = raw
+        .policy
+        .unwrap_or_default()
+        .validate()
+        .with_context(|| format!("{}", config.display()))?;
+    let spec = ModelSpec::from_file(spec_path)?;
+    println!("site policy of {site} ({}):", config.display());
+    for rule in policy.describe() {
+        println!("  {rule}");
+    }
+    println!(
+        "spec {} ({}): {} task, {} features, {} parameters, {} local epochs{}",
+        spec.id(),
+        spec.name,
+        spec.task.kind.name(),
+        spec.input_width(),
+        spec.parameter_count(),
+        spec.training.local_epochs,
+        if spec.privacy.dp.is_some() {
+            ", differential privacy"
+        } else {
+            ""
+        }
+    );
+    let refusals = match round_parties {
+        Some(n) => policy.check_training(&spec, 0, n),
+        None => policy.check_spec(&spec),
+    };
+    if refusals.is_empty() {
+        println!("PASS: {site} would train this spec");
+        if policy.min_other_parties > 0 && round_parties.is_none() {
+            println!(
+                "  (each round must also combine at least {} parties: policy.min_other_parties = {})",
+                policy.min_other_parties + 1,
+                policy.min_other_parties
+            );
+        }
+        return Ok(());
+    }
+    println!("DECLINE: {site} would refuse this spec's work:");
+    for r in &refusals {
+        println!("  - {r}");
+    }
+    anyhow::bail!(
+        "spec {} does not pass the site policy of {site} ({} reason(s))",
+        spec.id().0.short(),
+        refusals.len()
+    )
 }
 
 /// Sets up logging to stderr; `RUST_LOG` filters (default `info`).
@@ -201,6 +331,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 coordinator_key,
                 data,
                 state_dir,
+                policy: None,
             };
             let config = file.overlay(flags).validate()?;
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -211,11 +342,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Predict {
             spec,
             model,
+            verify,
             data,
             id_column,
             out,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
+            verify.check(&spec, &model)?;
             let m = crate::inference::load_model(&spec, &model)?;
             let n = crate::inference::predict_csv(&spec, &m, &data, id_column.as_deref(), &out)?;
             println!(
@@ -228,10 +361,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Evaluate {
             spec,
             model,
+            verify,
             data,
             json,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
+            verify.check(&spec, &model)?;
             let m = crate::inference::load_model(&spec, &model)?;
             let metrics = crate::inference::evaluate_csv(&spec, &m, &data)?;
             if json {
@@ -252,6 +387,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Policy(PolicyCommand::Check {
+            config,
+            spec,
+            round_parties,
+        }) => policy_check(&config, &spec, round_parties)?,
         Command::Train {
             spec,
             data,

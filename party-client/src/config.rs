@@ -8,6 +8,8 @@ use serde::Deserialize;
 use shared_model::ids::PartyId;
 use shared_model::{SigningKey, VerifyingKey};
 
+use crate::policy::{Policy, RawPolicy};
+
 /// `party.toml` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +26,8 @@ pub struct RawConfig {
     pub data: Option<PathBuf>,
     /// Where the daemon keeps its state.
     pub state_dir: Option<PathBuf>,
+    /// The site's policy (`[policy]` table; file only, no flags).
+    pub policy: Option<RawPolicy>,
 }
 
 impl RawConfig {
@@ -44,6 +48,7 @@ impl RawConfig {
             coordinator_key: over.coordinator_key.or(self.coordinator_key),
             data: over.data.or(self.data),
             state_dir: over.state_dir.or(self.state_dir),
+            policy: over.policy.or(self.policy),
         }
     }
 
@@ -68,6 +73,7 @@ impl RawConfig {
         let state_dir: PathBuf = need(self.state_dir, "state_dir")?;
         std::fs::create_dir_all(&state_dir)
             .with_context(|| format!("creating {}", state_dir.display()))?;
+        let policy = self.policy.unwrap_or_default().validate()?;
         Ok(Config {
             server,
             name,
@@ -75,6 +81,7 @@ impl RawConfig {
             coordinator_key,
             data,
             state_dir,
+            policy,
         })
     }
 }
@@ -103,6 +110,8 @@ pub struct Config {
     pub data: PathBuf,
     /// State directory.
     pub state_dir: PathBuf,
+    /// What this site agrees to train.
+    pub policy: Policy,
 }
 
 #[cfg(test)]
@@ -138,6 +147,11 @@ mod tests {
         );
         assert!(raw.key.is_some() && raw.coordinator_key.is_some());
         assert!(raw.data.is_some() && raw.state_dir.is_some());
+        let policy = raw.policy.expect("the example has a [policy] table");
+        let p = policy.validate().unwrap();
+        assert_eq!(p.min_other_parties, 2);
+        assert!(p.approved.as_ref().is_some_and(|a| a.len() == 1));
+        assert_eq!(p.max_membership_advantage, Some(0.4));
     }
 
     #[test]

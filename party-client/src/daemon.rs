@@ -14,6 +14,7 @@ use shared_model::data::{Dataset, SplitFractions, load_csv};
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::Manifest;
+use shared_model::membership;
 use shared_model::model::{Model, max_model_blob_bytes};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
@@ -24,6 +25,7 @@ use shared_model::update::SignedUpdate;
 
 use crate::config::Config;
 use crate::grpc::{Assignment, PartyClient, Work, digest};
+use crate::policy;
 use crate::state::PartyState;
 
 /// How long one long poll may wait.
@@ -43,6 +45,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut backoff = Duration::from_millis(100);
     let mut client: Option<PartyClient> = None;
     tracing::info!(party = %config.name, server = %config.server, "party daemon started");
+    for rule in config.policy.describe() {
+        tracing::info!(party = %config.name, "site policy: {rule}");
+    }
     loop {
         let c = match client.as_mut() {
             Some(c) => c,
@@ -125,8 +130,9 @@ fn progress_bar(label: &str, epochs: u64) -> indicatif::ProgressBar {
     bar
 }
 
-/// The site's rows, split deterministically by the spec's seed.
-fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dataset)> {
+/// The site's rows, split deterministically by the spec's seed: training rows, validation rows
+/// and holdout rows.
+fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dataset, Dataset)> {
     let ds = load_csv(&config.data, spec)?;
     let split = ds.split(
         spec.task.kind,
@@ -138,7 +144,7 @@ fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dat
         "{}: no training rows after the split",
         config.data.display()
     );
-    Ok((split.train, split.holdout))
+    Ok((split.train, split.validation, split.holdout))
 }
 
 /// A per-party, per-round training seed derived from the spec's seed.
@@ -200,8 +206,25 @@ async fn handle(
             return Err(e.into());
         }
     };
+    // The site's policy comes before anything touches the data.
+    let refusals = match &a.work {
+        Work::Train {
+            local_epochs,
+            round_parties,
+            ..
+        } => config
+            .policy
+            .check_training(&spec, *local_epochs, *round_parties),
+        Work::Stats | Work::Evaluate { .. } => config.policy.check_spec(&spec),
+    };
+    if !refusals.is_empty() {
+        let reason = policy::explain(&refusals);
+        tracing::warn!(task = %a.task, round = a.round, assignment = %a.id, spec = %spec.id().0.short(), %reason, "work declined");
+        c.decline(&a.id, &reason).await?;
+        return Ok(());
+    }
     let (cfg, spec2) = (config.clone(), spec.clone());
-    let (train_rows, holdout) =
+    let (train_rows, validation, holdout) =
         tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await??;
     match a.work {
         Work::Stats => {
@@ -216,6 +239,8 @@ async fn handle(
             fedprox_mu,
             learning_rate,
             frozen_layers,
+            local_epochs,
+            round_parties: _,
         } => {
             let (m, base) = match fetch_model(c, config, state, &spec, &a.task, base_version).await
             {
@@ -242,6 +267,9 @@ async fn handle(
                 opts.learning_rate = learning_rate;
             }
             opts.frozen_layers = frozen_layers as usize;
+            if local_epochs > 0 {
+                opts.epochs = local_epochs;
+            }
             tracing::info!(task = %a.task, round = a.round, step = a.step, %strategy, rows = train_rows.len(), epochs = opts.epochs, "training");
             let samples = train_rows.len() as u64;
             let (spec2, key, party, task_id) = (
@@ -256,7 +284,13 @@ async fn handle(
                 &format!("{} round {}", a.task, a.round),
                 u64::from(opts.epochs),
             );
-            let (bytes, env, local): (Vec<u8>, SignedUpdate, MetricStats) =
+            // The membership audit's threshold: the task's, or the site's if stricter.
+            let threshold = config.policy.membership_threshold(
+                spec.privacy
+                    .membership_max_advantage
+                    .unwrap_or(membership::DEFAULT_MAX_ADVANTAGE),
+            );
+            let (bytes, env, local, audit): (Vec<u8>, SignedUpdate, MetricStats, _) =
                 tokio::task::spawn_blocking(move || {
                     let out = local_update_observed(
                         &spec2,
@@ -271,6 +305,17 @@ async fn handle(
                         },
                     )?;
                     bar.finish_and_clear();
+                    // Before anything is signed: how much does the trained model give away about
+                    // its training rows? Members: the training rows; non-members: the
+                    // validation and holdout rows it never saw.
+                    let non_members = Dataset::concat([&validation, &holdout]);
+                    let audit = membership::audit(
+                        &out.result,
+                        &spec2,
+                        &train_rows,
+                        &non_members,
+                        CpuBackend::default(),
+                    )?;
                     // Evaluated as what it yields: the network, or a relay's model after this step.
                     let stats = out
                         .result
@@ -293,16 +338,26 @@ async fn handle(
                         samples,
                         &key,
                     );
-                    anyhow::Ok((bytes, env, stats))
+                    anyhow::Ok((bytes, env, stats, audit))
                 })
                 .await??;
+            if let Err(refused) = membership::check(&audit, threshold) {
+                // Only the audit's numbers leave the site, in the decline the operator sees.
+                let reason = refused.to_string();
+                tracing::warn!(task = %a.task, round = a.round, %audit, threshold, "update withheld: {reason}");
+                c.decline(&a.id, &reason).await?;
+                return Ok(());
+            }
+            tracing::info!(task = %a.task, round = a.round, %audit, threshold, "membership audit passed");
             let sha = env.header.blob_sha256;
             let ack = c.upload(&a.id, &env, bytes, Some(&local)).await?;
             state.log_ack(&format!(
-                "{} task={} round={} blob={sha} ack={ack:?}",
+                "{} task={} round={} blob={sha} ack={ack:?} audit_advantage={:.4} audit_auc={:.4}",
                 now_ms(),
                 a.task,
-                a.round
+                a.round,
+                audit.advantage,
+                audit.auc
             ))?;
             let (name, v) = local.metrics().headline();
             tracing::info!(task = %a.task, round = a.round, blob = %sha.short(), ?ack, local_metric = name, value = v, "update uploaded");

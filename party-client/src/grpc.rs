@@ -56,6 +56,10 @@ pub enum Work {
         learning_rate: f64,
         /// Layers to keep frozen.
         frozen_layers: u32,
+        /// Local epochs from the round (0 = spec's).
+        local_epochs: u32,
+        /// Parties whose data the round's result combines (0 = not said).
+        round_parties: u32,
     },
     /// Evaluate a published version.
     Evaluate {
@@ -163,6 +167,8 @@ impl PartyClient {
                     fedprox_mu: o.fedprox_mu,
                     learning_rate: o.learning_rate,
                     frozen_layers: o.frozen_layers,
+                    local_epochs: o.local_epochs,
+                    round_parties: t.round_parties,
                 }
             }
             pb::assignment::Work::Evaluate(e) => Work::Evaluate { version: e.version },

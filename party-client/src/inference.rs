@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use shared_model::blob::BlobRole;
 use shared_model::data::{load_csv, read_columns};
 use shared_model::eval::Metrics;
+use shared_model::manifest::{Manifest, SignedManifest};
 use shared_model::model::Model;
 use shared_model::network::CpuBackend;
 use shared_model::spec::{ModelSpec, TaskKind};
@@ -35,6 +36,49 @@ pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Model> {
     ))
 }
 
+/// Checks a model file against its signed manifest (as `coordinator model pull` writes it) and
+/// the coordinator's public key: the signature, that the manifest is for `spec`, and that the
+/// file is exactly the blob it names. Returns the manifest; expiry is the caller's to report
+/// (a kept model may be old and still authentic).
+pub fn verify_manifest(
+    spec: &ModelSpec,
+    model: &Path,
+    manifest: &Path,
+    coordinator_key: &Path,
+) -> anyhow::Result<Manifest> {
+    let key = shared_model::keys::read_public(coordinator_key)?;
+    let text = std::fs::read_to_string(manifest)
+        .with_context(|| format!("reading {}", manifest.display()))?;
+    let signed = SignedManifest::from_file_json(&text, &manifest.display().to_string())?;
+    let m = signed.verify_signature(&key).with_context(|| {
+        format!(
+            "{}: not signed by the coordinator key in {}",
+            manifest.display(),
+            coordinator_key.display()
+        )
+    })?;
+    anyhow::ensure!(
+        m.spec_id == spec.id(),
+        "{} is for spec {} (task {}), not the given spec {}",
+        manifest.display(),
+        m.spec_id.0.short(),
+        m.task,
+        spec.id().0.short()
+    );
+    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    m.check_blob(&bytes).with_context(|| {
+        format!(
+            "{} is not the model {} names",
+            model.display(),
+            manifest.display()
+        )
+    })?;
+    Ok(m)
+}
+
+/// Rows predicted per batch: bounds the network's activations whatever the file's size.
+const PREDICT_BATCH: usize = 65_536;
+
 /// Predicts every row of `data` and writes `out` as CSV: the `id_column` (if given), then
 /// `predicted_class,probability` for classification (the probability of the predicted class;
 /// for binary tasks also `probability_1`) or `prediction` for regression. Returns the row count.
@@ -47,8 +91,12 @@ pub fn predict_csv(
 ) -> anyhow::Result<usize> {
     let table = read_columns(data, &spec.task.features, id_column)?;
     let rows = table.offsets.len();
-    let preds = model.predict(spec, &table.features, CpuBackend::default());
-    let mut csv = String::new();
+    let width = spec.input_width();
+    let mut preds = Vec::with_capacity(rows * spec.task.kind.output_width());
+    for batch in table.features.chunks(PREDICT_BATCH * width.max(1)) {
+        preds.extend(model.predict(spec, batch, CpuBackend::default()));
+    }
+    let mut csv = String::with_capacity(rows * 32);
     if let Some(id) = id_column {
         let _ = write!(csv, "{},", quote(id));
     }

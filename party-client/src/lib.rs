@@ -10,4 +10,5 @@ pub mod daemon;
 pub mod grpc;
 pub mod inference;
 pub mod local;
+pub mod policy;
 pub mod state;

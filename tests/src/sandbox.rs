@@ -103,6 +103,18 @@ impl Sandbox {
             .expect("party starts");
     }
 
+    /// Starts a party daemon pinned to `coordinator_key` under a site policy.
+    pub fn start_party_with_policy(
+        &mut self,
+        files: &PartyFiles,
+        coordinator_key: &Path,
+        policy: party_client::policy::RawPolicy,
+    ) {
+        self.fed
+            .start_party_with_policy(files, coordinator_key, Some(policy))
+            .expect("party starts");
+    }
+
     /// Waits until `done` holds for the task's rounds.
     pub async fn wait_for(
         &self,

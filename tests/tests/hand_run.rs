@@ -211,11 +211,17 @@ fn a_federation_run_by_hand_with_the_binaries() {
         shared_model::blob::BlobRole::Merged,
     )
     .unwrap();
-    let manifest: serde_json::Value = serde_json::from_str(
+    // The manifest is kept in its signed form: checkable later against the pinned key.
+    let signed = shared_model::manifest::SignedManifest::from_file_json(
         &std::fs::read_to_string(d.join("merged.safetensors.manifest.json")).unwrap(),
+        "merged.safetensors.manifest.json",
     )
     .unwrap();
-    assert_eq!(manifest["version"], 2);
+    let coordinator_key =
+        shared_model::keys::read_public(&coord.join("coordinator.pub.pem")).unwrap();
+    let manifest = signed.verify_signature(&coordinator_key).unwrap();
+    assert_eq!(manifest.version.0, 2);
+    manifest.check_blob(&std::fs::read(&out).unwrap()).unwrap();
 
     // The operator's report: both rounds, every plant's contribution and gain, a plot. Wait until
     // all three plants have evaluated version 2 (they do so after it is published).

@@ -17,7 +17,7 @@ use yosegi_proto::v1::operator_service_client::OperatorServiceClient;
 
 use super::convert;
 use crate::state::now_ms;
-use crate::views::{PartyRoundView, PartyView, RoundView, TaskView};
+use crate::views::{DeclineView, PartyRoundView, PartyView, RoundView, TaskView};
 
 /// A connection to a coordinator's operator service.
 #[derive(Debug, Clone)]
@@ -203,6 +203,14 @@ impl OperatorClient {
 
     /// The rounds of a task.
     pub async fn status(&mut self, task: &str) -> anyhow::Result<Vec<RoundView>> {
+        Ok(self.status_with_declines(task).await?.0)
+    }
+
+    /// The rounds of a task, and the statistics/evaluation work parties declined.
+    pub async fn status_with_declines(
+        &mut self,
+        task: &str,
+    ) -> anyhow::Result<(Vec<RoundView>, Vec<DeclineView>)> {
         let req = signed(
             pb::RoundStatusRequest { task: task.into() },
             "RoundStatus",
@@ -213,7 +221,18 @@ impl OperatorClient {
             .round_status(req)
             .await
             .map_err(|s| call_err(&self.server, s))?;
-        Ok(r.into_inner()
+        let r = r.into_inner();
+        let declines = r
+            .declines
+            .into_iter()
+            .map(|d| DeclineView {
+                party: d.party,
+                assignment: d.assignment,
+                reason: d.reason,
+                at_unix_ms: d.at_unix_ms,
+            })
+            .collect();
+        let rounds = r
             .rounds
             .into_iter()
             .map(|r| RoundView {
@@ -245,7 +264,8 @@ impl OperatorClient {
                 model_bytes: r.model_bytes,
                 base_model_bytes: r.base_model_bytes,
             })
-            .collect())
+            .collect();
+        Ok((rounds, declines))
     }
 
     /// Downloads a published model (0 = latest) and verifies it against the coordinator key:

@@ -43,7 +43,9 @@ impl From<&Assignment> for pb::Assignment {
                 fedprox_mu,
                 learning_rate,
                 frozen_layers,
+                round_parties,
             } => pb::assignment::Work::Train(pb::TrainWork {
+                round_parties: *round_parties,
                 base_version: *base_version,
                 base_sha256: base_sha256.to_string(),
                 strategy: strategy.clone(),

@@ -594,6 +594,7 @@ impl OperatorService for OperatorSvc {
                 r.min_parties,
                 r.deadline_ms as i64,
                 r.rounds,
+                now_ms(),
             )
         })
         .await?;
@@ -608,8 +609,27 @@ impl OperatorService for OperatorSvc {
             .operator(&req, &format!("{OPERATOR_SVC}RoundStatus"))?;
         let task = req.into_inner().task;
         let t2 = task.clone();
-        let rounds = with_engine(&self.0, move |e| convert::round_infos(e.store(), &t2)).await?;
-        Ok(Response::new(pb::RoundStatusResponse { task, rounds }))
+        let (rounds, declines) = with_engine(&self.0, move |e| {
+            let rounds = convert::round_infos(e.store(), &t2)?;
+            let declines = e
+                .store()
+                .declines(&t2)?
+                .into_iter()
+                .map(|(party, assignment, reason, at)| pb::DeclineInfo {
+                    party,
+                    assignment,
+                    reason,
+                    at_unix_ms: at,
+                })
+                .collect();
+            Ok((rounds, declines))
+        })
+        .await?;
+        Ok(Response::new(pb::RoundStatusResponse {
+            task,
+            rounds,
+            declines,
+        }))
     }
 
     type PullModelStream = ReceiverStream<Result<pb::PullModelResponse, Status>>;
