@@ -70,6 +70,17 @@ grep -q '^operator: done: ' "$work/operator.log" || fail "the operator log has n
 grep -q 'signature verified' "$work/operator.log" || fail "the operator log does not show a verified model pull"
 echo "ok   operator log: $published rounds published, model pulled and verified"
 
+# Every connection was TLS: the coordinator served over TLS, and nothing was served in plaintext.
+coordinator=$(docker ps -a -q --filter "label=com.docker.compose.project=$COMPOSE_PROJECT_NAME" \
+  --filter "label=com.docker.compose.service=coordinator" | head -n 1)
+[ -n "$coordinator" ] || fail "no coordinator container was created"
+docker logs "$coordinator" >"$work/coordinator.log" 2>&1 || fail "docker logs of the coordinator failed"
+grep -q 'coordinator serving over TLS' "$work/coordinator.log" || fail "the coordinator log does not show it serving over TLS"
+if grep -qi 'PLAINTEXT' "$work/coordinator.log" "$work/operator.log"; then
+  fail "a plaintext connection was made (see the coordinator and operator logs)"
+fi
+echo "ok   TLS: the coordinator served over TLS; no plaintext connection"
+
 model=$YOSEGI_OUT_DIR/wdbc-merged.safetensors
 [ -s "$model" ] || fail "no pulled model at $model (or it is empty)"
 # safetensors: an 8-byte little-endian header length, then a JSON header.

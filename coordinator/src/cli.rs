@@ -38,9 +38,18 @@ pub enum LogFormat {
 /// Where the operator commands find the coordinator and the operator key.
 #[derive(Debug, clap::Args)]
 pub struct Remote {
-    /// The coordinator's URL.
-    #[arg(long, env = "YOSEGI_SERVER", default_value = "http://127.0.0.1:50051")]
+    /// The coordinator's URL (https://; http:// only for a server run with --plaintext).
+    #[arg(long, env = "YOSEGI_SERVER", default_value = "https://127.0.0.1:50051")]
     pub server: String,
+    /// The coordinator's CA certificate, pinned for https:// (written by `coordinator init`).
+    #[arg(long, env = "YOSEGI_CA", default_value = "coordinator-data/tls/ca.pem")]
+    pub ca: PathBuf,
+    /// Client certificate for a coordinator that requires mutual TLS (with --tls-key).
+    #[arg(long, env = "YOSEGI_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Client certificate's private key (mode 0600).
+    #[arg(long, env = "YOSEGI_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// The operator's private key (written by `coordinator init` into the data dir).
     #[arg(
         long,
@@ -59,6 +68,10 @@ pub enum Command {
         /// The data directory.
         #[arg(long, default_value = "coordinator-data")]
         data_dir: PathBuf,
+        /// A host name or IP address parties dial (repeatable); the server certificate holds
+        /// these besides localhost and 127.0.0.1.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
     },
     /// Run a whole federation on this machine — a coordinator and N plants over real gRPC on
     /// loopback — with each strategy, and compare with the local-only and data-sharing baselines.
@@ -86,7 +99,18 @@ pub enum Command {
         /// Largest accepted clock difference of a caller, in seconds [default: 300].
         #[arg(long)]
         max_skew_secs: Option<u64>,
+        /// Serve plain HTTP/2 instead of TLS: every call is still signed, but updates, sums and
+        /// metrics travel in clear. Logged loudly; for tests and private networks only.
+        #[arg(long)]
+        plaintext: bool,
+        /// Require client certificates chaining to this CA (mutual TLS), e.g.
+        /// DATA_DIR/tls/ca.pem; issue them with `coordinator tls client`.
+        #[arg(long)]
+        client_ca: Option<PathBuf>,
     },
+    /// TLS certificates: the federation's private CA, the server's, clients'.
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Inspect model specs.
     #[command(subcommand)]
     Spec(SpecCommand),
@@ -123,6 +147,42 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+/// `coordinator tls …`
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Create the CA and server certificate of an existing data dir (`init` does this for a new
+    /// one). Refuses to overwrite.
+    Init {
+        /// The data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// A host name or IP address parties dial (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Issue a client certificate for mutual TLS (serve with --client-ca DATA_DIR/tls/ca.pem).
+    Client {
+        /// The data directory holding the CA.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// The party's name (the certificate's common name).
+        #[arg(long)]
+        name: String,
+        /// Directory to write NAME.pem and NAME.key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn print_tls(data_dir: &std::path::Path, names: &[String]) {
+    let d = crate::tls::dir(data_dir);
+    println!(
+        "TLS: CA certificate {} (give it to every plant and operator: they pin it), server certificate for {}",
+        d.join(crate::tls::CA_CERT).display(),
+        names.join(", ")
+    );
 }
 
 /// `coordinator spec …`
@@ -385,7 +445,11 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn connect(remote: &Remote) -> anyhow::Result<OperatorClient> {
     let key = operator_key(&remote.operator_key)?;
-    OperatorClient::connect(&remote.server, key).await
+    let tls = crate::tls::ClientTls {
+        ca: Some(remote.ca.clone()),
+        identity: remote.tls_cert.clone().zip(remote.tls_key.clone()),
+    };
+    OperatorClient::connect_with(&remote.server, &tls, key).await
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -412,8 +476,9 @@ pub async fn shutdown_signal() {
 /// Runs a parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Init { data_dir } => {
+        Command::Init { data_dir, hosts } => {
             let (key, path) = state::init(&data_dir)?;
+            let names = crate::tls::create(&data_dir, &hosts)?;
             println!("coordinator state created in {}", data_dir.display());
             println!(
                 "coordinator public key (parties pin this file): {}",
@@ -425,6 +490,23 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 "operator key: {}",
                 data_dir.join(state::OPERATOR_KEY).display()
             );
+            print_tls(&data_dir, &names);
+        }
+        Command::Tls(TlsCommand::Init { data_dir, hosts }) => {
+            let names = crate::tls::create(&data_dir, &hosts)?;
+            print_tls(&data_dir, &names);
+        }
+        Command::Tls(TlsCommand::Client {
+            data_dir,
+            name,
+            out,
+        }) => {
+            let (cert, key) = crate::tls::issue_client(&data_dir, &name, &out)?;
+            println!(
+                "client certificate for {name}: {} (key {}, mode 0600); the plant sets tls_cert and tls_key in party.toml",
+                cert.display(),
+                key.display()
+            );
         }
         Command::Serve {
             config,
@@ -432,6 +514,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             metrics_listen,
             max_skew_secs,
+            plaintext,
+            client_ca,
         } => {
             let file = match &config {
                 Some(p) => crate::config::RawServeConfig::from_file(p)?,
@@ -443,10 +527,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     listen,
                     metrics_listen,
                     max_skew_secs,
+                    plaintext: plaintext.then_some(true),
+                    client_ca,
                     ..Default::default()
                 })
                 .validate()?;
             let data = state::open(&settings.data_dir)?;
+            let mut settings = settings;
+            settings.serve.tls = settings.tls.as_ref().map(|t| t.load()).transpose()?;
             runtime()?.block_on(async move {
                 let listen = settings.listen;
                 let listener = tokio::net::TcpListener::bind(listen)

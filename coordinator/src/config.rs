@@ -34,6 +34,14 @@ pub struct RawServeConfig {
     pub upload_idle_secs: Option<u64>,
     /// Validity of published manifests, days.
     pub manifest_ttl_days: Option<u64>,
+    /// Serve plain HTTP/2 instead of TLS (loudly logged; tests and private networks only).
+    pub plaintext: Option<bool>,
+    /// TLS certificate (PEM chain) [default: DATA_DIR/tls/server.pem].
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key, mode 0600 [default: DATA_DIR/tls/server.key.pem].
+    pub tls_key: Option<PathBuf>,
+    /// Require client certificates chaining to this CA (mutual TLS), e.g. DATA_DIR/tls/ca.pem.
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Validated settings of `coordinator serve`.
@@ -43,8 +51,28 @@ pub struct ServeSettings {
     pub data_dir: PathBuf,
     /// gRPC address.
     pub listen: SocketAddr,
-    /// Server settings (including the metrics address).
+    /// Server settings (including the metrics address; TLS is loaded from `tls`).
     pub serve: ServeConfig,
+    /// Where the TLS files are; `None` = plaintext, as asked.
+    pub tls: Option<TlsFiles>,
+}
+
+/// The TLS files `serve` loads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    /// Certificate.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+    /// Client CA for mutual TLS.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads them.
+    pub fn load(&self) -> anyhow::Result<crate::tls::ServerTls> {
+        crate::tls::ServerTls::load(&self.cert, &self.key, self.client_ca.as_deref())
+    }
 }
 
 impl RawServeConfig {
@@ -72,6 +100,10 @@ impl RawServeConfig {
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             upload_idle_secs: over.upload_idle_secs.or(self.upload_idle_secs),
             manifest_ttl_days: over.manifest_ttl_days.or(self.manifest_ttl_days),
+            plaintext: over.plaintext.or(self.plaintext),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            client_ca: over.client_ca.or(self.client_ca),
         }
     }
 
@@ -133,11 +165,32 @@ impl RawServeConfig {
                     )?,
             ),
             metrics: self.metrics_listen,
+            tls: None,
+        };
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("coordinator-data"));
+        let tls_dir = crate::tls::dir(&data_dir);
+        let tls = if self.plaintext.unwrap_or(false) {
+            anyhow::ensure!(
+                self.tls_cert.is_none() && self.tls_key.is_none() && self.client_ca.is_none(),
+                "coordinator config: `plaintext` contradicts `tls_cert`/`tls_key`/`client_ca`"
+            );
+            None
+        } else {
+            Some(TlsFiles {
+                cert: self
+                    .tls_cert
+                    .unwrap_or_else(|| tls_dir.join(crate::tls::SERVER_CERT)),
+                key: self
+                    .tls_key
+                    .unwrap_or_else(|| tls_dir.join(crate::tls::SERVER_KEY)),
+                client_ca: self.client_ca,
+            })
         };
         Ok(ServeSettings {
-            data_dir: self
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("coordinator-data")),
+            tls,
+            data_dir,
             listen: self
                 .listen
                 .unwrap_or_else(|| "127.0.0.1:50051".parse().expect("valid address")),

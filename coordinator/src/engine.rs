@@ -13,11 +13,12 @@ use std::collections::BTreeMap;
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use shared_model::blob::BlobRole;
+use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::{Contributor, MANIFEST_FORMAT, Manifest, SignedManifest};
 use shared_model::model::{MAX_PARTS, Model};
-use shared_model::spec::ModelSpec;
+use shared_model::spec::{DpMode, DpSpec, ModelSpec};
 use shared_model::stats::FeatureSums;
 use shared_model::strategy::{Contribution, Strategy, StrategyConfig, relay_step};
 use shared_model::update::{Expectations, SignedUpdate, UpdateHeader, VerifiedUpdate, verify};
@@ -57,6 +58,62 @@ fn round_config(r: &RoundRow) -> Result<(StrategyConfig, Option<(String, usize)>
 fn relay_parties(r: &RoundRow) -> Option<usize> {
     let options: BTreeMap<String, String> = serde_json::from_str(&r.options).ok()?;
     options.get(RELAY_KEYS[3])?.parse().ok()
+}
+
+/// In central DP mode, checks that an update's delta from the (single-network) base is within
+/// the clip; a reason naming the norm otherwise. Local mode has no such check: the party's
+/// noise makes the norm large by design.
+fn check_dp_clip(
+    spec: &ModelSpec,
+    base: &Model,
+    update: &Weights,
+) -> std::result::Result<(), String> {
+    let Some(d) = spec
+        .privacy
+        .dp
+        .as_ref()
+        .filter(|d| d.mode == DpMode::Central)
+    else {
+        return Ok(());
+    };
+    let Model::Single(b) = base else {
+        return Err(format!(
+            "differential privacy needs a single-network base, the round's is a {}",
+            base.kind()
+        ));
+    };
+    dp::check_clip(d, b, update).map_err(|norm| {
+        format!(
+            "its delta from the base model has L2 norm {norm:.6}, above the task's DP clip {} (central mode)",
+            d.clip
+        )
+    })
+}
+
+/// The privacy a task with DP has spent once round `round` is published.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DpSpent {
+    /// Published rounds up to and including this one (every one ran with DP).
+    pub rounds: u64,
+    /// ε of (ε, δ)-DP (`shared_model::dp::epsilon`).
+    pub epsilon: f64,
+    /// δ, from the spec.
+    pub delta: f64,
+}
+
+/// (ε, δ) after the published rounds of `rounds` numbered up to `round`. The spec is fixed at
+/// task creation, so every published round of a DP task ran with DP; counting every published
+/// round is an upper bound on the rounds any one party took part in.
+pub fn dp_spent(d: &DpSpec, rounds: &[RoundRow], round: u64) -> DpSpent {
+    let n = rounds
+        .iter()
+        .filter(|r| r.round <= round && r.phase == RoundPhase::Published)
+        .count() as u64;
+    DpSpent {
+        rounds: n,
+        epsilon: dp::epsilon(n, d.noise_multiplier, d.delta),
+        delta: d.delta,
+    }
 }
 
 /// Errors of the engine, mapped to gRPC codes in one place (`grpc::status`).
@@ -372,6 +429,13 @@ impl Engine {
         let cfg = StrategyConfig::parse(strategy, options)
             .and_then(|c| c.check_for(&spec).map(|()| c))
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        if let Some(d) = &spec.privacy.dp {
+            dp::check_strategy(d.mode, strategy).map_err(|e| {
+                EngineError::Invalid(format!(
+                    "task {task} has differential privacy ([privacy.dp]): {e}"
+                ))
+            })?;
+        }
         if cfg.min_updates() > t.parties.len() {
             return Err(EngineError::Invalid(format!(
                 "{cfg} merges at least {} updates; task {task} has {} parties",
@@ -830,6 +894,11 @@ impl Engine {
                 base.check_update_normalization(v.weights(), spec.input_width())
                     .map(|()| v)
                     .map_err(|why| ("normalisation", format!("update of {party}: {why}")))
+            })
+            .and_then(|v| {
+                check_dp_clip(&spec, &base, v.weights())
+                    .map(|()| v)
+                    .map_err(|why| ("dp_clip", format!("update of {party}: {why}")))
             });
         if let Err((code, reason)) = checked {
             // The rejection is recorded, but the party stays invited: the bad upload may have
@@ -1103,6 +1172,7 @@ impl Engine {
                     stage,
                 };
                 let v = verify(&env, &bytes, &key, &expect).map_err(|e| e.to_string())?;
+                check_dp_clip(spec, &base_model, v.weights())?;
                 Ok((v, sha))
             })();
             match checked {
@@ -1193,7 +1263,19 @@ impl Engine {
                     samples: v.sample_count(),
                 })
                 .collect();
-            match cfg.merge(&base_model, &contributions) {
+            let merged = match (&spec.privacy.dp, &base_model) {
+                (Some(d), Model::Single(b)) if d.mode == DpMode::Central => {
+                    // Central DP: the unweighted mean of the clipped deltas plus the noise.
+                    let updates: Vec<&Weights> = contributions.iter().map(|c| c.weights).collect();
+                    dp::central_merge(d, b, &updates, &mut dp::os_rng())
+                        .map(Model::Single)
+                        .map_err(|e| e.to_string())
+                }
+                _ => cfg
+                    .merge(&base_model, &contributions)
+                    .map_err(|e| e.to_string()),
+            };
+            match merged {
                 Ok(m) => m,
                 Err(e) => {
                     let reason = format!("{} merge failed: {e}", cfg.name);
@@ -1232,6 +1314,11 @@ impl Engine {
         )?;
         self.store.publish_round(&t.name, r.round, &model, now)?;
         tracing::info!(task = %t.name, round = r.round, version, updates = verified_updates.len(), "merged model published");
+        if let Some(d) = &spec.privacy.dp {
+            let rounds = self.store.rounds(&t.name)?;
+            let spent = dp_spent(d, &rounds, r.round);
+            tracing::info!(task = %t.name, round = r.round, dp_rounds = spent.rounds, epsilon = spent.epsilon, delta = spent.delta, mode = dp::mode_name(d.mode), "differential privacy spent so far");
+        }
         Ok(true)
     }
 
@@ -1302,6 +1389,7 @@ seed = 1
         _dir: tempfile::TempDir,
         engine: Engine,
         keys: Vec<(String, SigningKey)>,
+        spec: String,
     }
 
     fn sums() -> FeatureSums {
@@ -1310,6 +1398,11 @@ seed = 1
 
     /// An engine with `n` enrolled parties and a task `t` past its statistics step.
     fn fixture(n: usize) -> Fixture {
+        fixture_with(n, SPEC)
+    }
+
+    /// The same with another spec text for the task.
+    fn fixture_with(n: usize, spec: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join("y.db")).unwrap();
         let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
@@ -1320,7 +1413,7 @@ seed = 1
         for (name, k) in &keys {
             engine.enroll(name, &k.verifying_key(), 0).unwrap();
         }
-        engine.create_task("t", SPEC, &[], 0).unwrap();
+        engine.create_task("t", spec, &[], 0).unwrap();
         for (name, _) in &keys {
             engine.submit_sums(name, "t/stats/0", &sums()).unwrap();
         }
@@ -1329,6 +1422,7 @@ seed = 1
             _dir: dir,
             engine,
             keys,
+            spec: spec.to_string(),
         }
     }
 
@@ -1347,7 +1441,22 @@ seed = 1
             now: i64,
             norm: &shared_model::stats::Normalization,
         ) -> Result<UploadOutcome> {
-            let spec = ModelSpec::parse(SPEC, "t").unwrap();
+            let spec = ModelSpec::parse(&self.spec, "t").unwrap();
+            let w = Weights::initial(&spec, norm)
+                .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (i as f32 + 1.0)).collect())
+                .unwrap();
+            self.upload_weights(i, round, now, &w)
+        }
+
+        /// A correctly signed update of party `i` for round `round` holding `w`.
+        fn upload_weights(
+            &mut self,
+            i: usize,
+            round: u64,
+            now: i64,
+            w: &Weights,
+        ) -> Result<UploadOutcome> {
+            let spec = ModelSpec::parse(&self.spec, "t").unwrap();
             let (name, key) = &self.keys[i];
             let r = self.engine.store().rounds("t").unwrap();
             let r = r.iter().find(|r| r.round == round).unwrap();
@@ -1357,11 +1466,8 @@ seed = 1
                 .model("t", r.base_version)
                 .unwrap()
                 .unwrap();
-            let w = Weights::initial(&spec, norm)
-                .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (i as f32 + 1.0)).collect())
-                .unwrap();
             let bytes = blob::encode(
-                &w,
+                w,
                 &BlobMeta {
                     spec_id: spec.id(),
                     role: BlobRole::Update,
@@ -1602,5 +1708,99 @@ seed = 1
             .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 1, 1)
             .unwrap_err();
         assert!(e.to_string().contains("63 queued"), "{e}");
+    }
+
+    /// A task with central differential privacy: an update whose delta exceeds the clip is
+    /// rejected as `dp_clip` with the party and its norm named; the merge is the unweighted mean
+    /// of the deltas plus noise of std σ·C/n; ε is reported for the published round; strategies
+    /// the mechanism cannot serve are refused at round start.
+    #[test]
+    fn central_dp_rejects_unclipped_updates_and_merges_the_mean_with_noise() {
+        // Party i's update moves all 13 trainable values by 0.01·(i+1): delta norm
+        // 0.0361·(i+1). C = 0.08 admits plant-0 and plant-1, not plant-2.
+        let text = format!(
+            "{SPEC}\n[privacy.dp]\nmode = \"central\"\nclip = 0.08\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
+        );
+        let mut f = fixture_with(3, &text);
+        for s in ["ensemble", "series", "median"] {
+            let e = f
+                .engine
+                .start_rounds("t", s, &BTreeMap::new(), 1, 60_000, 1, 1)
+                .unwrap_err();
+            let msg = e.to_string();
+            assert!(
+                msg.contains("task t") && msg.contains(s) && msg.contains("differential privacy"),
+                "{msg}"
+            );
+        }
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+            .unwrap();
+        assert!(f.engine.tick(2).unwrap(), "round opens");
+        assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+        assert_eq!(f.upload(1, 1, 3).unwrap(), UploadOutcome::Accepted);
+        match f.upload(2, 1, 3) {
+            Err(EngineError::Rejected { code, reason }) => {
+                assert_eq!(code, "dp_clip");
+                assert!(
+                    reason.contains("plant-2") && reason.contains("0.108"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a dp_clip rejection, got {other:?}"),
+        }
+        // At the deadline the round merges plant-0 and plant-1.
+        assert!(f.engine.tick(60_010).unwrap());
+        let rounds = f.engine.store().rounds("t").unwrap();
+        assert_eq!(rounds[0].phase, RoundPhase::Published, "{:?}", rounds[0]);
+        let spec = ModelSpec::parse(&text, "t").unwrap();
+        let (_, bytes) = f.engine.model("t", None).unwrap();
+        let Model::Single(merged) = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap() else {
+            panic!("a single network");
+        };
+        let base = Weights::initial(&spec, &sums().normalization().unwrap());
+        // Unweighted mean of deltas 0.01 and 0.02: 0.015; the rest is noise of std
+        // σ·C/n = 0.5·0.08/2 = 0.02 per value.
+        let noise: Vec<f64> = merged
+            .trainable()
+            .iter()
+            .zip(base.trainable())
+            .flat_map(|(m, b)| m.data.iter().zip(&b.data))
+            .map(|(&m, &b)| f64::from(m) - f64::from(b) - 0.015)
+            .collect();
+        let rms = (noise.iter().map(|x| x * x).sum::<f64>() / noise.len() as f64).sqrt();
+        assert!(
+            rms > 0.005 && rms < 0.05,
+            "noise rms {rms}, want about 0.02"
+        );
+        assert_eq!(merged.normalization(), base.normalization());
+        // The privacy spent is what the accountant says for one round.
+        let infos = crate::grpc::convert::round_infos(f.engine.store(), "t").unwrap();
+        let want = dp::epsilon(1, 0.5, 1e-5);
+        assert!((infos[0].dp_epsilon - want).abs() < 1e-12, "{infos:?}");
+        assert_eq!((infos[0].dp_delta, infos[0].dp_rounds), (1e-5, 1));
+    }
+
+    #[test]
+    fn local_dp_accepts_noised_updates_beyond_the_clip() {
+        let text = format!(
+            "{SPEC}\n[privacy.dp]\nmode = \"local\"\nclip = 0.01\nnoise_multiplier = 1.0\n"
+        );
+        let mut f = fixture_with(2, &text);
+        let e = f
+            .engine
+            .start_rounds("t", "ensemble", &BTreeMap::new(), 1, 60_000, 1, 1)
+            .unwrap_err();
+        assert!(e.to_string().contains("ensemble"), "{e}");
+        f.engine
+            .start_rounds("t", "median", &BTreeMap::new(), 2, 60_000, 1, 1)
+            .unwrap();
+        assert!(f.engine.tick(2).unwrap());
+        assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+        assert_eq!(f.upload(1, 1, 3).unwrap(), UploadOutcome::Accepted);
+        assert!(f.engine.tick(4).unwrap());
+        let infos = crate::grpc::convert::round_infos(f.engine.store(), "t").unwrap();
+        assert_eq!(infos[0].phase, "published");
+        assert!((infos[0].dp_epsilon - dp::epsilon(1, 1.0, 1e-5)).abs() < 1e-12);
     }
 }

@@ -16,12 +16,13 @@ use anyhow::Context as _;
 use serde::Serialize;
 use shared_model::blob::{BlobMeta, BlobRole, encode};
 use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
+use shared_model::dp;
 use shared_model::eval::Metrics;
 use shared_model::ids::{PartyId, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::model::{MAX_PARTS, Model};
 use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
-use shared_model::spec::ModelSpec;
+use shared_model::spec::{DpMode, ModelSpec};
 use shared_model::stats::FeatureSums;
 use shared_model::strategy::{
     Contribution, NAMES, StrategyConfig, local_update, options_for, relay_step, runs_with,
@@ -30,6 +31,9 @@ use shared_model::synthetic::{self, Friedman1};
 use shared_model::train::{TrainOptions, train};
 use shared_model::update::{Expectations, SignedUpdate, verify};
 use shared_model::weights::Weights;
+
+/// What a task with differential privacy runs, for the notes on skipped strategies.
+const DP_STRATEGIES: &str = "no ensemble or series, central mode only fedavg and fedprox";
 
 /// Settings of an experiment (the CLI's flags).
 #[derive(Debug, Clone, clap::Args)]
@@ -311,6 +315,17 @@ fn exchange(
     let seed = s.spec.training.seed ^ (round << 20) ^ (party as u64) << 8;
     let opts = cfg.train_options(&s.spec, step, seed);
     let out = local_update(&s.spec, &cfg.name, name, base, data, &opts)?;
+    // The party's DP step, as the daemon runs it; the noise is seeded so a run is reproducible.
+    let out = match &s.spec.privacy.dp {
+        Some(d) => dp::privatize(
+            d,
+            &cfg.name,
+            base,
+            out,
+            &mut dp::seeded_rng(seed ^ 0xd1ff_9a7e),
+        )?,
+        None => out,
+    };
     let mut weights = out.weights;
     if let Some(Attack::SignFlip(scale)) = attack {
         weights = match base.start_for(name) {
@@ -328,6 +343,14 @@ fn exchange(
             })?,
             _ => weights.map_trainable(|t| t.data.iter().map(|w| -scale * w).collect())?,
         };
+    }
+    if let (Some(d), Some(b)) = (&s.spec.privacy.dp, base.start_for(name))
+        && d.mode == DpMode::Central
+        && attack.is_some()
+    {
+        // A live coordinator rejects a delta beyond the clip in central mode (`dp_clip`): the
+        // most an attacker can send is a clipped one.
+        weights = dp::clip_delta(b, &weights, d.clip).0;
     }
     let bytes = encode(
         &weights,
@@ -427,7 +450,15 @@ fn run_strategy(
                     samples: s.parties[i].1.len() as u64,
                 })
                 .collect();
-            model = cfg.merge(&model, &contributions)?;
+            model = match (&s.spec.privacy.dp, &model) {
+                // Central DP: the engine's merge (unweighted mean of clipped deltas + noise).
+                (Some(d), Model::Single(b)) if d.mode == DpMode::Central => {
+                    let updates: Vec<&Weights> = trained.iter().collect();
+                    let mut rng = dp::seeded_rng(s.spec.training.seed ^ round);
+                    Model::Single(dp::central_merge(d, b, &updates, &mut rng)?)
+                }
+                _ => cfg.merge(&model, &contributions)?,
+            };
         }
         // Every party downloads the published model to evaluate it.
         bytes += names.len() as u64 * model.encode(s.spec.id(), BlobRole::Merged).len() as u64;
@@ -512,6 +543,20 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
                     "ensemble" => point.parties,
                     _ => 1,
                 };
+                // And on a task with differential privacy, strategies the DP step cannot serve.
+                let dp_refused = s
+                    .spec
+                    .privacy
+                    .dp
+                    .as_ref()
+                    .is_some_and(|d| dp::check_strategy(d.mode, name).is_err());
+                if dp_refused {
+                    if seed == 1 {
+                        skipped.push(format!("{name} (differential privacy)"));
+                    }
+                    bar.inc(1);
+                    continue;
+                }
                 if !runs_with(name, point.parties) || parts > MAX_PARTS {
                     if seed == 1 {
                         skipped.push(format!(
@@ -564,7 +609,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
     bar.finish_and_clear();
     for s in &skipped {
         eprintln!(
-            "skipped {s}: a live coordinator refuses it (Krum needs 3 parties; a model holds at most {MAX_PARTS} networks)"
+            "skipped {s}: a live coordinator refuses it (Krum needs 3 parties; a model holds at most {MAX_PARTS} networks; differential privacy: {DP_STRATEGIES})"
         );
     }
     write_report(
@@ -731,7 +776,7 @@ fn write_report(
     if !skipped.is_empty() {
         let _ = write!(
             md,
-            "\nNot run (a live coordinator refuses them: Krum needs 3 parties; a published model holds at most {MAX_PARTS} networks): {}.\n",
+            "\nNot run (a live coordinator refuses them: Krum needs 3 parties; a published model holds at most {MAX_PARTS} networks; differential privacy: {DP_STRATEGIES}): {}.\n",
             skipped.join("; ")
         );
     }

@@ -17,4 +17,5 @@ pub mod plots;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod views;

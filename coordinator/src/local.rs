@@ -51,16 +51,26 @@ pub struct PartyFiles {
 }
 
 impl LocalFederation {
-    /// Initialises a coordinator under `root/coordinator` and serves it on a loopback port.
-    pub async fn start(root: &Path, config: ServeConfig) -> anyhow::Result<Self> {
+    /// Initialises a coordinator under `root/coordinator` (keys, database, CA and server
+    /// certificate) and serves it over TLS on a loopback port.
+    pub async fn start(root: &Path, mut config: ServeConfig) -> anyhow::Result<Self> {
         let data_dir = root.join("coordinator");
         let (coordinator_key, _) = crate::state::init(&data_dir)?;
+        if !crate::tls::dir(&data_dir)
+            .join(crate::tls::CA_CERT)
+            .exists()
+        {
+            crate::tls::create(&data_dir, &[])?;
+        }
+        if config.tls.is_none() {
+            config.tls = Some(crate::tls::ServerTls::from_data_dir(&data_dir, None)?);
+        }
         let operator_key = keys::read_private(&data_dir.join(crate::state::OPERATOR_KEY))?;
         let data = crate::state::open(&data_dir)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .context("binding a loopback port")?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let url = format!("https://{}", listener.local_addr()?);
         let (stop, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(crate::grpc::serve(listener, data, config, async move {
             let _ = rx.await;
@@ -79,7 +89,20 @@ impl LocalFederation {
 
     /// An operator client.
     pub async fn operator(&self) -> anyhow::Result<OperatorClient> {
-        OperatorClient::connect(&self.url, self.operator_key.clone()).await
+        OperatorClient::connect_with(&self.url, &self.client_tls(), self.operator_key.clone()).await
+    }
+
+    /// The CA certificate clients pin.
+    pub fn ca(&self) -> PathBuf {
+        crate::tls::dir(&self.data_dir).join(crate::tls::CA_CERT)
+    }
+
+    /// What a client of this coordinator needs for TLS.
+    pub fn client_tls(&self) -> crate::tls::ClientTls {
+        crate::tls::ClientTls {
+            ca: Some(self.ca()),
+            identity: None,
+        }
     }
 
     /// Creates a party's key files and writes its rows as a CSV; does not enroll it.
@@ -129,6 +152,9 @@ impl LocalFederation {
             coordinator_key: Some(coordinator_key.to_path_buf()),
             data: Some(files.data.clone()),
             state_dir: Some(files.state_dir.clone()),
+            ca: Some(self.ca()),
+            tls_cert: None,
+            tls_key: None,
             policy,
         };
         let config = raw.validate()?;

@@ -361,6 +361,7 @@ mod tests {
             published_unix_ms: 1_000 * n as i64 + 500,
             model_bytes: 3000,
             base_model_bytes: if n == 1 { 2500 } else { 3000 },
+            dp: None,
         };
         let rounds = vec![
             round(

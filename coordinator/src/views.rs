@@ -116,6 +116,19 @@ pub struct RoundView {
     pub model_bytes: u64,
     /// Size of the model the round started from.
     pub base_model_bytes: u64,
+    /// Differential privacy the task has spent once this round published (DP tasks only).
+    pub dp: Option<DpView>,
+}
+
+/// The (ε, δ) a task with differential privacy has spent after a published round.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
+pub struct DpView {
+    /// ε of (ε, δ)-DP (zCDP accounting, docs/PRIVACY.md).
+    pub epsilon: f64,
+    /// δ, from the spec.
+    pub delta: f64,
+    /// Published DP rounds counted.
+    pub rounds: u64,
 }
 
 impl RoundView {
@@ -170,6 +183,12 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
             },
             metric
         );
+        if let Some(dp) = &r.dp {
+            println!(
+                "    privacy spent: ε = {:.3}, δ = {:e} after {} DP round(s)",
+                dp.epsilon, dp.delta, dp.rounds
+            );
+        }
         for p in &r.parties {
             let extra = if p.reason.is_empty() {
                 String::new()

@@ -70,7 +70,7 @@ pub enum Command {
         /// the `[policy]` table, which only the file can set).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The coordinator's URL, e.g. http://127.0.0.1:50051.
+        /// The coordinator's URL, e.g. https://coordinator.example.org:50051.
         #[arg(long)]
         server: Option<String>,
         /// This party's enrolled name.
@@ -88,6 +88,15 @@ pub enum Command {
         /// Where the daemon keeps its state (accepted versions, upload log).
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// The coordinator's CA certificate, pinned for an https:// server.
+        #[arg(long)]
+        ca: Option<PathBuf>,
+        /// Client certificate for a coordinator that requires mutual TLS.
+        #[arg(long)]
+        tls_cert: Option<PathBuf>,
+        /// The client certificate's private key (mode 0600).
+        #[arg(long)]
+        tls_key: Option<PathBuf>,
     },
     /// Predict the site's rows with a model (a published one, an ensemble, a series, or a local
     /// one) and write a CSV of predictions. Nothing is sent anywhere.
@@ -319,6 +328,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             coordinator_key,
             data,
             state_dir,
+            ca,
+            tls_cert,
+            tls_key,
         } => {
             let file = match &config {
                 Some(path) => RawConfig::from_file(path)?,
@@ -331,6 +343,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                 coordinator_key,
                 data,
                 state_dir,
+                ca,
+                tls_cert,
+                tls_key,
                 policy: None,
             };
             let config = file.overlay(flags).validate()?;

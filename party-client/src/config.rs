@@ -8,6 +8,7 @@ use serde::Deserialize;
 use shared_model::ids::PartyId;
 use shared_model::{SigningKey, VerifyingKey};
 
+use crate::grpc::ClientTls;
 use crate::policy::{Policy, RawPolicy};
 
 /// `party.toml` as written.
@@ -26,6 +27,12 @@ pub struct RawConfig {
     pub data: Option<PathBuf>,
     /// Where the daemon keeps its state.
     pub state_dir: Option<PathBuf>,
+    /// The coordinator's CA certificate, pinned for an https:// server.
+    pub ca: Option<PathBuf>,
+    /// Client certificate, for a coordinator that requires mutual TLS.
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (mode 0600).
+    pub tls_key: Option<PathBuf>,
     /// The site's policy (`[policy]` table; file only, no flags).
     pub policy: Option<RawPolicy>,
 }
@@ -48,6 +55,9 @@ impl RawConfig {
             coordinator_key: over.coordinator_key.or(self.coordinator_key),
             data: over.data.or(self.data),
             state_dir: over.state_dir.or(self.state_dir),
+            ca: over.ca.or(self.ca),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
             policy: over.policy.or(self.policy),
         }
     }
@@ -59,6 +69,33 @@ impl RawConfig {
             server.starts_with("http://") || server.starts_with("https://"),
             "party config: `server` must be an http:// or https:// URL, found {server:?}"
         );
+        let tls = if server.starts_with("https://") {
+            let ca: PathBuf = self.ca.with_context(|| {
+                format!("party config: `ca` is not set (flag --ca): {server} is https, and the coordinator's CA certificate (its DATA_DIR/tls/ca.pem) must be pinned")
+            })?;
+            anyhow::ensure!(
+                ca.is_file(),
+                "party config: `ca` {} is not a readable file",
+                ca.display()
+            );
+            let identity = match (self.tls_cert, self.tls_key) {
+                (Some(c), Some(k)) => Some((c, k)),
+                (None, None) => None,
+                _ => {
+                    anyhow::bail!("party config: `tls_cert` and `tls_key` go together (mutual TLS)")
+                }
+            };
+            ClientTls {
+                ca: Some(ca),
+                identity,
+            }
+        } else {
+            anyhow::ensure!(
+                self.ca.is_none() && self.tls_cert.is_none() && self.tls_key.is_none(),
+                "party config: `ca`/`tls_cert`/`tls_key` are set but `server` {server} is plain http://"
+            );
+            ClientTls::default()
+        };
         let name = PartyId::new(need(self.name, "name")?)?;
         let key_path: PathBuf = need(self.key, "key")?;
         let key = shared_model::keys::read_private(&key_path)?;
@@ -76,6 +113,7 @@ impl RawConfig {
         let policy = self.policy.unwrap_or_default().validate()?;
         Ok(Config {
             server,
+            tls,
             name,
             key,
             coordinator_key,
@@ -100,6 +138,8 @@ fn need<T>(v: Option<T>, key: &str) -> anyhow::Result<T> {
 pub struct Config {
     /// Coordinator URL.
     pub server: String,
+    /// The pinned CA (https://) and client certificate (mutual TLS).
+    pub tls: ClientTls,
     /// This party.
     pub name: PartyId,
     /// Its signing key.
@@ -143,8 +183,9 @@ mod tests {
         assert_eq!(raw.name.as_deref(), Some("plant-a"));
         assert_eq!(
             raw.server.as_deref(),
-            Some("http://coordinator.example.org:50051")
+            Some("https://coordinator.example.org:50051")
         );
+        assert!(raw.ca.is_some());
         assert!(raw.key.is_some() && raw.coordinator_key.is_some());
         assert!(raw.data.is_some() && raw.state_dir.is_some());
         let policy = raw.policy.expect("the example has a [policy] table");

@@ -1,8 +1,9 @@
 //! The site daemon: connect to the coordinator (reconnecting with backoff), long-poll for work,
 //! and do it. Statistics: report feature sums of the local training rows. Training: download the
 //! base model, verify its signed manifest against the pinned coordinator key (expiry, task, spec,
-//! no rollback, blob hash), train locally with burn, evaluate on the local holdout, sign and
-//! upload the blob. Evaluation: verify the published model the same way and report statistics.
+//! no rollback, blob hash), train locally with burn, clip (and in local mode noise) the update
+//! when the task has differential privacy, evaluate on the local holdout, sign and upload the
+//! blob. Evaluation: verify the published model the same way and report statistics.
 //! Only feature sums, signed blobs and metric statistics leave the site.
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
 use shared_model::data::{Dataset, SplitFractions, load_csv};
+use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::Manifest;
@@ -52,8 +54,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         let c = match client.as_mut() {
             Some(c) => c,
             None => {
-                let connect =
-                    PartyClient::connect(&config.server, config.name.as_str(), config.key.clone());
+                let connect = PartyClient::connect_with(
+                    &config.server,
+                    &config.tls,
+                    config.name.as_str(),
+                    config.key.clone(),
+                );
                 let r = tokio::select! {
                     _ = &mut shutdown => break,
                     r = connect => r,
@@ -242,6 +248,16 @@ async fn handle(
             local_epochs,
             round_parties: _,
         } => {
+            // A task with differential privacy can only run strategies whose upload is a delta
+            // from the base model (the coordinator refuses the others at round start too).
+            if let Some(d) = &spec.privacy.dp
+                && let Err(e) = dp::check_strategy(d.mode, &strategy)
+            {
+                let reason = e.to_string();
+                tracing::warn!(task = %a.task, round = a.round, %reason, "work declined");
+                c.decline(&a.id, &reason).await?;
+                return Ok(());
+            }
             let (m, base) = match fetch_model(c, config, state, &spec, &a.task, base_version).await
             {
                 Ok(x) => x,
@@ -305,6 +321,12 @@ async fn handle(
                         },
                     )?;
                     bar.finish_and_clear();
+                    // Differential privacy: the delta from the base is clipped, and in local
+                    // mode noised, before the audit, the evaluation and the signature see it.
+                    let out = match &spec2.privacy.dp {
+                        Some(d) => dp::privatize(d, &strategy, &base, out, &mut dp::os_rng())?,
+                        None => out,
+                    };
                     // Before anything is signed: how much does the trained model give away about
                     // its training rows? Members: the training rows; non-members: the
                     // validation and holdout rows it never saw.

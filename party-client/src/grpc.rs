@@ -12,6 +12,7 @@ use shared_model::{SigningKey, VerifyingKey};
 use tonic::Request;
 use tonic::metadata::BinaryMetadataValue;
 use tonic::transport::Channel;
+pub use yosegi_proto::transport::ClientTls;
 use yosegi_proto::v1 as pb;
 use yosegi_proto::v1::party_service_client::PartyServiceClient;
 
@@ -126,13 +127,19 @@ fn status(s: tonic::Status) -> anyhow::Error {
 }
 
 impl PartyClient {
-    /// Connects to `server` as `name`.
+    /// Connects to an http:// `server` as `name` (https:// needs [`Self::connect_with`]).
     pub async fn connect(server: &str, name: &str, key: SigningKey) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(server.to_string())
-            .with_context(|| format!("bad server URL {server:?}"))?
-            .connect()
-            .await
-            .with_context(|| format!("coordinator at {server} is unreachable"))?;
+        Self::connect_with(server, &ClientTls::default(), name, key).await
+    }
+
+    /// Connects to `server` as `name`; https:// pins `tls.ca`.
+    pub async fn connect_with(
+        server: &str,
+        tls: &ClientTls,
+        name: &str,
+        key: SigningKey,
+    ) -> anyhow::Result<Self> {
+        let channel = yosegi_proto::transport::channel(server, tls).await?;
         Ok(Self {
             inner: PartyServiceClient::new(channel),
             name: name.to_string(),

@@ -4,6 +4,8 @@
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
+pub mod transport;
+
 /// Package `yosegi.v1`.
 pub mod v1 {
     tonic::include_proto!("yosegi.v1");

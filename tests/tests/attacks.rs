@@ -46,10 +46,10 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
     op.create_task("wdbc", &text, &[]).await.unwrap();
     let ka = shared_model::keys::read_private(&fa.key).unwrap();
     let kb = shared_model::keys::read_private(&fb.key).unwrap();
-    let mut a = PartyClient::connect(&sb.url, "plant-a", ka.clone())
+    let mut a = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-a", ka.clone())
         .await
         .unwrap();
-    let mut b = PartyClient::connect(&sb.url, "plant-b", kb.clone())
+    let mut b = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-b", kb.clone())
         .await
         .unwrap();
 
@@ -128,7 +128,7 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
     );
     // 4. a key nobody enrolled
     let stranger = shared_model::keys::generate().unwrap();
-    let mut x = PartyClient::connect(&sb.url, "plant-x", stranger)
+    let mut x = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-x", stranger)
         .await
         .unwrap();
     let e4 = x.next_assignment(0).await.unwrap_err().to_string();
@@ -137,9 +137,7 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
         "{e4}"
     );
     // 5. a replayed call: the same signed metadata twice
-    let channel = tonic::transport::Channel::from_shared(sb.url.clone())
-        .unwrap()
-        .connect()
+    let channel = yosegi_proto::transport::channel(&sb.url, &sb.client_tls())
         .await
         .unwrap();
     let mut raw = PartyServiceClient::new(channel);

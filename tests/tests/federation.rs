@@ -228,7 +228,7 @@ async fn a_silent_party_fails_the_quorum_with_a_readable_reason() {
     }
     op.create_task("wdbc", &spec_text(), &[]).await.unwrap();
     let kb = shared_model::keys::read_private(&fb.key).unwrap();
-    let mut b = PartyClient::connect(&sb.url, "plant-b", kb.clone())
+    let mut b = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-b", kb.clone())
         .await
         .unwrap();
     let stats = b.next_assignment(5_000).await.unwrap().unwrap();

@@ -62,9 +62,19 @@ fn a_federation_run_by_hand_with_the_binaries() {
         .local_addr()
         .unwrap()
         .port();
-    let url = format!("http://127.0.0.1:{port}");
+    // TLS from `init`: the operator and the plants pin the CA certificate.
+    assert!(init.contains("TLS: CA certificate"), "{init}");
+    let url = format!("https://localhost:{port}");
     let op_key = s(&coord.join("operator.key.pem"));
-    let remote = ["--server", url.as_str(), "--operator-key", op_key.as_str()];
+    let ca = s(&coord.join("tls/ca.pem"));
+    let remote = [
+        "--server",
+        url.as_str(),
+        "--operator-key",
+        op_key.as_str(),
+        "--ca",
+        ca.as_str(),
+    ];
     let mut procs = Procs(Vec::new());
     procs.spawn(
         "coordinator",
@@ -136,6 +146,8 @@ fn a_federation_run_by_hand_with_the_binaries() {
                 &s(&pdir.join("party.key.pem")),
                 "--coordinator-key",
                 &s(&coord.join("coordinator.pub.pem")),
+                "--ca",
+                &ca,
                 "--data",
                 &s(&split.join(format!("party-{}.csv", i + 1))),
                 "--state-dir",

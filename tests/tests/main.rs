@@ -3,8 +3,10 @@
 mod attacks;
 mod audit_log;
 mod cli;
+mod dp;
 mod experiment;
 mod federation;
 mod hand_run;
 mod policy;
 mod strategies;
+mod tls;

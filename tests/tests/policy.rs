@@ -359,3 +359,68 @@ fn predict_checks_the_signed_manifest_when_given_one() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--coordinator-key"));
 }
+
+/// The membership audit before each upload: a plant whose policy insists on a stricter
+/// threshold than the task's withholds its update and says why, with only the audit's numbers;
+/// the others upload, and the round publishes without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plant_withholds_an_update_that_fails_its_membership_audit() {
+    let mut sb = Sandbox::start().await;
+    let (spec, _, slices) = wdbc_split(3);
+    let text = std::fs::read_to_string(data("wdbc.toml")).unwrap();
+    let mut op = sb.operator().await;
+    let names = ["plant-a", "plant-b", "plant-c"];
+    let mut files = Vec::new();
+    for (name, rows) in names.iter().zip(&slices) {
+        let f = sb.party_files(name, &spec, rows);
+        let key = shared_model::keys::read_public(&f.public_key).unwrap();
+        op.enroll(name, &key).await.unwrap();
+        files.push(f);
+    }
+    let pinned = sb.coordinator_pub();
+    for f in &files {
+        let p = if f.name == "plant-b" {
+            "max_membership_advantage = 0.01"
+        } else {
+            ""
+        };
+        sb.start_party_with_policy(f, &pinned, policy(p));
+    }
+    op.create_task("wdbc", &text, &[]).await.unwrap();
+    op.start_round("wdbc", "fedavg", Default::default(), 2, 120_000, 1)
+        .await
+        .unwrap();
+    let rounds = sb
+        .wait_for("wdbc", Duration::from_secs(120), |rs| {
+            rs.len() == 1 && rs[0].is_final()
+        })
+        .await;
+    let r = &rounds[0];
+    assert_eq!(r.phase, "published", "{r:?}");
+    for p in &r.parties {
+        if p.party == "plant-b" {
+            assert_eq!(p.state, "declined", "{p:?}");
+            for needle in [
+                "membership audit: advantage",
+                "exceeds the threshold 0.01",
+                "AUC",
+                "TPR@1%FPR",
+                "the upload is refused",
+            ] {
+                assert!(
+                    p.reason.contains(needle),
+                    "{needle:?} not in {:?}",
+                    p.reason
+                );
+            }
+        } else {
+            // The task's threshold (0.45 in data/wdbc.toml) passes an honest model.
+            assert_eq!(p.state, "accepted", "{p:?}");
+        }
+    }
+    // The plants that uploaded logged their audit beside the acknowledgement.
+    let acks = std::fs::read_to_string(files[0].state_dir.join("acks.log")).unwrap();
+    assert!(acks.contains("audit_advantage="), "{acks}");
+    assert!(!files[1].state_dir.join("acks.log").exists());
+    sb.stop().await;
+}

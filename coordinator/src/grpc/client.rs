@@ -17,7 +17,7 @@ use yosegi_proto::v1::operator_service_client::OperatorServiceClient;
 
 use super::convert;
 use crate::state::now_ms;
-use crate::views::{DeclineView, PartyRoundView, PartyView, RoundView, TaskView};
+use crate::views::{DeclineView, DpView, PartyRoundView, PartyView, RoundView, TaskView};
 
 /// A connection to a coordinator's operator service.
 #[derive(Debug, Clone)]
@@ -60,13 +60,18 @@ fn call_err(server: &str, s: tonic::Status) -> anyhow::Error {
 }
 
 impl OperatorClient {
-    /// Connects (http:// or https:// URL) with the operator's key.
+    /// Connects to an http:// URL with the operator's key (https:// needs [`Self::connect_with`]).
     pub async fn connect(server: &str, key: SigningKey) -> anyhow::Result<Self> {
-        let channel = Channel::from_shared(server.to_string())
-            .with_context(|| format!("bad server URL {server:?}"))?
-            .connect()
-            .await
-            .with_context(|| format!("coordinator at {server} is unreachable"))?;
+        Self::connect_with(server, &crate::tls::ClientTls::default(), key).await
+    }
+
+    /// Connects with the operator's key; https:// pins `tls.ca`.
+    pub async fn connect_with(
+        server: &str,
+        tls: &crate::tls::ClientTls,
+        key: SigningKey,
+    ) -> anyhow::Result<Self> {
+        let channel = crate::tls::channel(server, tls).await?;
         Ok(Self {
             inner: OperatorServiceClient::new(channel),
             key,
@@ -263,6 +268,11 @@ impl OperatorClient {
                 published_unix_ms: r.published_unix_ms,
                 model_bytes: r.model_bytes,
                 base_model_bytes: r.base_model_bytes,
+                dp: (r.dp_rounds > 0).then_some(DpView {
+                    epsilon: r.dp_epsilon,
+                    delta: r.dp_delta,
+                    rounds: r.dp_rounds,
+                }),
             })
             .collect();
         Ok((rounds, declines))

@@ -150,11 +150,22 @@ pub fn round_infos(
     store: &crate::store::Store,
     task: &str,
 ) -> Result<Vec<pb::RoundInfo>, EngineError> {
-    if store.task(task)?.is_none() {
+    let Some(row) = store.task(task)? else {
         return Err(EngineError::NotFound(format!("no task named {task}")));
-    }
+    };
+    let dp = shared_model::spec::ModelSpec::parse(&row.spec_toml, &format!("task {task}"))
+        .map_err(|e| EngineError::Invalid(e.to_string()))?
+        .privacy
+        .dp;
+    let rounds = store.rounds(task)?;
     let mut out = Vec::new();
-    for r in store.rounds(task)? {
+    for r in rounds.clone() {
+        let spent = match &dp {
+            Some(d) if r.phase == crate::store::RoundPhase::Published => {
+                Some(crate::engine::dp_spent(d, &rounds, r.round))
+            }
+            _ => None,
+        };
         let evaluations = match r.version {
             Some(v) => store.evaluations(task, v)?,
             None => Vec::new(),
@@ -257,6 +268,9 @@ pub fn round_infos(
             published_unix_ms,
             model_bytes,
             base_model_bytes,
+            dp_epsilon: spent.map_or(0.0, |s| s.epsilon),
+            dp_delta: spent.map_or(0.0, |s| s.delta),
+            dp_rounds: spent.map_or(0, |s| s.rounds),
         });
     }
     Ok(out)

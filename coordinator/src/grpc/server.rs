@@ -6,6 +6,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use shared_model::auth::{CallProof, NonceCache, OPERATOR};
 use shared_model::eval::MetricStats;
@@ -41,6 +42,9 @@ pub struct ServeConfig {
     pub manifest_ttl: Duration,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// TLS certificate and key (and client CA for mutual TLS); `None` serves plain HTTP/2,
+    /// which the serve command allows only when asked (`--plaintext`).
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServeConfig {
@@ -53,6 +57,7 @@ impl Default for ServeConfig {
             upload_idle: Duration::from_secs(60),
             manifest_ttl: Duration::from_secs(30 * 86_400),
             metrics: None,
+            tls: None,
         }
     }
 }
@@ -763,8 +768,19 @@ pub async fn serve(
         }
     };
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %path.display(), "coordinator serving");
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            builder = builder
+                .tls_config(tls.config())
+                .context("TLS configuration (certificate and key)")?;
+            tracing::info!(%addr, data_dir = %path.display(), mutual_tls = tls.client_ca_pem.is_some(), "coordinator serving over TLS");
+        }
+        None => {
+            tracing::warn!(%addr, data_dir = %path.display(), "coordinator serving PLAINTEXT HTTP/2: every call is signed, but updates, sums and metrics travel in clear; serve with TLS outside a test");
+        }
+    }
+    let server = builder
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(PartyServiceServer::new(PartySvc(shared.clone())))
