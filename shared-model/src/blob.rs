@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
+use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::ids::SpecId;
@@ -192,14 +193,12 @@ impl BlobLimits {
     }
 }
 
-/// Decodes tensors against an arbitrary layout; the building block of [`decode`].
-pub fn decode_tensors(
-    bytes: &[u8],
-    layout: &[TensorSpec],
-    limits: BlobLimits,
-    spec_id: SpecId,
-    role: BlobRole,
-) -> Result<Vec<NamedTensor>, BlobError> {
+/// The checks every decode makes before `safetensors` parses anything: the total size and
+/// the declared header length against the caps, the header within the blob, and every
+/// tensor's data offsets within the data (`safetensors` 0.8 adds the last offset to the
+/// header length unchecked, which overflows — a panic where overflow checks are on — for
+/// offsets near `u64::MAX`). Returns the parsed header.
+pub(crate) fn read_header(bytes: &[u8], limits: BlobLimits) -> Result<Metadata, BlobError> {
     let size = bytes.len() as u64;
     if size > limits.max_bytes {
         return Err(BlobError::TooLarge {
@@ -224,9 +223,40 @@ pub fn decode_tensors(
             size - 8
         )));
     }
+    let data_len = size - 8 - declared;
+    // A header that is not a JSON object is left to safetensors to name.
+    if let Ok(header) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(
+        &bytes[8..(8 + declared) as usize],
+    ) {
+        for (name, info) in header.iter().filter(|(k, _)| *k != "__metadata__") {
+            let offsets = info.get("data_offsets").and_then(|o| o.as_array());
+            if let Some(past) = offsets
+                .into_iter()
+                .flatten()
+                .filter_map(|o| o.as_u64())
+                .find(|&o| o > data_len)
+            {
+                return Err(BlobError::Malformed(format!(
+                    "tensor `{name}`: data offset {past} is past the end of the {data_len} data bytes"
+                )));
+            }
+        }
+    }
+    SafeTensors::read_metadata(bytes)
+        .map(|(_, metadata)| metadata)
+        .map_err(|e| BlobError::Malformed(e.to_string()))
+}
+
+/// Decodes tensors against an arbitrary layout; the building block of [`decode`].
+pub fn decode_tensors(
+    bytes: &[u8],
+    layout: &[TensorSpec],
+    limits: BlobLimits,
+    spec_id: SpecId,
+    role: BlobRole,
+) -> Result<Vec<NamedTensor>, BlobError> {
+    let metadata = read_header(bytes, limits)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| BlobError::Malformed(e.to_string()))?;
-    let (_, metadata) =
-        SafeTensors::read_metadata(bytes).map_err(|e| BlobError::Malformed(e.to_string()))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
     for (key, expected) in [
         ("format", BLOB_FORMAT.to_string()),
@@ -423,6 +453,30 @@ pub(crate) mod tests {
             decode(&trailing, &spec, BlobRole::Update),
             Err(BlobError::Malformed(_))
         ));
+    }
+
+    /// Regression (found by the fuzzer, `tests/fuzz`): safetensors 0.8 adds the last data
+    /// offset to the header length unchecked, so tensors chained up to `u64::MAX` overflowed
+    /// (a panic with overflow checks on). Offsets past the data are refused first.
+    #[test]
+    fn offsets_past_the_data_are_refused_before_safetensors_adds_them() {
+        let (spec, w, meta) = fixture();
+        let bytes = encode(&w, &meta);
+        let size = (1u64 << 61) - 1;
+        let huge = rewrite_header(&bytes, |h| {
+            let mut start = 0u64;
+            for name in ["norm.mean", "norm.std", "layers.0.weight", "layers.0.bias"] {
+                let end = start.saturating_add(size).min(u64::MAX - 7);
+                h[name] = serde_json::json!({"dtype": "U8", "shape": [end - start], "data_offsets": [start, end]});
+                start = end;
+            }
+        });
+        let err = decode(&huge, &spec, BlobRole::Update).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("is past the end of the 108 data bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::BTreeMap;
 
-use safetensors::SafeTensors;
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{self, BlobError, BlobLimits, BlobMeta, BlobRole};
@@ -318,16 +317,10 @@ impl Model {
             max_bytes: widest.max_bytes * MAX_PARTS as u64,
             max_header_bytes: widest.max_header_bytes * MAX_PARTS as u64,
         };
-        if bytes.len() as u64 > limits.max_bytes {
-            return Err(BlobError::TooLarge {
-                size: bytes.len() as u64,
-                max: limits.max_bytes,
-            });
-        }
-        let meta = match SafeTensors::read_metadata(bytes) {
-            Ok((_, m)) => m.metadata().clone().unwrap_or_default(),
-            Err(e) => return Err(BlobError::Malformed(e.to_string())),
-        };
+        let meta = blob::read_header(bytes, limits)?
+            .metadata()
+            .clone()
+            .unwrap_or_default();
         let bad = |key: &'static str, expected: &str| BlobError::Metadata {
             key,
             expected: expected.to_string(),
@@ -342,15 +335,20 @@ impl Model {
                     .get("members")
                     .and_then(|s| serde_json::from_str(s).ok())
                     .ok_or_else(|| bad("members", "a JSON list of {party, weight}"))?;
+                // The total must be finite too: predictions divide by it.
+                let total: f64 = list.iter().map(|m| m.weight).sum();
                 if list.is_empty()
                     || list.len() > MAX_PARTS
                     || list
                         .iter()
                         .any(|m| !(m.weight.is_finite() && m.weight > 0.0))
+                    || !total.is_finite()
                 {
                     return Err(bad(
                         "members",
-                        &format!("1 to {MAX_PARTS} members with finite weights > 0"),
+                        &format!(
+                            "1 to {MAX_PARTS} members with finite weights > 0 and a finite total"
+                        ),
                     ));
                 }
                 let one = spec.tensors();
@@ -407,6 +405,7 @@ mod tests {
     use super::*;
     use crate::spec::tests::SMALL;
     use crate::stats::Normalization;
+    use safetensors::SafeTensors;
 
     fn spec() -> ModelSpec {
         ModelSpec::parse(SMALL, "<t>").unwrap()

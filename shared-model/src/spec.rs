@@ -480,8 +480,11 @@ impl fmt::Display for ModelSpec {
 }
 
 fn toml_str(s: &str) -> String {
-    // JSON string escaping is valid TOML basic-string escaping for the characters it produces.
-    serde_json::to_string(s).expect("strings serialise")
+    // JSON string escaping is valid TOML basic-string escaping for the characters it produces;
+    // TOML also forbids a raw DEL (U+007F), which JSON leaves as it is.
+    serde_json::to_string(s)
+        .expect("strings serialise")
+        .replace('\u{7f}', "\\u007f")
 }
 
 fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
