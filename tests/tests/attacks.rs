@@ -208,5 +208,21 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
         blob::decode(&bytes, &spec, BlobRole::Merged).unwrap()
     };
     assert_eq!(merged, trained, "FedAvg of one update is that update");
+
+    // An endless (or oversized) download: the party stops reading at its cap, the spec's
+    // largest blob, and says so; within the cap the same model downloads whole.
+    let e = a.download("wdbc", 1, 1_000).await.unwrap_err().to_string();
+    assert!(
+        e.contains("model download exceeds the spec's 1000 bytes; stopped reading"),
+        "{e}"
+    );
+    let (_, bytes) = a
+        .download("wdbc", 1, shared_model::model::max_model_blob_bytes(&spec))
+        .await
+        .unwrap();
+    assert_eq!(
+        blob::decode(&bytes, &spec, BlobRole::Merged).unwrap(),
+        trained
+    );
     sb.stop().await;
 }

@@ -14,18 +14,22 @@ fn policy(text: &str) -> RawPolicy {
     toml::from_str(text).unwrap()
 }
 
-/// Four plants: one approves the task, one approves only another spec, one allows no network
-/// this large, one refuses to be in a round with fewer than five others. The round publishes the
-/// approved plant's update alone; each refusal is recorded with its reason, for training and for
-/// the statistics step.
+/// Six plants: one approves the task, one approves only another spec, one allows no network
+/// this large, one refuses to be in a round with fewer than seven others, one allows fewer local
+/// epochs than the spec's, one refuses a column the task reads. The round publishes the approved
+/// plant's update alone; each refusal is recorded with its reason, for training and for the
+/// statistics step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn work_outside_a_site_policy_is_declined_and_reported() {
     let mut sb = Sandbox::start().await;
-    let (spec, _, slices) = wdbc_split(4);
+    let (spec, _, slices) = wdbc_split(6);
     let text = std::fs::read_to_string(data("wdbc.toml")).unwrap();
     let id = spec.id().to_string();
+    let column = spec.task.features[0].clone();
     let mut op = sb.operator().await;
-    let names = ["plant-a", "plant-b", "plant-c", "plant-d"];
+    let names = [
+        "plant-a", "plant-b", "plant-c", "plant-d", "plant-e", "plant-f",
+    ];
     let mut files = Vec::new();
     for (name, rows) in names.iter().zip(&slices) {
         let f = sb.party_files(name, &spec, rows);
@@ -38,7 +42,9 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
         format!("approved_specs = [\"{id}\"]\nmin_other_parties = 3"),
         format!("approved_specs = [\"{other_spec}\"]"),
         "max_parameters = 100".to_string(),
-        "min_other_parties = 5".to_string(),
+        "min_other_parties = 7".to_string(),
+        "max_local_epochs = 5".to_string(),
+        format!("refused_columns = [\"{column}\"]"),
     ];
     let pinned = sb.coordinator_pub();
     for (f, p) in files.iter().zip(&policies) {
@@ -76,8 +82,19 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
         ),
         (
             "plant-d",
-            "the round combines 4 parties: 3 other(s), fewer than policy.min_other_parties = 5"
+            "the round combines 6 parties: 5 other(s), fewer than policy.min_other_parties = 7"
                 .to_string(),
+        ),
+        (
+            "plant-e",
+            format!(
+                "{} local epochs exceed policy.max_local_epochs = 5",
+                spec.training.local_epochs
+            ),
+        ),
+        (
+            "plant-f",
+            format!("column `{column}` is in policy.refused_columns"),
         ),
     ] {
         let p = state(name);
@@ -97,8 +114,8 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
         .map(|c| c.party.as_str())
         .collect();
     assert_eq!(contributors, ["plant-a"]);
-    // The statistics step: plants b and c declined it (their policy refuses the spec itself),
-    // and the operator sees why; d's refusal is about rounds, so it reported its sums.
+    // The statistics step: plants b, c, e and f declined it (their policy refuses the spec
+    // itself), and the operator sees why; d's refusal is about rounds, so it reported its sums.
     let (_, declines) = op.status_with_declines("wdbc").await.unwrap();
     let mut stats: Vec<(&str, &str)> = declines
         .iter()
@@ -106,11 +123,15 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
         .map(|d| (d.party.as_str(), d.reason.as_str()))
         .collect();
     stats.sort();
-    assert_eq!(stats.len(), 2, "{declines:?}");
+    assert_eq!(stats.len(), 4, "{declines:?}");
     assert_eq!(stats[0].0, "plant-b");
     assert!(stats[0].1.contains("is not approved"), "{stats:?}");
     assert_eq!(stats[1].0, "plant-c");
     assert!(stats[1].1.contains("policy.max_parameters"), "{stats:?}");
+    assert_eq!(stats[2].0, "plant-e");
+    assert!(stats[2].1.contains("policy.max_local_epochs"), "{stats:?}");
+    assert_eq!(stats[3].0, "plant-f");
+    assert!(stats[3].1.contains("policy.refused_columns"), "{stats:?}");
     sb.stop().await;
 }
 
