@@ -17,6 +17,7 @@ use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::{Contributor, MANIFEST_FORMAT, Manifest, SignedManifest};
+use shared_model::membership::MembershipAudit;
 use shared_model::model::{MAX_PARTS, Model};
 use shared_model::spec::{DpMode, DpSpec, ModelSpec};
 use shared_model::stats::FeatureSums;
@@ -238,6 +239,8 @@ pub struct Upload<'a> {
     pub bytes: &'a [u8],
     /// Its local evaluation statistics.
     pub local_metrics: Option<&'a MetricStats>,
+    /// The party's membership audit of the update.
+    pub membership_audit: Option<&'a MembershipAudit>,
 }
 
 /// The envelope as stored in the database.
@@ -815,6 +818,7 @@ impl Engine {
             envelope,
             bytes,
             local_metrics,
+            membership_audit,
         } = *upload;
         let (task, kind, round) = Self::parse_assignment(assignment)?;
         let (_, spec) = self.task(&task)?;
@@ -920,6 +924,8 @@ impl Engine {
                 sample_count: envelope.header.sample_count,
                 local_metrics: local_metrics
                     .map(|m| serde_json::to_string(m).expect("stats serialise")),
+                membership_audit: membership_audit
+                    .map(|a| serde_json::to_string(a).expect("audits serialise")),
             },
             now,
         )?;
@@ -1493,6 +1499,7 @@ seed = 1
                     envelope: &env,
                     bytes: &bytes,
                     local_metrics: None,
+                    membership_audit: None,
                 },
                 now,
             )

@@ -332,6 +332,7 @@ mod tests {
             sample_count: 100,
             update_bytes: if state == "accepted" { 1000 } else { 0 },
             local_metrics: own.and_then(f1),
+            membership_audit: None,
             evaluation: merged.and_then(f1),
         }
     }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::audit::{self, AuditEvent, AuditKind, AuditRecord, ChainBreak, ChainHead};
 
 /// Schema version this build writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Errors from the database.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,7 @@ CREATE TABLE updates (
   sample_count INTEGER NOT NULL,
   local_metrics TEXT,              -- JSON MetricStats
   accepted_ms INTEGER NOT NULL,
+  membership_audit TEXT,           -- JSON MembershipAudit the party reported (schema 4)
   PRIMARY KEY (task, round, party)
 );
 CREATE TABLE rejections (
@@ -147,6 +148,8 @@ const MIGRATIONS: &[&str] = &[
     declines_ddl!(),
     // 2 → 3: the governance log. It starts empty: events before the upgrade are not logged.
     audit_ddl!(),
+    // 3 → 4: each accepted update keeps the membership audit its party reported.
+    "ALTER TABLE updates ADD COLUMN membership_audit TEXT;",
 ];
 
 /// A party row.
@@ -271,6 +274,8 @@ pub struct UpdateRow {
     pub sample_count: u64,
     /// Local metrics JSON.
     pub local_metrics: Option<String>,
+    /// The party's membership audit JSON.
+    pub membership_audit: Option<String>,
 }
 
 /// A published model row.
@@ -846,8 +851,8 @@ impl Store {
     pub fn accept_update(&mut self, task: &str, round: u64, u: &UpdateRow, now: i64) -> Result<()> {
         let tx = self.conn.transaction()?;
         tx.execute(
-            "INSERT INTO updates (task, round, party, blob_sha256, envelope, sample_count, local_metrics, accepted_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![task, round as i64, u.party, u.blob_sha256, u.envelope, u.sample_count as i64, u.local_metrics, now],
+            "INSERT INTO updates (task, round, party, blob_sha256, envelope, sample_count, local_metrics, accepted_ms, membership_audit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![task, round as i64, u.party, u.blob_sha256, u.envelope, u.sample_count as i64, u.local_metrics, now, u.membership_audit],
         )?;
         tx.execute(
             "UPDATE round_parties SET state = 'accepted', reason = '' WHERE task = ?1 AND round = ?2 AND party = ?3",
@@ -869,7 +874,7 @@ impl Store {
     /// Accepted updates of a round, by party name.
     pub fn updates(&self, task: &str, round: u64) -> Result<Vec<UpdateRow>> {
         let mut st = self.conn.prepare(
-            "SELECT party, blob_sha256, envelope, sample_count, local_metrics FROM updates WHERE task = ?1 AND round = ?2 ORDER BY party",
+            "SELECT party, blob_sha256, envelope, sample_count, local_metrics, membership_audit FROM updates WHERE task = ?1 AND round = ?2 ORDER BY party",
         )?;
         let rows = st.query_map(params![task, round as i64], |r| {
             Ok(UpdateRow {
@@ -878,6 +883,7 @@ impl Store {
                 envelope: r.get(2)?,
                 sample_count: r.get::<_, i64>(3)? as u64,
                 local_metrics: r.get(4)?,
+                membership_audit: r.get(5)?,
             })
         })?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -1129,7 +1135,9 @@ mod tests {
             assert!(s.insert_party("plant-a", &[7; 32], 5).unwrap());
             // What a version-1 build wrote: no declines table, no governance log.
             s.conn
-                .execute_batch("DROP TABLE declines; DROP TABLE audit_log")
+                .execute_batch(
+                    "DROP TABLE declines; DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit",
+                )
                 .unwrap();
             s.conn.pragma_update(None, "user_version", 1).unwrap();
         }
@@ -1213,6 +1221,7 @@ mod tests {
             envelope: "{}".into(),
             sample_count: 40,
             local_metrics: None,
+            membership_audit: None,
         };
         s.accept_update("t", 1, &update, 16).unwrap();
         s.publish_round("t", 1, &model_row(1, 1), 17).unwrap();
@@ -1434,7 +1443,11 @@ mod tests {
             let s = Store::create(&path).unwrap();
             assert!(s.insert_party("plant-a", &[7; 32], 5).unwrap());
             // What a version-2 build wrote: no governance log.
-            s.conn.execute_batch("DROP TABLE audit_log").unwrap();
+            s.conn
+                .execute_batch(
+                    "DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit",
+                )
+                .unwrap();
             s.conn.pragma_update(None, "user_version", 2).unwrap();
         }
         assert!(
@@ -1459,5 +1472,39 @@ mod tests {
         drop(s);
         let r = Store::open_read_only(&path).unwrap();
         assert_eq!(r.verify_audit().unwrap().records, 1);
+    }
+
+    #[test]
+    fn a_version_3_database_keeps_its_updates_and_stores_audits_from_then_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("y.db");
+        {
+            let s = Store::create(&path).unwrap();
+            // What a version-3 build wrote: updates without the audit column.
+            s.conn
+                .execute_batch("ALTER TABLE updates DROP COLUMN membership_audit")
+                .unwrap();
+            s.conn
+                .execute(
+                    "INSERT INTO updates (task, round, party, blob_sha256, envelope, sample_count, local_metrics, accepted_ms) VALUES ('t', 1, 'plant-a', 'x', '{}', 10, NULL, 5)",
+                    [],
+                )
+                .unwrap();
+            s.conn.pragma_update(None, "user_version", 3).unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let old = s.updates("t", 1).unwrap();
+        assert_eq!(old.len(), 1, "rows survive the upgrade");
+        assert_eq!(old[0].membership_audit, None);
+        let json =
+            r#"{"members":10,"non_members":12,"auc":0.5,"advantage":0.1,"tpr_at_1pct_fpr":0.0}"#;
+        s.conn
+            .execute(
+                "INSERT INTO updates (task, round, party, blob_sha256, envelope, sample_count, local_metrics, accepted_ms, membership_audit) VALUES ('t', 1, 'plant-b', ?1, '{}', 10, NULL, 6, ?2)",
+                params!["cd".repeat(32), json],
+            )
+            .unwrap();
+        let rows = s.updates("t", 1).unwrap();
+        assert_eq!(rows[1].membership_audit.as_deref(), Some(json));
     }
 }

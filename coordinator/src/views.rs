@@ -79,6 +79,8 @@ pub struct PartyRoundView {
     pub update_bytes: u64,
     /// The party's metrics of its own update on its holdout.
     pub local_metrics: Option<Metrics>,
+    /// The party's membership audit of its accepted update.
+    pub membership_audit: Option<shared_model::membership::MembershipAudit>,
     /// The party's metrics of the round's published model on its holdout.
     pub evaluation: Option<Metrics>,
 }
@@ -200,7 +202,17 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
             } else {
                 String::new()
             };
-            println!("    {:<16} {:<9}{samples}{extra}", p.party, p.state);
+            let audit = p
+                .membership_audit
+                .as_ref()
+                .map(|a| {
+                    format!(
+                        "  membership audit: advantage {:.2}, AUC {:.2}",
+                        a.advantage, a.auc
+                    )
+                })
+                .unwrap_or_default();
+            println!("    {:<16} {:<9}{samples}{audit}{extra}", p.party, p.state);
         }
         if !r.failure.is_empty() {
             println!("    failed: {}", r.failure);

@@ -372,7 +372,9 @@ async fn handle(
             }
             tracing::info!(task = %a.task, round = a.round, %audit, threshold, "membership audit passed");
             let sha = env.header.blob_sha256;
-            let ack = c.upload(&a.id, &env, bytes, Some(&local)).await?;
+            let ack = c
+                .upload_with_audit(&a.id, &env, bytes, Some(&local), Some(&audit))
+                .await?;
             state.log_ack(&format!(
                 "{} task={} round={} blob={sha} ack={ack:?} audit_advantage={:.4} audit_auc={:.4}",
                 now_ms(),

@@ -268,6 +268,19 @@ impl PartyClient {
         blob: Vec<u8>,
         local_metrics: Option<&MetricStats>,
     ) -> anyhow::Result<Ack> {
+        self.upload_with_audit(assignment, envelope, blob, local_metrics, None)
+            .await
+    }
+
+    /// [`Self::upload`] with the party's membership audit of the update (its numbers only).
+    pub async fn upload_with_audit(
+        &mut self,
+        assignment: &str,
+        envelope: &SignedUpdate,
+        blob: Vec<u8>,
+        local_metrics: Option<&MetricStats>,
+        audit: Option<&shared_model::membership::MembershipAudit>,
+    ) -> anyhow::Result<Ack> {
         let h = &envelope.header;
         let start = pb::UploadUpdateRequest {
             part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
@@ -288,6 +301,9 @@ impl PartyClient {
                 local_metrics: local_metrics.map(|m| pb::MetricStatsJson {
                     json: serde_json::to_string(m).expect("stats serialise"),
                 }),
+                membership_audit_json: audit
+                    .map(|a| serde_json::to_string(a).expect("audits serialise"))
+                    .unwrap_or_default(),
             })),
         };
         let mut msgs = vec![start];

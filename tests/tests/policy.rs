@@ -435,8 +435,14 @@ async fn a_plant_withholds_an_update_that_fails_its_membership_audit() {
                 );
             }
         } else {
-            // The task's threshold (0.45 in data/wdbc.toml) passes an honest model.
+            // The task's threshold (0.45 in data/wdbc.toml) passes an honest model, and the
+            // operator sees the audit's numbers beside the accepted update.
             assert_eq!(p.state, "accepted", "{p:?}");
+            let audit = p.membership_audit.expect("the audit came with the upload");
+            assert!(audit.advantage <= 0.45, "{audit}");
+            assert!((0.0..=1.0).contains(&audit.auc), "{audit}");
+            assert_eq!(audit.members as u64, p.sample_count, "{audit}");
+            assert!(audit.non_members >= 10, "{audit}");
         }
     }
     // The plants that uploaded logged their audit beside the acknowledgement.

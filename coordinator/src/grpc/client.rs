@@ -256,6 +256,7 @@ impl OperatorClient {
                         sample_count: p.sample_count,
                         update_bytes: p.update_bytes,
                         local_metrics: serde_json::from_str(&p.local_metrics_json).ok(),
+                        membership_audit: serde_json::from_str(&p.membership_audit_json).ok(),
                         evaluation: serde_json::from_str(&p.evaluation_json).ok(),
                     })
                     .collect(),

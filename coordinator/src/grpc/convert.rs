@@ -191,6 +191,7 @@ pub fn round_infos(
                 sample_count: 0,
                 update_bytes: 0,
                 local_metrics_json: String::new(),
+                membership_audit_json: String::new(),
             })
             .collect();
         for u in store.updates(task, r.round)? {
@@ -201,6 +202,7 @@ pub fn round_infos(
                     .as_deref()
                     .map(as_metrics)
                     .unwrap_or_default();
+                p.membership_audit_json = u.membership_audit.clone().unwrap_or_default();
                 p.update_bytes = serde_json::from_str::<serde_json::Value>(&u.envelope)
                     .ok()
                     .and_then(|e| e["header"]["blob_len"].as_u64())

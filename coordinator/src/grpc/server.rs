@@ -399,6 +399,8 @@ impl PartyService for PartySvc {
             .local_metrics
             .as_ref()
             .and_then(|m| serde_json::from_str(&m.json).ok());
+        let audit: Option<shared_model::membership::MembershipAudit> =
+            serde_json::from_str(&start.membership_audit_json).ok();
         let key = self
             .0
             .keys
@@ -419,6 +421,7 @@ impl PartyService for PartySvc {
                 envelope: &env,
                 bytes: &bytes,
                 local_metrics: metrics.as_ref(),
+                membership_audit: audit.as_ref(),
             };
             Ok(e.accept_upload(&upload, now_ms()))
         })
