@@ -106,9 +106,19 @@ pub struct DpSpent {
 /// task creation, so every published round of a DP task ran with DP; counting every published
 /// round is an upper bound on the rounds any one party took part in.
 pub fn dp_spent(d: &DpSpec, rounds: &[RoundRow], round: u64) -> DpSpent {
+    // Central mode releases only the noised sum of a published round. Local mode releases each
+    // noised upload as it is sent, so a round that failed after uploads spent budget too: count
+    // every round that closed (an upper bound on any one party's uploads).
+    let spent = |r: &&RoundRow| match d.mode {
+        shared_model::spec::DpMode::Central => r.phase == RoundPhase::Published,
+        shared_model::spec::DpMode::Local => {
+            matches!(r.phase, RoundPhase::Published | RoundPhase::Failed)
+        }
+    };
     let n = rounds
         .iter()
-        .filter(|r| r.round <= round && r.phase == RoundPhase::Published)
+        .filter(|r| r.round <= round)
+        .filter(spent)
         .count() as u64;
     DpSpent {
         rounds: n,
@@ -1049,8 +1059,34 @@ impl Engine {
                     declined += 1;
                 }
             }
-            if sums.is_empty() && declined == t.parties.len() {
-                return Ok(false);
+            if declined > 0 && sums.len() + declined == t.parties.len() {
+                // Everyone answered, some by declining. The normalisation published in model v0
+                // is the reporters' pooled mean and variance: never from fewer parties than the
+                // round's quorum, or it would expose the few who reported. The queued rounds
+                // cannot run; each fails, naming who declined.
+                let rounds = self.store.rounds(&t.name)?;
+                let Some(first) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) else {
+                    return Ok(false);
+                };
+                if (sums.len() as u32) < first.min_parties.max(1) {
+                    let who: Vec<&str> = t
+                        .parties
+                        .iter()
+                        .filter(|p| !sums.iter().any(|(q, _)| q == *p))
+                        .map(String::as_str)
+                        .collect();
+                    let reason = format!(
+                        "statistics: only {} of {} parties reported feature sums ({} declined: {}), fewer than the round's quorum of {}; the normalisation is not computed from so few",
+                        sums.len(),
+                        t.parties.len(),
+                        declined,
+                        who.join(", "),
+                        first.min_parties
+                    );
+                    tracing::warn!(task = %t.name, round = first.round, %reason, "round cannot run");
+                    self.store.fail_round(&t.name, first.round, &reason, now)?;
+                    return Ok(true);
+                }
             }
             if sums.len() + declined < t.parties.len() {
                 // A silent party must not stall the task: once the first queued round's
@@ -1189,6 +1225,32 @@ impl Engine {
                     self.store
                         .leave_out(&t.name, r.round, &u.party, &reason, now)?;
                 }
+            }
+        }
+        // Each party's signed cohort requirement (its site's fewest other parties + 1): an
+        // update is merged only with at least that many updates in all — for a relay step, the
+        // relay's parties. Leaving one out can break another's requirement: repeat until none.
+        loop {
+            let cohort = if relay.is_some() {
+                relay_parties(r).unwrap_or(t.parties.len())
+            } else {
+                verified_updates.len()
+            };
+            let (keep, short): (Vec<_>, Vec<_>) = verified_updates
+                .into_iter()
+                .partition(|(v, _, _)| v.header().min_cohort as usize <= cohort);
+            verified_updates = keep;
+            if short.is_empty() {
+                break;
+            }
+            for (v, _, _) in short {
+                let reason = format!(
+                    "update left out of the merge: its site requires at least {} parties in the merge (policy.min_other_parties), only {cohort} would be",
+                    v.header().min_cohort
+                );
+                tracing::warn!(task = %t.name, round = r.round, party = %v.party(), %reason);
+                self.store
+                    .leave_out(&t.name, r.round, v.party().as_str(), &reason, now)?;
             }
         }
         if (verified_updates.len() as u32) < r.min_parties {
@@ -1396,6 +1458,8 @@ seed = 1
         engine: Engine,
         keys: Vec<(String, SigningKey)>,
         spec: String,
+        /// Signed cohort requirement of each party's uploads (0 = none).
+        min_cohort: Vec<u32>,
     }
 
     fn sums() -> FeatureSums {
@@ -1429,6 +1493,7 @@ seed = 1
             engine,
             keys,
             spec: spec.to_string(),
+            min_cohort: Vec::new(),
         }
     }
 
@@ -1490,6 +1555,10 @@ seed = 1
                 10,
                 key,
             );
+            let env = match self.min_cohort.get(i) {
+                Some(&k) if k > 0 => env.with_min_cohort(k, key),
+                _ => env,
+            };
             let vk = key.verifying_key();
             self.engine.accept_upload(
                 &Upload {
@@ -1558,6 +1627,89 @@ seed = 1
         let parties = f.engine.store().round_parties("t", 1).unwrap();
         let p0 = parties.iter().find(|p| p.party == "plant-0").unwrap();
         assert!(p0.reason.contains("revoked"), "{}", p0.reason);
+    }
+
+    #[test]
+    fn too_few_feature_sums_after_declines_fail_the_round_instead_of_exposing_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("y.db")).unwrap();
+        let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+        let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+        for i in 0..3 {
+            let k = generate().unwrap();
+            engine
+                .enroll(&format!("plant-{i}"), &k.verifying_key(), 0)
+                .unwrap();
+        }
+        engine.create_task("t", SPEC, &[], 0).unwrap();
+        engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+            .unwrap();
+        engine.submit_sums("plant-0", "t/stats/0", &sums()).unwrap();
+        engine
+            .decline("plant-1", "t/stats/0", "site policy", 2)
+            .unwrap();
+        assert!(!engine.tick(3).unwrap(), "plant-2 has not answered yet");
+        engine
+            .decline("plant-2", "t/stats/0", "site policy", 4)
+            .unwrap();
+        assert!(engine.tick(5).unwrap());
+        let r = &engine.store().rounds("t").unwrap()[0];
+        assert_eq!(r.phase, RoundPhase::Failed);
+        let failure = r.failure.clone().unwrap();
+        assert!(
+            failure.contains("only 1 of 3 parties reported feature sums")
+                && failure.contains("plant-1, plant-2")
+                && failure.contains("quorum of 2"),
+            "{failure}"
+        );
+        assert!(
+            engine.store().model("t", Some(0)).unwrap().is_none(),
+            "no initial model from one plant's sums"
+        );
+    }
+
+    #[test]
+    fn a_signed_cohort_requirement_is_enforced_at_the_merge() {
+        let mut f = fixture(4);
+        // plant-0 needs 3 parties in the merge, plant-1 needs 4; plant-3 never answers.
+        f.min_cohort = vec![3, 4, 0, 0];
+        f.engine
+            .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+            .unwrap();
+        f.engine.tick(2).unwrap();
+        for i in 0..3 {
+            f.upload(i, 1, 3).unwrap();
+        }
+        // The deadline passes: 3 updates, so plant-1 (needs 4) is left out; then only 2 remain,
+        // so plant-0 (needs 3) is left out too; plant-2's update is merged alone.
+        assert!(f.engine.tick(100_000).unwrap());
+        let r = &f.engine.store().rounds("t").unwrap()[0];
+        assert_eq!(r.phase, RoundPhase::Published, "{r:?}");
+        let parties = f.engine.store().round_parties("t", 1).unwrap();
+        let reason = |name: &str| {
+            parties
+                .iter()
+                .find(|p| p.party == name)
+                .map(|p| p.reason.clone())
+                .unwrap()
+        };
+        assert!(
+            reason("plant-1").contains("requires at least 4 parties in the merge")
+                && reason("plant-1").contains("only 3 would be"),
+            "{}",
+            reason("plant-1")
+        );
+        assert!(
+            reason("plant-0").contains("requires at least 3 parties in the merge")
+                && reason("plant-0").contains("only 2 would be"),
+            "{}",
+            reason("plant-0")
+        );
+        let (signed, _) = f.engine.model("t", None).unwrap();
+        let m: shared_model::manifest::Manifest = serde_json::from_slice(&signed.bytes).unwrap();
+        let merged: Vec<&str> = m.contributors.iter().map(|c| c.party.as_str()).collect();
+        assert_eq!(merged, ["plant-2"]);
     }
 
     #[test]

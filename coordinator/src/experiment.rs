@@ -350,7 +350,9 @@ fn exchange(
     {
         // A live coordinator rejects a delta beyond the clip in central mode (`dp_clip`): the
         // most an attacker can send is a clipped one.
-        weights = dp::clip_delta(b, &weights, d.clip).0;
+        weights = dp::clip_delta(b, &weights, d.clip)
+            .map_err(|e| anyhow::anyhow!("clipping an attacker's update: {e}"))?
+            .0;
     }
     let bytes = encode(
         &weights,

@@ -46,15 +46,31 @@ fn ca_params() -> anyhow::Result<CertificateParams> {
     Ok(p)
 }
 
+/// Valid from yesterday (UTC; a little slack for clocks behind ours) for [`VALID_YEARS`].
 fn validity(p: &mut CertificateParams) {
-    let now = std::time::SystemTime::now()
+    let days = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    // The current year (close enough for a start date on Jan 1st).
-    let year = 1970 + (now / 31_556_952) as i32;
-    p.not_before = rcgen::date_time_ymd(year, 1, 1);
-    p.not_after = rcgen::date_time_ymd(year + VALID_YEARS, 1, 1);
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    let (y, m, d) = civil_from_days(days - 1);
+    p.not_before = rcgen::date_time_ymd(y, m, d);
+    // 28 exists in every month, so the end date is always valid.
+    p.not_after = rcgen::date_time_ymd(y + VALID_YEARS, m, d.min(28));
+}
+
+/// The proleptic Gregorian (year, month, day) of a count of days since 1970-01-01 (H. Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(z: i64) -> (i32, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let y = (yoe + era * 400 + i64::from(m <= 2)) as i32;
+    (y, m, d)
 }
 
 /// Writes a private key file with mode 0600; refuses to overwrite.
@@ -100,7 +116,22 @@ pub fn create(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> 
             d.display()
         );
     }
-    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    anyhow::ensure!(
+        !d.exists()
+            || std::fs::read_dir(&d)
+                .map(|mut e| e.next().is_none())
+                .unwrap_or(false),
+        "{} exists and is not empty; refusing to overwrite it",
+        d.display()
+    );
+    // Written into a scratch directory, then renamed into place: a failure part-way leaves no
+    // CA key without its certificate behind.
+    let scratch = data_dir.join(".tls.partial");
+    if scratch.exists() {
+        std::fs::remove_dir_all(&scratch)
+            .with_context(|| format!("removing the leftover {}", scratch.display()))?;
+    }
+    std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let ca_key = KeyPair::generate()?;
     let ca = ca_params()?.self_signed(&ca_key)?;
     let mut names: Vec<String> = DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect();
@@ -125,10 +156,15 @@ pub fn create(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> 
     validity(&mut p);
     let server_key = KeyPair::generate()?;
     let server = p.signed_by(&server_key, &issuer)?;
-    write_secret(&d.join(CA_KEY), &issuer.key().serialize_pem())?;
-    write_public(&d.join(CA_CERT), &ca.pem())?;
-    write_secret(&d.join(SERVER_KEY), &server_key.serialize_pem())?;
-    write_public(&d.join(SERVER_CERT), &server.pem())?;
+    write_secret(&scratch.join(CA_KEY), &issuer.key().serialize_pem())?;
+    write_public(&scratch.join(CA_CERT), &ca.pem())?;
+    write_secret(&scratch.join(SERVER_KEY), &server_key.serialize_pem())?;
+    write_public(&scratch.join(SERVER_CERT), &server.pem())?;
+    if d.exists() {
+        std::fs::remove_dir(&d).with_context(|| format!("replacing the empty {}", d.display()))?;
+    }
+    std::fs::rename(&scratch, &d)
+        .with_context(|| format!("moving {} to {}", scratch.display(), d.display()))?;
     Ok(names)
 }
 
@@ -215,6 +251,17 @@ pub use yosegi_proto::transport::{ClientTls, channel, read_secret};
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn civil_dates_from_day_counts() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        // 2026-11-28 and the New Year's Eve that a year-length approximation got wrong.
+        assert_eq!(civil_from_days(20_785), (2026, 11, 28));
+        assert_eq!(civil_from_days(20_818), (2026, 12, 31));
+        assert_eq!(civil_from_days(20_819), (2027, 1, 1));
+    }
 
     #[test]
     fn init_makes_a_ca_and_server_certificate_and_refuses_to_overwrite() {

@@ -6,6 +6,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use shared_model::eval::Metrics;
 use shared_model::keys;
+use shared_model::model::Model;
 use shared_model::spec::ModelSpec;
 
 use crate::config::RawConfig;
@@ -178,16 +179,17 @@ pub struct VerifyArgs {
 }
 
 impl VerifyArgs {
-    /// Verifies when asked to, saying what was checked on stderr.
-    fn check(&self, spec: &ModelSpec, model: &std::path::Path) -> anyhow::Result<()> {
+    /// Loads the model — verified against its manifest when one is given, saying what was
+    /// checked on stderr — decoding exactly the bytes that were checked.
+    fn load(&self, spec: &ModelSpec, model: &std::path::Path) -> anyhow::Result<Model> {
         let (Some(manifest), Some(key)) = (&self.manifest, &self.coordinator_key) else {
             eprintln!(
                 "note: {} used without a manifest: its origin is not checked (give --manifest and --coordinator-key)",
                 model.display()
             );
-            return Ok(());
+            return crate::inference::load_model(spec, model);
         };
-        let m = crate::inference::verify_manifest(spec, model, manifest, key)?;
+        let (m, bytes) = crate::inference::verify_manifest(spec, model, manifest, key)?;
         eprintln!(
             "verified: task {} version {} (round {}, {}), signed by the coordinator, sha256 {}",
             m.task,
@@ -206,7 +208,7 @@ impl VerifyArgs {
                 m.expires_unix_ms
             );
         }
-        Ok(())
+        crate::inference::decode_model(spec, model, &bytes)
     }
 }
 
@@ -363,8 +365,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
-            verify.check(&spec, &model)?;
-            let m = crate::inference::load_model(&spec, &model)?;
+            let m = verify.load(&spec, &model)?;
             let n = crate::inference::predict_csv(&spec, &m, &data, id_column.as_deref(), &out)?;
             println!(
                 "{n} rows predicted with a {} model of spec {} → {}",
@@ -381,8 +382,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
-            verify.check(&spec, &model)?;
-            let m = crate::inference::load_model(&spec, &model)?;
+            let m = verify.load(&spec, &model)?;
             let metrics = crate::inference::evaluate_csv(&spec, &m, &data)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&metrics)?);

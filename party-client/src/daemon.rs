@@ -306,63 +306,85 @@ async fn handle(
                     .membership_max_advantage
                     .unwrap_or(membership::DEFAULT_MAX_ADVANTAGE),
             );
-            let (bytes, env, local, audit): (Vec<u8>, SignedUpdate, MetricStats, _) =
-                tokio::task::spawn_blocking(move || {
-                    let out = local_update_observed(
-                        &spec2,
-                        &strategy,
-                        party.as_str(),
-                        &base,
-                        &train_rows,
-                        &opts,
-                        &mut |epoch, loss| {
-                            bar.set_position(u64::from(epoch));
-                            bar.set_message(format!("loss {loss:.4}"));
-                        },
-                    )?;
-                    bar.finish_and_clear();
-                    // Differential privacy: the delta from the base is clipped, and in local
-                    // mode noised, before the audit, the evaluation and the signature see it.
-                    let out = match &spec2.privacy.dp {
-                        Some(d) => dp::privatize(d, &strategy, &base, out, &mut dp::os_rng())?,
-                        None => out,
-                    };
-                    // Before anything is signed: how much does the trained model give away about
-                    // its training rows? Members: the training rows; non-members: the
-                    // validation and holdout rows it never saw.
-                    let non_members = Dataset::concat([&validation, &holdout]);
-                    let audit = membership::audit(
-                        &out.result,
-                        &spec2,
-                        &train_rows,
-                        &non_members,
-                        CpuBackend::default(),
-                    )?;
-                    // Evaluated as what it yields: the network, or a relay's model after this step.
-                    let stats = out
-                        .result
-                        .evaluate_stats(&spec2, &holdout, CpuBackend::default());
-                    let bytes = blob::encode(
-                        &out.weights,
-                        &BlobMeta {
-                            spec_id: spec2.id(),
-                            role: BlobRole::Update,
-                        },
-                    );
-                    let env = SignedUpdate::for_blob(
-                        task_id,
-                        spec2.id(),
-                        round,
-                        step,
-                        base_sha,
-                        party,
-                        &bytes,
-                        samples,
-                        &key,
-                    );
-                    anyhow::Ok((bytes, env, stats, audit))
-                })
-                .await??;
+            let (task_name, round_no) = (a.task.clone(), a.round);
+            let min_cohort = config.policy.min_other_parties.saturating_add(1);
+            let trained = tokio::task::spawn_blocking(move || {
+                let out = local_update_observed(
+                    &spec2,
+                    &strategy,
+                    party.as_str(),
+                    &base,
+                    &train_rows,
+                    &opts,
+                    &mut |epoch, loss| {
+                        bar.set_position(u64::from(epoch));
+                        bar.set_message(format!("loss {loss:.4}"));
+                    },
+                )
+                .with_context(|| format!("task {task_name} round {round_no}: local training"))?;
+                bar.finish_and_clear();
+                // Differential privacy: the delta from the base is clipped, and in local
+                // mode noised, before the audit, the evaluation and the signature see it.
+                let out = match &spec2.privacy.dp {
+                    Some(d) => match dp::privatize(d, &strategy, &base, out, &mut dp::os_rng()) {
+                        Ok(out) => out,
+                        // Nothing to send (e.g. training diverged): say so, upload nothing.
+                        Err(e) => return anyhow::Ok(Err(format!("differential privacy: {e}"))),
+                    },
+                    None => out,
+                };
+                // Before anything is signed: how much does the trained model give away about
+                // its training rows? Members: the training rows; non-members: the
+                // validation and holdout rows it never saw.
+                let non_members = Dataset::concat([&validation, &holdout]);
+                let audit = membership::audit(
+                    &out.result,
+                    &spec2,
+                    &train_rows,
+                    &non_members,
+                    CpuBackend::default(),
+                )
+                .with_context(|| format!("task {task_name} round {round_no}: membership audit"))?;
+                // Evaluated as what it yields: the network, or a relay's model after this step.
+                let stats = out
+                    .result
+                    .evaluate_stats(&spec2, &holdout, CpuBackend::default());
+                let bytes = blob::encode(
+                    &out.weights,
+                    &BlobMeta {
+                        spec_id: spec2.id(),
+                        role: BlobRole::Update,
+                    },
+                );
+                let env = SignedUpdate::for_blob(
+                    task_id,
+                    spec2.id(),
+                    round,
+                    step,
+                    base_sha,
+                    party,
+                    &bytes,
+                    samples,
+                    &key,
+                );
+                // The site's fewest-other-parties rule travels signed with the update.
+                let env = if min_cohort > 1 {
+                    env.with_min_cohort(min_cohort, &key)
+                } else {
+                    env
+                };
+                anyhow::Ok(Ok((bytes, env, stats, audit)))
+            })
+            .await??;
+            let (bytes, env, local, audit): (Vec<u8>, SignedUpdate, MetricStats, _) = match trained
+            {
+                Ok(x) => x,
+                Err(reason) => {
+                    tracing::warn!(task = %a.task, round = a.round, %reason, "update withheld");
+                    c.decline(&a.id, &reason).await?;
+                    return Ok(());
+                }
+            };
             if let Err(refused) = membership::check(&audit, threshold) {
                 // Only the audit's numbers leave the site, in the decline the operator sees.
                 let reason = refused.to_string();

@@ -297,6 +297,7 @@ impl PartyClient {
                     sample_count: h.sample_count,
                     signer_public_key: envelope.signer.as_bytes().to_vec(),
                     signature: envelope.signature.to_bytes().to_vec(),
+                    min_cohort: h.min_cohort,
                 }),
                 local_metrics: local_metrics.map(|m| pb::MetricStatsJson {
                     json: serde_json::to_string(m).expect("stats serialise"),

@@ -18,10 +18,29 @@ use shared_model::spec::{ModelSpec, TaskKind};
 
 /// Reads and strictly decodes a model blob of `spec` (any kind, any role).
 pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Model> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    decode_model(spec, path, &read_model(spec, path)?)
+}
+
+/// Reads a model file, refusing one larger than the spec's largest model before reading it.
+pub fn read_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Vec<u8>> {
+    let cap = shared_model::model::max_model_blob_bytes(spec);
+    let len = std::fs::metadata(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .len();
+    anyhow::ensure!(
+        len <= cap,
+        "{}: {len} bytes, more than the largest model of spec {} ({cap} bytes)",
+        path.display(),
+        spec.id().0.short()
+    );
+    std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+/// Strictly decodes model bytes read from `path` (named in errors).
+pub fn decode_model(spec: &ModelSpec, path: &Path, bytes: &[u8]) -> anyhow::Result<Model> {
     let mut first_error = None;
     for role in [BlobRole::Merged, BlobRole::Update, BlobRole::Initial] {
-        match Model::decode(&bytes, spec, role) {
+        match Model::decode(bytes, spec, role) {
             Ok(m) => return Ok(m),
             Err(e) => {
                 first_error.get_or_insert(e);
@@ -38,14 +57,15 @@ pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Model> {
 
 /// Checks a model file against its signed manifest (as `coordinator model pull` writes it) and
 /// the coordinator's public key: the signature, that the manifest is for `spec`, and that the
-/// file is exactly the blob it names. Returns the manifest; expiry is the caller's to report
-/// (a kept model may be old and still authentic).
+/// file is exactly the blob it names. Returns the manifest and the bytes it checked — decode
+/// those, not a second read of the file. Expiry is the caller's to report (a kept model may be
+/// old and still authentic).
 pub fn verify_manifest(
     spec: &ModelSpec,
     model: &Path,
     manifest: &Path,
     coordinator_key: &Path,
-) -> anyhow::Result<Manifest> {
+) -> anyhow::Result<(Manifest, Vec<u8>)> {
     let key = shared_model::keys::read_public(coordinator_key)?;
     let text = std::fs::read_to_string(manifest)
         .with_context(|| format!("reading {}", manifest.display()))?;
@@ -65,7 +85,7 @@ pub fn verify_manifest(
         m.task,
         spec.id().0.short()
     );
-    let bytes = std::fs::read(model).with_context(|| format!("reading {}", model.display()))?;
+    let bytes = read_model(spec, model)?;
     m.check_blob(&bytes).with_context(|| {
         format!(
             "{} is not the model {} names",
@@ -73,7 +93,7 @@ pub fn verify_manifest(
             manifest.display()
         )
     })?;
-    Ok(m)
+    Ok((m, bytes))
 }
 
 /// Rows predicted per batch: bounds the network's activations whatever the file's size.

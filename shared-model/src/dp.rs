@@ -47,6 +47,9 @@ pub enum DpError {
     /// The noised values are not finite.
     #[error("noised model is not finite: {0}")]
     Weights(#[from] WeightsError),
+    /// The trained update is not finite (training diverged): there is nothing to clip.
+    #[error("the trained update is not finite (training diverged); nothing to clip or upload")]
+    Diverged,
 }
 
 /// `local` or `central`, as the spec spells it.
@@ -89,8 +92,11 @@ pub fn delta_norm(base: &Weights, update: &Weights) -> f64 {
 /// `update`'s delta from `base` over every trainable tensor, L2-clipped to norm `clip`, returned
 /// as base + clipped delta, together with the delta's original norm. An update already within
 /// the bound is returned unchanged; the normalisation tensors are taken from `base`.
-pub fn clip_delta(base: &Weights, update: &Weights, clip: f64) -> (Weights, f64) {
+pub fn clip_delta(base: &Weights, update: &Weights, clip: f64) -> Result<(Weights, f64), DpError> {
     let norm = delta_norm(base, update);
+    if !norm.is_finite() {
+        return Err(DpError::Diverged);
+    }
     let scale = if norm > clip { clip / norm } else { 1.0 };
     let mut i = 0;
     let clipped = base
@@ -103,8 +109,8 @@ pub fn clip_delta(base: &Weights, update: &Weights, clip: f64) -> (Weights, f64)
                 .map(|(&b, &u)| (f64::from(b) + (f64::from(u) - f64::from(b)) * scale) as f32)
                 .collect()
         })
-        .expect("a point between two finite models is finite");
-    (clipped, norm)
+        .map_err(|_| DpError::Diverged)?;
+    Ok((clipped, norm))
 }
 
 /// `w` plus independent Gaussian noise N(0, std²) on every trainable coordinate (the
@@ -135,7 +141,7 @@ pub fn privatize(
         Model::Single(w) => w,
         other => return Err(DpError::Base(other.kind())),
     };
-    let (clipped, _) = clip_delta(start, &update.weights, dp.clip);
+    let (clipped, _) = clip_delta(start, &update.weights, dp.clip)?;
     let weights = match dp.mode {
         DpMode::Local => add_noise(&clipped, dp.noise_multiplier * dp.clip, rng)?,
         DpMode::Central => clipped,
@@ -273,7 +279,7 @@ mod tests {
     fn clipping_bounds_the_norm_keeps_the_direction_and_the_normalisation() {
         let b = base();
         let u = moved(0.3);
-        let (c, norm) = clip_delta(&b, &u, 0.5);
+        let (c, norm) = clip_delta(&b, &u, 0.5).unwrap();
         assert!((norm - delta_norm(&b, &u)).abs() < 1e-12);
         assert!(norm > 0.5, "the fixture must exceed the clip: {norm}");
         let after = delta_norm(&b, &c);
@@ -295,7 +301,7 @@ mod tests {
     fn an_update_within_the_clip_is_unchanged() {
         let b = base();
         let u = moved(0.001);
-        let (c, norm) = clip_delta(&b, &u, 0.5);
+        let (c, norm) = clip_delta(&b, &u, 0.5).unwrap();
         assert!(norm < 0.5);
         for (ct, ut) in c.trainable().iter().zip(u.trainable()) {
             assert_eq!(ct.data, ut.data);
@@ -365,8 +371,8 @@ mod tests {
     #[test]
     fn central_merge_is_the_unweighted_mean_of_deltas_plus_noise_over_n() {
         let b = base();
-        let (u1, _) = clip_delta(&b, &moved(0.3), 0.5);
-        let (u2, _) = clip_delta(&b, &moved(-0.1), 0.5);
+        let (u1, _) = clip_delta(&b, &moved(0.3), 0.5).unwrap();
+        let (u2, _) = clip_delta(&b, &moved(-0.1), 0.5).unwrap();
         let no_noise = DpSpec {
             noise_multiplier: 0.0,
             ..dp(DpMode::Central)
@@ -399,9 +405,25 @@ mod tests {
     fn the_coordinator_check_allows_rounding_but_not_more() {
         let b = base();
         let d = dp(DpMode::Central);
-        let (c, _) = clip_delta(&b, &moved(0.3), d.clip);
+        let (c, _) = clip_delta(&b, &moved(0.3), d.clip).unwrap();
         check_clip(&d, &b, &c).unwrap();
         let norm = check_clip(&d, &b, &moved(0.3)).unwrap_err();
         assert!(norm > d.clip * 1.01, "{norm}");
+    }
+
+    #[test]
+    fn a_diverged_update_is_an_error_not_a_panic() {
+        let b = base();
+        let nan = b.map_trainable(|t| vec![f32::NAN; t.data.len()]);
+        // Weights refuse non-finite values on construction; a NaN distance is what divergence
+        // looks like to the clip when it slips through, so check both shapes of it.
+        if let Ok(u) = nan {
+            assert!(matches!(clip_delta(&b, &u, 1.0), Err(DpError::Diverged)));
+        }
+        let huge = b.map_trainable(|t| vec![f32::MAX; t.data.len()]).unwrap();
+        match clip_delta(&b, &huge, 1.0) {
+            Ok((c, _)) => assert!(delta_norm(&b, &c) <= 1.0 + 1e-6),
+            Err(e) => assert!(matches!(e, DpError::Diverged), "{e}"),
+        }
     }
 }

@@ -165,6 +165,9 @@ pub struct ModelSpec {
     pub privacy: PrivacySpec,
 }
 
+/// The loosest membership-audit threshold a task may set.
+pub const MAX_MEMBERSHIP_ADVANTAGE: f64 = 0.5;
+
 /// The task's privacy settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct PrivacySpec {
@@ -649,12 +652,14 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
     let privacy = match raw.privacy {
         None => PrivacySpec::default(),
         Some(p) => {
+            // A task cannot switch the audit off: above 0.5 the attacker is right three times
+            // in four, which no task should call acceptable.
             if let Some(a) = p.membership_max_advantage
-                && !(a.is_finite() && a > 0.0 && a <= 1.0)
+                && !(a.is_finite() && a > 0.0 && a <= MAX_MEMBERSHIP_ADVANTAGE)
             {
                 return Err(invalid(
                     "privacy.membership_max_advantage",
-                    format!("expected a number in (0, 1], found {a}"),
+                    format!("expected a number in (0, {MAX_MEMBERSHIP_ADVANTAGE}], found {a}"),
                 ));
             }
             let dp = match p.dp {
@@ -856,6 +861,10 @@ seed = 3
             ),
             (
                 "membership_max_advantage = 1.5",
+                "privacy.membership_max_advantage",
+            ),
+            (
+                "membership_max_advantage = 0.6",
                 "privacy.membership_max_advantage",
             ),
             (

@@ -41,6 +41,15 @@ pub struct UpdateHeader {
     pub blob_len: u64,
     /// Rows trained on (the FedAvg weight).
     pub sample_count: u64,
+    /// The fewest parties, this one included, whose updates must be merged with this one (its
+    /// site policy's `min_other_parties` + 1); 0 = no requirement. Signed, so the coordinator
+    /// cannot drop it: an update whose requirement the merged set does not meet is left out.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min_cohort: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 impl UpdateHeader {
@@ -62,6 +71,12 @@ impl UpdateHeader {
         h.update(self.blob_sha256.as_bytes());
         h.update(self.blob_len.to_le_bytes());
         h.update(self.sample_count.to_le_bytes());
+        // Appended only when set, so the digest of an update without a requirement is what it
+        // was before the field existed.
+        if self.min_cohort > 0 {
+            h.update(b"min_cohort");
+            h.update(u64::from(self.min_cohort).to_le_bytes());
+        }
         h.finalize().into()
     }
 }
@@ -112,6 +127,19 @@ impl SignedUpdate {
                 blob_sha256: Sha256::of(blob),
                 blob_len: blob.len() as u64,
                 sample_count,
+                min_cohort: 0,
+            },
+            key,
+        )
+    }
+
+    /// The same envelope with a cohort requirement (see [`UpdateHeader::min_cohort`]),
+    /// signed again.
+    pub fn with_min_cohort(self, min_cohort: u32, key: &SigningKey) -> Self {
+        Self::sign(
+            UpdateHeader {
+                min_cohort,
+                ..self.header
             },
             key,
         )
@@ -666,6 +694,10 @@ pub(crate) mod tests {
             },
             UpdateHeader {
                 sample_count: 2,
+                ..h.clone()
+            },
+            UpdateHeader {
+                min_cohort: 3,
                 ..h.clone()
             },
         ];

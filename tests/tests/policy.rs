@@ -39,7 +39,7 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
     }
     let other_spec = Sha256::of(b"another task").to_string();
     let policies = [
-        format!("approved_specs = [\"{id}\"]\nmin_other_parties = 3"),
+        format!("approved_specs = [\"{id}\"]"),
         format!("approved_specs = [\"{other_spec}\"]"),
         "max_parameters = 100".to_string(),
         "min_other_parties = 7".to_string(),

@@ -107,6 +107,7 @@ pub fn envelope(e: &pb::UpdateEnvelope) -> Result<SignedUpdate, Status> {
                 .map_err(|x| bad("blob_sha256", x))?,
             blob_len: e.blob_len,
             sample_count: e.sample_count,
+            min_cohort: e.min_cohort,
         },
         signer: VerifyingKey::from_bytes(&signer).map_err(|x| bad("signer_public_key", x))?,
         signature: Signature::from_bytes(&sig),
