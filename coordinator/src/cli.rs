@@ -80,6 +80,11 @@ pub enum Command {
     /// training, strategy and verification code, in memory), over seeds and sweeps; writes
     /// results.json, results.csv, a Markdown table and SVG plots.
     Experiment(crate::experiment::ExperimentArgs),
+    /// Load test (issue #7): N simulated parties in this process, each with its own key, enrolled
+    /// with the operator key, run the statistics step and FedAvg rounds of signed random-weight
+    /// uploads against a running coordinator; prints the time per phase and, with
+    /// --coordinator-pid, the coordinator's peak memory.
+    Swarm(crate::swarm::SwarmArgs),
     /// Serve the party and operator gRPC services (and Prometheus metrics, if asked) until
     /// SIGINT/SIGTERM. Settings come from --config coordinator.toml and flags (flags win); see
     /// docs/CONFIG.md.
@@ -566,6 +571,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Experiment(args) => {
             crate::experiment::run(&args)?;
         }
+        Command::Swarm(args) => runtime()?.block_on(crate::swarm::command(args))?,
         Command::Demo(args) => {
             runtime()?.block_on(crate::demo::run(args))?;
         }

@@ -17,5 +17,6 @@ pub mod plots;
 pub mod report;
 pub mod state;
 pub mod store;
+pub mod swarm;
 pub mod tls;
 pub mod views;

@@ -9,4 +9,5 @@ mod federation;
 mod hand_run;
 mod policy;
 mod strategies;
+mod swarm;
 mod tls;
