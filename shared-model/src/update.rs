@@ -6,7 +6,9 @@
 //! accepts. It checks, cheapest first: the declared length against the spec's cap and the
 //! bytes received; every expectation (task, spec, round, step, base, party, samples > 0); that
 //! the envelope names the party's enrolled key; the signature; the sha256 of the very bytes
-//! received; and finally the strict safetensors decode against the spec.
+//! received; and finally the strict safetensors decode against the spec. For blobs of 1 MiB
+//! and more the hash and the decode run at once on two threads; a wrong hash is still the
+//! error reported, and decoded weights are only returned when the hash matches.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256 as Sha256Hasher};
@@ -319,6 +321,32 @@ fn mismatch(
     }
 }
 
+/// Blobs at least this large are hashed on a second thread while this one decodes them
+/// (issue #7: sha256 and the strict decode each take about half of `verify`; see
+/// docs/BENCHMARKS.md). Smaller blobs are hashed first, then decoded, on the calling thread.
+const PARALLEL_HASH_BYTES: usize = 1 << 20;
+
+/// The sha256 of `bytes` (on a scoped thread) and `decode()` (on this one), at once. If no
+/// thread can be started, hashes here after decoding.
+fn hash_while_decoding(
+    bytes: &[u8],
+    decode: &impl Fn() -> Result<Weights, BlobError>,
+) -> (Sha256, Result<Weights, BlobError>) {
+    std::thread::scope(|s| {
+        let hasher = std::thread::Builder::new()
+            .name("verify-sha256".into())
+            .spawn_scoped(s, || Sha256::of(bytes));
+        let decoded = decode();
+        let computed = match hasher {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            Err(_) => Sha256::of(bytes),
+        };
+        (computed, decoded)
+    })
+}
+
 /// Verifies an envelope and the bytes received with it against the party's enrolled key and
 /// the coordinator's expectations.
 pub fn verify(
@@ -391,7 +419,16 @@ pub fn verify(
         .map_err(|_| VerifyError::BadSignature {
             party: party.clone(),
         })?;
-    let computed = Sha256::of(bytes);
+    let layout = crate::model::stage_spec(expect.spec, expect.stage);
+    let decode = || blob::decode_as(bytes, &layout, spec_id, BlobRole::Update);
+    // Small blobs keep the strict order: nothing is decoded unless the hash matches.
+    let (computed, decoded) = if bytes.len() >= PARALLEL_HASH_BYTES {
+        let (computed, decoded) = hash_while_decoding(bytes, &decode);
+        (computed, Some(decoded))
+    } else {
+        (Sha256::of(bytes), None)
+    };
+    // A wrong hash is the reason whatever the decode found (it never reaches the caller).
     if computed != h.blob_sha256 {
         return Err(VerifyError::HashMismatch {
             party: party.clone(),
@@ -399,13 +436,12 @@ pub fn verify(
             computed,
         });
     }
-    let layout = crate::model::stage_spec(expect.spec, expect.stage);
-    let weights = blob::decode_as(bytes, &layout, spec_id, BlobRole::Update).map_err(|source| {
-        VerifyError::Blob {
+    let weights = decoded
+        .unwrap_or_else(decode)
+        .map_err(|source| VerifyError::Blob {
             party: party.clone(),
             source,
-        }
-    })?;
+        })?;
     Ok(VerifiedUpdate {
         header: h.clone(),
         weights,
@@ -652,6 +688,46 @@ pub(crate) mod tests {
                 .contains("tensor `layers.0.weight`: value NaN at index 0 is not finite"),
             "{e}"
         );
+    }
+
+    /// Blobs ≥ 1 MiB are hashed while they decode: the result is the same, and a tampered
+    /// blob is a hash mismatch even when its bytes no longer decode either.
+    #[test]
+    fn large_blobs_hash_while_decoding_with_the_same_outcomes() {
+        let mut f = Fixture::new();
+        f.spec = ModelSpec::parse(
+            &crate::spec::tests::SMALL.replace("hidden = [4]", "hidden = [512, 512]"),
+            "<t>",
+        )
+        .unwrap();
+        let w = weights(&f);
+        let bytes = f.blob(&w);
+        assert!(bytes.len() >= PARALLEL_HASH_BYTES, "{}", bytes.len());
+        let env = f.sign(&bytes, 7);
+        let key = f.key.verifying_key();
+        assert_eq!(
+            verify(&env, &bytes, &key, &f.expect()).unwrap().weights(),
+            &w
+        );
+        let mut data_flip = bytes.clone();
+        *data_flip.last_mut().unwrap() ^= 1;
+        let mut header_flip = bytes.clone();
+        header_flip[9] ^= 0x55;
+        for tampered in [data_flip, header_flip] {
+            let e = verify(&env, &tampered, &key, &f.expect()).unwrap_err();
+            assert!(matches!(e, VerifyError::HashMismatch { .. }), "{e}");
+        }
+        let mut t = w.tensors().to_vec();
+        t[2].data[5] = f32::INFINITY;
+        let bad = blob::encode_tensors(
+            &t,
+            &BlobMeta {
+                spec_id: f.spec.id(),
+                role: BlobRole::Update,
+            },
+        );
+        let e = verify(&f.sign(&bad, 7), &bad, &key, &f.expect()).unwrap_err();
+        assert!(matches!(e, VerifyError::Blob { .. }), "{e}");
     }
 
     #[test]
