@@ -14,6 +14,29 @@ fn policy(text: &str) -> RawPolicy {
     toml::from_str(text).unwrap()
 }
 
+/// Enrolls one plant per slice and starts each daemon under its own `[policy]` text.
+async fn start_plants(
+    sb: &mut Sandbox,
+    op: &mut coordinator::grpc::client::OperatorClient,
+    names: &[&str],
+    spec: &shared_model::spec::ModelSpec,
+    slices: &[shared_model::data::Dataset],
+    policies: &[String],
+) -> Vec<yosegi_tests::sandbox::PartyFiles> {
+    let mut files = Vec::new();
+    for (name, rows) in names.iter().zip(slices) {
+        let f = sb.party_files(name, spec, rows);
+        let key = shared_model::keys::read_public(&f.public_key).unwrap();
+        op.enroll(name, &key).await.unwrap();
+        files.push(f);
+    }
+    let pinned = sb.coordinator_pub();
+    for (f, p) in files.iter().zip(policies) {
+        sb.start_party_with_policy(f, &pinned, policy(p));
+    }
+    files
+}
+
 /// Six plants: one approves the task, one approves only another spec, one allows no network
 /// this large, one refuses to be in a round with fewer than seven others, one allows fewer local
 /// epochs than the spec's, one refuses a column the task reads. The round publishes the approved
@@ -30,13 +53,6 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
     let names = [
         "plant-a", "plant-b", "plant-c", "plant-d", "plant-e", "plant-f",
     ];
-    let mut files = Vec::new();
-    for (name, rows) in names.iter().zip(&slices) {
-        let f = sb.party_files(name, &spec, rows);
-        let key = shared_model::keys::read_public(&f.public_key).unwrap();
-        op.enroll(name, &key).await.unwrap();
-        files.push(f);
-    }
     let other_spec = Sha256::of(b"another task").to_string();
     let policies = [
         format!("approved_specs = [\"{id}\"]"),
@@ -46,10 +62,7 @@ async fn work_outside_a_site_policy_is_declined_and_reported() {
         "max_local_epochs = 5".to_string(),
         format!("refused_columns = [\"{column}\"]"),
     ];
-    let pinned = sb.coordinator_pub();
-    for (f, p) in files.iter().zip(&policies) {
-        sb.start_party_with_policy(f, &pinned, policy(p));
-    }
+    start_plants(&mut sb, &mut op, &names, &spec, &slices, &policies).await;
     op.create_task("wdbc", &text, &[]).await.unwrap();
     op.start_round("wdbc", "fedavg", Default::default(), 1, 120_000, 1)
         .await
@@ -391,22 +404,9 @@ async fn a_plant_withholds_an_update_that_fails_its_membership_audit() {
     let text = std::fs::read_to_string(data("wdbc.toml")).unwrap();
     let mut op = sb.operator().await;
     let names = ["plant-a", "plant-b", "plant-c"];
-    let mut files = Vec::new();
-    for (name, rows) in names.iter().zip(&slices) {
-        let f = sb.party_files(name, &spec, rows);
-        let key = shared_model::keys::read_public(&f.public_key).unwrap();
-        op.enroll(name, &key).await.unwrap();
-        files.push(f);
-    }
-    let pinned = sb.coordinator_pub();
-    for f in &files {
-        let p = if f.name == "plant-b" {
-            "max_membership_advantage = 0.01"
-        } else {
-            ""
-        };
-        sb.start_party_with_policy(f, &pinned, policy(p));
-    }
+    // plant-b insists on a threshold no trained model meets.
+    let policies = ["", "max_membership_advantage = 0.01", ""].map(String::from);
+    let files = start_plants(&mut sb, &mut op, &names, &spec, &slices, &policies).await;
     op.create_task("wdbc", &text, &[]).await.unwrap();
     op.start_round("wdbc", "fedavg", Default::default(), 2, 120_000, 1)
         .await
