@@ -81,15 +81,55 @@ impl BlobStore {
         let mut nonce = [0u8; 8];
         getrandom_fill(&mut nonce);
         let tmp = self.dir.join("tmp").join(format!("{sha}.{}", hex(&nonce)));
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        std::fs::rename(&tmp, &dest).map_err(io(&dest))?;
+        let written = std::fs::File::create(&tmp).and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        });
+        if let Err(e) = written {
+            // Disk full, a file-size limit, an I/O error: leave nothing behind.
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        if let Err(e) = std::fs::rename(&tmp, &dest) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(&dest)(e));
+        }
         std::fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(sha)
+    }
+
+    /// Removes every blob whose name is not in `keep` (sha256 hex); returns how many files and
+    /// bytes went. Only for a store nothing else writes meanwhile (the coordinator calls it
+    /// while opening its data dir, under the serve lock): a blob written but not yet committed
+    /// would look unreferenced. Files that are not blobs (other names) are left alone.
+    pub fn sweep(
+        &self,
+        keep: &std::collections::HashSet<String>,
+    ) -> Result<(usize, u64), BlobStoreError> {
+        let (mut files, mut bytes) = (0, 0);
+        for entry in std::fs::read_dir(&self.dir).map_err(io(&self.dir))? {
+            let entry = entry.map_err(io(&self.dir))?;
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let is_blob = name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_blob || keep.contains(name) || !path.is_file() {
+                continue;
+            }
+            let len = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(io(&path))?;
+            files += 1;
+            bytes += len;
+        }
+        if files > 0 {
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
+        }
+        Ok((files, bytes))
     }
 
     /// Reads a blob and checks it still hashes to its name.
@@ -140,6 +180,39 @@ mod tests {
         // Storing the same bytes again repairs the damaged copy.
         assert_eq!(store.put(b"hello").unwrap(), sha);
         assert_eq!(store.get(&sha).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn sweep_removes_only_unreferenced_blobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        let kept = store.put(b"kept").unwrap();
+        let orphan = store.put(b"orphan!").unwrap();
+        std::fs::write(dir.path().join("README"), b"not a blob").unwrap();
+        let keep = std::collections::HashSet::from([kept.to_string()]);
+        assert_eq!(store.sweep(&keep).unwrap(), (1, 7));
+        assert!(store.path(&kept).exists());
+        assert!(!store.path(&orphan).exists());
+        assert!(dir.path().join("README").exists());
+        assert_eq!(store.sweep(&keep).unwrap(), (0, 0));
+    }
+
+    #[test]
+    fn a_failed_write_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = BlobStore::open(dir.path()).unwrap();
+        // The destination name is taken by a directory: the rename fails after the write.
+        let sha = Sha256::of(b"blocked");
+        std::fs::create_dir(store.path(&sha)).unwrap();
+        std::fs::write(store.path(&sha).join("x"), b"x").unwrap();
+        assert!(matches!(
+            store.put(b"blocked"),
+            Err(BlobStoreError::Io { .. })
+        ));
         assert_eq!(
             std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
             0

@@ -871,6 +871,17 @@ impl Store {
         Ok(())
     }
 
+    /// Every blob a row refers to (accepted updates and published models), as sha256 hex.
+    pub fn blob_refs(&self) -> Result<std::collections::HashSet<String>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT blob_sha256 FROM updates UNION SELECT blob_sha256 FROM models")?;
+        let refs = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(refs)
+    }
+
     /// Accepted updates of a round, by party name.
     pub fn updates(&self, task: &str, round: u64) -> Result<Vec<UpdateRow>> {
         let mut st = self.conn.prepare(

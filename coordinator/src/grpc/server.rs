@@ -678,7 +678,10 @@ pub async fn serve(
         store,
         blobs,
         path,
+        lock,
     } = data;
+    // Held until serving ends: no second coordinator may open this data dir meanwhile.
+    let _lock = lock;
     let engine = Engine::new(
         store,
         blobs,
