@@ -66,9 +66,13 @@ pub enum AuthError {
     Missing(String),
     /// The timestamp is outside the skew bound.
     #[error(
-        "call timestamp is {skew_ms} ms away from the coordinator's clock; at most {max_ms} ms is allowed"
+        "clock skew: the call of {caller} is stamped {} the coordinator's clock; at most {} s either way is allowed (synchronise the clocks, e.g. with NTP)",
+        describe_skew(*skew_ms),
+        *max_ms as f64 / 1000.0
     )]
     Skew {
+        /// The caller as it named itself.
+        caller: String,
         /// Signed difference caller − coordinator.
         skew_ms: i64,
         /// The bound.
@@ -88,6 +92,16 @@ pub enum AuthError {
     },
 }
 
+/// "12.345 s ahead of" / "3.000 s behind" (milliseconds as seconds).
+fn describe_skew(skew_ms: i64) -> String {
+    let secs = skew_ms.unsigned_abs() as f64 / 1000.0;
+    if skew_ms >= 0 {
+        format!("{secs:.3} s ahead of")
+    } else {
+        format!("{secs:.3} s behind")
+    }
+}
+
 impl CallProof {
     /// Checks skew and signature (not the nonce; see [`NonceCache`]).
     pub fn verify(
@@ -100,6 +114,7 @@ impl CallProof {
         let skew_ms = self.timestamp_ms.saturating_sub(now_ms);
         if skew_ms.unsigned_abs() > max_skew_ms.unsigned_abs() {
             return Err(AuthError::Skew {
+                caller: self.caller.clone(),
                 skew_ms,
                 max_ms: max_skew_ms,
             });
@@ -180,7 +195,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             e.to_string(),
-            "call timestamp is -2000 ms away from the coordinator's clock; at most 1000 ms is allowed"
+            "clock skew: the call of plant-a is stamped 2.000 s behind the coordinator's clock; at most 1 s either way is allowed (synchronise the clocks, e.g. with NTP)"
         );
         // Extreme timestamps are refused, not an arithmetic overflow.
         for ts in [i64::MIN, i64::MAX] {
