@@ -261,6 +261,30 @@ struct StoredEnvelope {
     signature: String,
 }
 
+/// An update kept for a round's merge: what the manifest names, and the verified update
+/// itself unless it was already folded into a streaming FedAvg.
+struct Kept {
+    party: PartyId,
+    sha: Sha256,
+    samples: u64,
+    min_cohort: u32,
+    local: Option<String>,
+    update: Option<VerifiedUpdate>,
+}
+
+impl Kept {
+    fn new(v: VerifiedUpdate, sha: Sha256, local: Option<String>, folded: bool) -> Self {
+        Self {
+            party: v.party().clone(),
+            sha,
+            samples: v.sample_count(),
+            min_cohort: v.header().min_cohort,
+            local,
+            update: (!folded).then_some(v),
+        }
+    }
+}
+
 fn store_envelope(e: &SignedUpdate) -> String {
     serde_json::to_string(&StoredEnvelope {
         header: e.header.clone(),
@@ -1191,45 +1215,72 @@ impl Engine {
         let (cfg, relay) = round_config(r)?;
         let (step, stage) = Self::update_shape(r, &base_model)?;
         let task_id = TaskId::new(&t.name).map_err(|e| EngineError::Invalid(e.to_string()))?;
-        let mut verified_updates: Vec<(VerifiedUpdate, Sha256, Option<String>)> = Vec::new();
-        for u in self.store.updates(&t.name, r.round)? {
-            let checked = (|| -> std::result::Result<(VerifiedUpdate, Sha256), String> {
-                let env = load_envelope(&u.envelope)
-                    .ok_or_else(|| "its stored envelope is unreadable".to_string())?;
-                let key = match keys.iter().find(|(n, _, _)| *n == u.party) {
-                    None => return Err("the party is no longer enrolled".into()),
-                    Some((_, _, true)) => return Err("the party was revoked".into()),
-                    Some((_, k, false)) => *k,
-                };
-                let sha: Sha256 = u.blob_sha256.parse().map_err(|e| format!("{e}"))?;
-                let bytes = self.blobs.get(&sha).map_err(|e| e.to_string())?;
-                let party_id = PartyId::new(&u.party).map_err(|e| e.to_string())?;
-                let expect = Expectations {
-                    task: &task_id,
-                    spec,
-                    round: RoundNo(r.round),
-                    step,
-                    base_model: base,
-                    party: &party_id,
-                    stage,
-                };
-                let v = verify(&env, &bytes, &key, &expect).map_err(|e| e.to_string())?;
-                check_dp_clip(spec, &base_model, v.weights())?;
-                Ok((v, sha))
-            })();
-            match checked {
-                Ok((v, sha)) => verified_updates.push((v, sha, u.local_metrics.clone())),
-                Err(why) => {
-                    let reason = format!("update left out of the merge: {why}");
-                    tracing::warn!(task = %t.name, round = r.round, party = %u.party, %reason);
-                    self.store
-                        .leave_out(&t.name, r.round, &u.party, &reason, now)?;
+        let verify_row = |u: &UpdateRow| -> std::result::Result<(VerifiedUpdate, Sha256), String> {
+            let env = load_envelope(&u.envelope)
+                .ok_or_else(|| "its stored envelope is unreadable".to_string())?;
+            let key = match keys.iter().find(|(n, _, _)| *n == u.party) {
+                None => return Err("the party is no longer enrolled".into()),
+                Some((_, _, true)) => return Err("the party was revoked".into()),
+                Some((_, k, false)) => *k,
+            };
+            let sha: Sha256 = u.blob_sha256.parse().map_err(|e| format!("{e}"))?;
+            let bytes = self.blobs.get(&sha).map_err(|e| e.to_string())?;
+            let party_id = PartyId::new(&u.party).map_err(|e| e.to_string())?;
+            let expect = Expectations {
+                task: &task_id,
+                spec,
+                round: RoundNo(r.round),
+                step,
+                base_model: base,
+                party: &party_id,
+                stage,
+            };
+            let v = verify(&env, &bytes, &key, &expect).map_err(|e| e.to_string())?;
+            check_dp_clip(spec, &base_model, v.weights())?;
+            Ok((v, sha))
+        };
+        // FedAvg and FedProx without a norm bound or central DP fold each update in as soon as
+        // it verifies, so the round close holds one update at a time (O(model) memory, not
+        // O(parties × model)); the other strategies need all updates at once.
+        let central_dp = spec
+            .privacy
+            .dp
+            .as_ref()
+            .is_some_and(|d| d.mode == DpMode::Central);
+        let streaming = relay.is_none()
+            && cfg.norm_bound.is_none()
+            && !central_dp
+            && matches!(cfg.strategy, Strategy::FedAvg | Strategy::FedProx { .. });
+        let rows = self.store.updates(&t.name, r.round)?;
+        let mut verified_updates: Vec<Kept> = Vec::new();
+        let mut acc = shared_model::aggregate::FedAvg::new();
+        // The first error folding an update in: the merge fails with it, as `cfg.merge` would.
+        let mut acc_error: Option<String> = None;
+        let mut left_out = Vec::new();
+        for u in &rows {
+            match verify_row(u) {
+                Ok((v, sha)) => {
+                    if streaming
+                        && acc_error.is_none()
+                        && let Err(e) = acc.add(&v)
+                    {
+                        acc_error = Some(e.to_string());
+                    }
+                    verified_updates.push(Kept::new(v, sha, u.local_metrics.clone(), streaming));
                 }
+                Err(why) => left_out.push((u.party.clone(), why)),
             }
+        }
+        for (party, why) in left_out {
+            let reason = format!("update left out of the merge: {why}");
+            tracing::warn!(task = %t.name, round = r.round, %party, %reason);
+            self.store
+                .leave_out(&t.name, r.round, &party, &reason, now)?;
         }
         // Each party's signed cohort requirement (its site's fewest other parties + 1): an
         // update is merged only with at least that many updates in all — for a relay step, the
         // relay's parties. Leaving one out can break another's requirement: repeat until none.
+        let mut cohort_changed = false;
         loop {
             let cohort = if relay.is_some() {
                 relay_parties(r).unwrap_or(t.parties.len())
@@ -1238,19 +1289,38 @@ impl Engine {
             };
             let (keep, short): (Vec<_>, Vec<_>) = verified_updates
                 .into_iter()
-                .partition(|(v, _, _)| v.header().min_cohort as usize <= cohort);
+                .partition(|k| k.min_cohort as usize <= cohort);
             verified_updates = keep;
             if short.is_empty() {
                 break;
             }
-            for (v, _, _) in short {
+            cohort_changed = true;
+            for k in short {
                 let reason = format!(
                     "update left out of the merge: its site requires at least {} parties in the merge (policy.min_other_parties), only {cohort} would be",
-                    v.header().min_cohort
+                    k.min_cohort
                 );
-                tracing::warn!(task = %t.name, round = r.round, party = %v.party(), %reason);
+                tracing::warn!(task = %t.name, round = r.round, party = %k.party, %reason);
                 self.store
-                    .leave_out(&t.name, r.round, v.party().as_str(), &reason, now)?;
+                    .leave_out(&t.name, r.round, k.party.as_str(), &reason, now)?;
+            }
+        }
+        if streaming && cohort_changed {
+            // Rare: the sum holds updates now left out. Fold the kept ones in again (their
+            // blobs are read and verified once more).
+            acc = shared_model::aggregate::FedAvg::new();
+            acc_error = None;
+            for k in &verified_updates {
+                let folded = rows
+                    .iter()
+                    .find(|u| u.party == k.party.as_str())
+                    .ok_or_else(|| "its row vanished".to_string())
+                    .and_then(&verify_row)
+                    .and_then(|(v, _)| acc.add(&v).map_err(|e| e.to_string()));
+                if let Err(e) = folded {
+                    acc_error = Some(format!("update of {}: {e}", k.party));
+                    break;
+                }
             }
         }
         if (verified_updates.len() as u32) < r.min_parties {
@@ -1259,9 +1329,7 @@ impl Engine {
                 .iter()
                 .filter(|p| {
                     p.state != "accepted"
-                        || !verified_updates
-                            .iter()
-                            .any(|(v, _, _)| v.party().as_str() == p.party)
+                        || !verified_updates.iter().any(|k| k.party.as_str() == p.party)
                 })
                 .map(|p| match p.state.as_str() {
                     "invited" if p.reason.is_empty() => {
@@ -1294,13 +1362,13 @@ impl Engine {
         }
         let mut contributors = Vec::new();
         let mut metrics: Option<MetricStats> = None;
-        for (verified, sha, local) in &verified_updates {
+        for k in &verified_updates {
             contributors.push(Contributor {
-                party: verified.party().clone(),
-                update_sha256: *sha,
-                sample_count: verified.sample_count(),
+                party: k.party.clone(),
+                update_sha256: k.sha,
+                sample_count: k.samples,
             });
-            if let Some(json) = local
+            if let Some(json) = &k.local
                 && let Ok(s) = serde_json::from_str::<MetricStats>(json)
             {
                 match &mut metrics {
@@ -1312,9 +1380,10 @@ impl Engine {
             }
         }
         let merged = if let Some((party, _)) = &relay {
-            let Some((only, _, _)) = verified_updates
+            let Some(only) = verified_updates
                 .iter()
-                .find(|(v, _, _)| v.party().as_str() == party)
+                .find(|k| k.party.as_str() == party)
+                .and_then(|k| k.update.as_ref())
             else {
                 return Err(EngineError::Invalid(format!(
                     "task {} round {}: relay step of {party} has no update of {party}",
@@ -1325,13 +1394,18 @@ impl Engine {
         } else {
             let contributions: Vec<Contribution<'_>> = verified_updates
                 .iter()
-                .map(|(v, _, _)| Contribution {
+                .filter_map(|k| k.update.as_ref())
+                .map(|v| Contribution {
                     party: v.party().as_str(),
                     weights: v.weights(),
                     samples: v.sample_count(),
                 })
                 .collect();
             let merged = match (&spec.privacy.dp, &base_model) {
+                _ if streaming => match acc_error {
+                    Some(e) => Err(e),
+                    None => acc.finish().map(Model::Single).map_err(|e| e.to_string()),
+                },
                 (Some(d), Model::Single(b)) if d.mode == DpMode::Central => {
                     // Central DP: the unweighted mean of the clipped deltas plus the noise.
                     let updates: Vec<&Weights> = contributions.iter().map(|c| c.weights).collect();
