@@ -4,7 +4,7 @@
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 /// The workspace root.
 pub fn root() -> PathBuf {
@@ -71,4 +71,62 @@ pub fn run_ok(name: &str, args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// Child processes of a test, killed if the test fails before it stops them.
+#[derive(Debug, Default)]
+pub struct Procs(pub Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    /// Starts a workspace binary with stderr to `log`.
+    pub fn spawn(&mut self, name: &str, args: &[&str], log: &Path) {
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).expect("creates the log"))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        self.0.push((log.display().to_string(), child));
+    }
+
+    /// Asserts every process is still running (none exited, for instance after losing its
+    /// coordinator).
+    pub fn assert_running(&mut self) {
+        for (log, c) in &mut self.0 {
+            if let Some(status) = c.try_wait().expect("polls a child") {
+                panic!(
+                    "{log}: exited with {status}:\n{}",
+                    std::fs::read_to_string(&*log).unwrap_or_default()
+                );
+            }
+        }
+    }
+
+    /// SIGTERM everything, last started first; each must exit 0 (graceful shutdown).
+    pub fn terminate(&mut self) {
+        for (log, c) in self.0.iter_mut().rev() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .expect("kill -TERM");
+            assert!(ok.success());
+            let status = c.wait().expect("reaps");
+            assert!(
+                status.success(),
+                "{log}: exited with {status}:\n{}",
+                std::fs::read_to_string(&*log).unwrap_or_default()
+            );
+        }
+        self.0.clear();
+    }
+}
+
 pub mod sandbox;
+pub mod server;

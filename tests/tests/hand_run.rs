@@ -2,52 +2,10 @@
 //! coordinator server, three `party-client run` daemons and the operator commands over TCP.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use yosegi_tests::{bin, data, run_ok};
-
-/// Child processes, killed if the test fails before it stops them.
-struct Procs(Vec<(String, Child)>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Procs {
-    fn spawn(&mut self, name: &str, args: &[&str], log: &Path) {
-        let child = Command::new(bin(name))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        self.0.push((log.display().to_string(), child));
-    }
-
-    /// SIGTERM everything; each must exit 0 (graceful shutdown), parties first.
-    fn terminate(&mut self) {
-        for (log, c) in self.0.iter_mut().rev() {
-            let ok = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status()
-                .unwrap();
-            assert!(ok.success());
-            let status = c.wait().unwrap();
-            assert!(
-                status.success(),
-                "{log}: exited with {status}:\n{}",
-                std::fs::read_to_string(&*log).unwrap()
-            );
-        }
-        self.0.clear();
-    }
-}
+use yosegi_tests::{Procs, bin, data, run_ok};
 
 #[test]
 fn a_federation_run_by_hand_with_the_binaries() {
@@ -75,7 +33,7 @@ fn a_federation_run_by_hand_with_the_binaries() {
         "--ca",
         ca.as_str(),
     ];
-    let mut procs = Procs(Vec::new());
+    let mut procs = Procs::default();
     procs.spawn(
         "coordinator",
         &[

@@ -3,8 +3,10 @@
 mod attacks;
 mod audit_log;
 mod cli;
+mod crash;
 mod dp;
 mod experiment;
+mod faults;
 mod federation;
 mod hand_run;
 mod policy;

@@ -1,0 +1,542 @@
+//! Faults other than crashes (issue #7), each against a coordinator process on the same data
+//! dir: a restart in the middle of a round (the deadline holds, the plants' daemons reconnect
+//! by themselves), a party that never answers and one that answers after the deadline, clock
+//! skew within and beyond the bound, a full disk (a file-size limit) while a blob is stored,
+//! and a party killed in the middle of its upload.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use coordinator::swarm::{RandomUpdate, random_update, spec_text};
+use coordinator::views::RoundView;
+use party_client::grpc::{Ack, Assignment, PartyClient, Work, sign};
+use shared_model::SigningKey;
+use shared_model::data::load_csv;
+use shared_model::ids::{PartyId, TaskId};
+use shared_model::model::max_model_blob_bytes;
+use shared_model::spec::ModelSpec;
+use shared_model::stats::FeatureSums;
+use shared_model::update::SignedUpdate;
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::party_service_client::PartyServiceClient;
+use yosegi_tests::server::ServerProcess;
+use yosegi_tests::{Procs, data, now_ms, run_ok};
+
+fn s(p: &Path) -> String {
+    p.to_str().expect("utf-8 path").to_string()
+}
+
+/// A simulated party's connection (the server is up).
+async fn client(server: &ServerProcess, name: &str, key: &SigningKey) -> PartyClient {
+    PartyClient::connect_with(&server.url, &server.tls(), name, key.clone())
+        .await
+        .expect("party connects")
+}
+
+/// Polls until an assignment matching `want` arrives (60 s at most); declines evaluations.
+async fn next_work(c: &mut PartyClient, want: impl Fn(&Assignment) -> bool) -> Assignment {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if let Some(a) = c.next_assignment(1_000).await.expect("polls") {
+            if want(&a) {
+                return a;
+            }
+            if matches!(a.work, Work::Evaluate { .. }) {
+                c.decline(&a.id, "simulated party").await.expect("declines");
+            }
+        }
+    }
+    panic!("no matching assignment within 60 s");
+}
+
+/// The statistics step of a simulated party: sums of `rows` feature rows of `width`.
+async fn report_sums(c: &mut PartyClient, rows: &[f32], width: usize) {
+    let a = next_work(c, |a| a.work == Work::Stats).await;
+    c.submit_sums(&a.id, &FeatureSums::of_rows(rows, width))
+        .await
+        .expect("sums accepted");
+}
+
+/// A signed random update answering a training assignment, built on its downloaded base.
+async fn update_for(
+    c: &mut PartyClient,
+    a: &Assignment,
+    spec: &ModelSpec,
+    name: &str,
+    key: &SigningKey,
+) -> (Vec<u8>, SignedUpdate) {
+    let Work::Train { base_version, .. } = a.work else {
+        panic!("not a training assignment: {a:?}")
+    };
+    let (_, base) = c
+        .download(&a.task, base_version, max_model_blob_bytes(spec))
+        .await
+        .expect("downloads the base");
+    random_update(&RandomUpdate {
+        spec,
+        base: &base,
+        base_version,
+        task: TaskId::new(&a.task).unwrap(),
+        round: a.round,
+        step: a.step,
+        party: PartyId::new(name).unwrap(),
+        samples: 20,
+        // Distinct per party and round (identical blobs would be stored once).
+        seed: a.round
+            ^ name
+                .bytes()
+                .fold(0u64, |h, b| h.wrapping_mul(31) ^ u64::from(b))
+                << 8,
+        key,
+    })
+    .expect("builds an update")
+}
+
+async fn wait_rounds(
+    server: &ServerProcess,
+    task: &str,
+    timeout: Duration,
+    done: impl Fn(&[RoundView]) -> bool,
+) -> Vec<RoundView> {
+    let mut op = server.operator().await;
+    let until = Instant::now() + timeout;
+    loop {
+        let rounds = op.status(task).await.expect("status");
+        if done(&rounds) {
+            return rounds;
+        }
+        assert!(
+            Instant::now() < until,
+            "timed out after {timeout:?}: {rounds:#?}\n{}",
+            server.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn state_of<'a>(r: &'a RoundView, party: &str) -> (&'a str, &'a str) {
+    let p = r
+        .parties
+        .iter()
+        .find(|p| p.party == party)
+        .unwrap_or_else(|| panic!("{party} not in round {}: {r:#?}", r.round));
+    (p.state.as_str(), p.reason.as_str())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_mid_round_keeps_its_deadline_and_plants_reconnect_by_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut server = ServerProcess::init(d);
+    server.start();
+    let mut op = server.operator().await;
+    let (spec_path, csv) = (data("wdbc.toml"), data("wdbc.csv"));
+    let spec = ModelSpec::from_file(&spec_path).unwrap();
+    let split = d.join("split");
+    run_ok(
+        "coordinator",
+        &[
+            "data",
+            "split",
+            "--data",
+            &s(&csv),
+            "--spec",
+            &s(&spec_path),
+            "--parties",
+            "3",
+            "--out",
+            &s(&split),
+        ],
+    );
+    // Three real plant daemons; plant-d reports its statistics and then never answers again;
+    // plant-e takes its training assignment and uploads only after the deadline.
+    let plants = ["plant-a", "plant-b", "plant-c"];
+    for p in plants {
+        run_ok("party-client", &["keygen", "--out", &s(&d.join(p))]);
+        let key = shared_model::keys::read_public(&d.join(p).join("party.pub.pem")).unwrap();
+        op.enroll(p, &key).await.unwrap();
+    }
+    let (kd, ke) = (
+        shared_model::keys::generate().unwrap(),
+        shared_model::keys::generate().unwrap(),
+    );
+    op.enroll("plant-d", &kd.verifying_key()).await.unwrap();
+    op.enroll("plant-e", &ke.verifying_key()).await.unwrap();
+    let text = std::fs::read_to_string(&spec_path).unwrap();
+    op.create_task("wdbc", &text, &[]).await.unwrap();
+    let mut procs = Procs::default();
+    for (i, p) in plants.iter().enumerate() {
+        procs.spawn(
+            "party-client",
+            &[
+                "run",
+                "--server",
+                &server.url,
+                "--name",
+                p,
+                "--key",
+                &s(&d.join(p).join("party.key.pem")),
+                "--coordinator-key",
+                &s(&server.coordinator_pub()),
+                "--ca",
+                &s(&server.data_dir.join("tls/ca.pem")),
+                "--data",
+                &s(&split.join(format!("party-{}.csv", i + 1))),
+                "--state-dir",
+                &s(&d.join(p).join("state")),
+            ],
+            &d.join(format!("{p}.log")),
+        );
+    }
+    let rows = load_csv(&csv, &spec).unwrap();
+    let some: Vec<usize> = (0..60).collect();
+    let rows = rows.subset(&some);
+    let mut cd = client(&server, "plant-d", &kd).await;
+    let mut ce = client(&server, "plant-e", &ke).await;
+    report_sums(&mut cd, &rows.features, rows.width).await;
+    report_sums(&mut ce, &rows.features, rows.width).await;
+    let deadline_ms = 20_000;
+    op.start_round("wdbc", "fedavg", HashMap::new(), 3, deadline_ms, 1)
+        .await
+        .unwrap();
+    let late = next_work(&mut ce, |a| matches!(a.work, Work::Train { .. })).await;
+    let (late_blob, late_env) = update_for(&mut ce, &late, &spec, "plant-e", &ke).await;
+
+    // The daemons' updates are in; the round waits for d and e until its deadline.
+    let rounds = wait_rounds(&server, "wdbc", Duration::from_secs(60), |r| {
+        r.len() == 1
+            && plants.iter().all(|p| {
+                r[0].parties
+                    .iter()
+                    .any(|x| x.party == *p && x.state == "accepted")
+            })
+    })
+    .await;
+    let deadline = rounds[0].deadline_unix_ms;
+    assert!(
+        now_ms() + 2_000 < deadline,
+        "the daemons took too long: the restart would not land before the deadline"
+    );
+    tokio::task::block_in_place(|| server.kill());
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::block_in_place(|| server.start());
+    let mut op = server.operator().await;
+    let after = op.status("wdbc").await.unwrap();
+    assert_eq!(after[0].phase, "training", "{after:#?}");
+    assert_eq!(after[0].deadline_unix_ms, deadline, "the deadline survives");
+    for p in plants {
+        assert_eq!(
+            state_of(&after[0], p).0,
+            "accepted",
+            "acked before the crash"
+        );
+    }
+
+    let rounds = wait_rounds(&server, "wdbc", Duration::from_secs(60), |r| {
+        r[0].phase != "training"
+    })
+    .await;
+    let r = &rounds[0];
+    assert_eq!(r.phase, "published", "{r:#?}");
+    assert!(
+        r.published_unix_ms >= deadline,
+        "closed at its deadline, not before: {} < {deadline}",
+        r.published_unix_ms
+    );
+    assert_eq!(
+        state_of(r, "plant-d"),
+        ("late", "no answer by the deadline")
+    );
+    assert_eq!(state_of(r, "plant-e").0, "late");
+    assert_eq!(r.version, 1);
+    // plant-e answers now: refused as late, naming the round, and nothing changes.
+    let e = ce
+        .upload(&late.id, &late_env, late_blob, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("FailedPrecondition") && e.contains("late: round 1 of wdbc is closed"),
+        "{e}"
+    );
+    let again = op.status("wdbc").await.unwrap();
+    assert_eq!(again[0].version, 1);
+    assert_eq!(state_of(&again[0], "plant-e").0, "late");
+
+    // The daemons were never restarted: they reconnected by themselves and take part in the
+    // next round, which closes as soon as all of them answered.
+    procs.assert_running();
+    op.revoke("plant-d").await.unwrap();
+    op.revoke("plant-e").await.unwrap();
+    op.start_round("wdbc", "fedavg", HashMap::new(), 3, 120_000, 1)
+        .await
+        .unwrap();
+    let rounds = wait_rounds(&server, "wdbc", Duration::from_secs(90), |r| {
+        r.len() == 2 && r[1].phase != "training" && r[1].phase != "queued"
+    })
+    .await;
+    let r2 = &rounds[1];
+    assert_eq!(r2.phase, "published", "{r2:#?}");
+    assert!(r2.published_unix_ms < r2.deadline_unix_ms);
+    for p in plants {
+        assert_eq!(state_of(r2, p).0, "accepted");
+    }
+    procs.terminate();
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clock_skew_inside_the_bound_is_accepted_and_beyond_it_refused_naming_the_skew() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.serve_args = vec!["--max-skew-secs".into(), "60".into()];
+    server.start();
+    let mut op = server.operator().await;
+    let key = shared_model::keys::generate().unwrap();
+    op.enroll("plant-a", &key.verifying_key()).await.unwrap();
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let mut raw = PartyServiceClient::new(channel);
+    let call = |offset_ms: i64| {
+        sign(
+            tonic::Request::new(pb::NextAssignmentRequest { wait_ms: 0 }),
+            "NextAssignment",
+            "plant-a",
+            &key,
+            now_ms() + offset_ms,
+        )
+    };
+    // 50 s either way: inside the 60 s bound.
+    raw.next_assignment(call(50_000)).await.unwrap();
+    raw.next_assignment(call(-50_000)).await.unwrap();
+    // 90 s ahead, 2 minutes behind: refused, saying by how much and what is allowed.
+    for (offset, direction) in [(90_000, "ahead of"), (-120_000, "behind")] {
+        let e = raw.next_assignment(call(offset)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        let m = e.message();
+        let secs = (offset.abs() / 1000) as f64;
+        let said: f64 = m
+            .split("is stamped ")
+            .nth(1)
+            .and_then(|rest| rest.split(" s ").next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no skew in {m}"));
+        assert!((said - secs).abs() < 5.0, "{m}");
+        assert!(
+            m.contains(&format!(
+                "s {direction} the coordinator's clock; at most 60 s either way is allowed"
+            )) && m.contains("plant-a"),
+            "{m}"
+        );
+    }
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_upload_unacknowledged_and_the_coordinator_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.ignore_sigxfsz = true;
+    server.start();
+    let mut op = server.operator().await;
+    let (k0, k1) = (
+        shared_model::keys::generate().unwrap(),
+        shared_model::keys::generate().unwrap(),
+    );
+    op.enroll("site-0", &k0.verifying_key()).await.unwrap();
+    op.enroll("site-1", &k1.verifying_key()).await.unwrap();
+    // ~4 MB updates against a 2 MiB file-size limit.
+    let text = spec_text("disk", 1_000_000);
+    let spec = ModelSpec::parse(&text, "<disk>").unwrap();
+    op.create_task("disk", &text, &[]).await.unwrap();
+    op.start_round("disk", "fedavg", HashMap::new(), 2, 120_000, 1)
+        .await
+        .unwrap();
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 7) as f32).collect();
+    let mut c0 = client(&server, "site-0", &k0).await;
+    let mut c1 = client(&server, "site-1", &k1).await;
+    report_sums(&mut c0, &rows, 16).await;
+    report_sums(&mut c1, &rows, 16).await;
+    let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
+    const LIMIT: u64 = 2 << 20;
+    assert!(blob.len() as u64 > LIMIT + LIMIT / 2);
+    for f in ["yosegi.db", "yosegi.db-wal"] {
+        let len = std::fs::metadata(server.data_dir.join(f)).map_or(0, |m| m.len());
+        assert!(
+            len < LIMIT / 2,
+            "{f} is {len} bytes: the limit would hit it"
+        );
+    }
+    let prlimit = |soft: &str| {
+        let ok = Command::new("prlimit")
+            .args([
+                "--pid",
+                &server.pid().to_string(),
+                &format!("--fsize={soft}:"),
+            ])
+            .status()
+            .expect("runs prlimit (util-linux)");
+        assert!(ok.success(), "prlimit --fsize={soft}:");
+    };
+    prlimit(&LIMIT.to_string());
+    let e = c0
+        .upload(&a0.id, &env, blob.clone(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Unavailable")
+            && e.contains("coordinator storage failed, nothing was stored")
+            && e.contains("File too large"),
+        "{e}"
+    );
+    // Nothing was acknowledged or kept; the coordinator still serves everyone.
+    let rounds = op.status("disk").await.unwrap();
+    assert_eq!(rounds[0].phase, "training");
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(env.header.blob_sha256.to_string()).exists());
+    assert_eq!(std::fs::read_dir(blobs.join("tmp")).unwrap().count(), 0);
+    let a1 = next_work(&mut c1, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob1, env1) = update_for(&mut c1, &a1, &spec, "site-1", &k1).await;
+
+    // Space again: the same upload goes through, the round completes.
+    prlimit("unlimited");
+    assert_eq!(
+        c0.upload(&a0.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    assert_eq!(
+        c1.upload(&a1.id, &env1, blob1, None).await.unwrap(),
+        Ack::Accepted
+    );
+    let rounds = wait_rounds(&server, "disk", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    assert_eq!(rounds[0].version, 1);
+    assert!(
+        server.log_tail().contains("File too large"),
+        "the log names the storage failure"
+    );
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.start();
+    let mut op = server.operator().await;
+    let (k0, k1) = (
+        shared_model::keys::generate().unwrap(),
+        shared_model::keys::generate().unwrap(),
+    );
+    op.enroll("site-0", &k0.verifying_key()).await.unwrap();
+    op.enroll("site-1", &k1.verifying_key()).await.unwrap();
+    let text = spec_text("cut", 1_000_000);
+    let spec = ModelSpec::parse(&text, "<cut>").unwrap();
+    op.create_task("cut", &text, &[]).await.unwrap();
+    op.start_round("cut", "fedavg", HashMap::new(), 2, 120_000, 1)
+        .await
+        .unwrap();
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 5) as f32).collect();
+    let mut c0 = client(&server, "site-0", &k0).await;
+    let mut c1 = client(&server, "site-1", &k1).await;
+    report_sums(&mut c0, &rows, 16).await;
+    report_sums(&mut c1, &rows, 16).await;
+    let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
+
+    // site-0 "dies" after sending its envelope and the first two of four 1 MiB chunks: its
+    // connection is dropped with the stream unfinished.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
+    let h = &env.header;
+    tx.send(pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
+            assignment_id: a0.id.clone(),
+            envelope: Some(pb::UpdateEnvelope {
+                task: h.task.to_string(),
+                spec_id: h.spec_id.to_string(),
+                round: h.round.0,
+                step: h.step.0,
+                base_model_sha256: h.base_model.to_string(),
+                party: h.party.to_string(),
+                blob_sha256: h.blob_sha256.to_string(),
+                blob_len: h.blob_len,
+                sample_count: h.sample_count,
+                signer_public_key: env.signer.as_bytes().to_vec(),
+                signature: env.signature.to_bytes().to_vec(),
+                min_cohort: h.min_cohort,
+            }),
+            local_metrics: None,
+            membership_audit_json: String::new(),
+        })),
+    })
+    .await
+    .unwrap();
+    for (i, c) in blob.chunks(1 << 20).take(2).enumerate() {
+        tx.send(pb::UploadUpdateRequest {
+            part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+                offset: (i << 20) as u64,
+                data: c.to_vec(),
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let key = k0.clone();
+    let upload = tokio::spawn(async move {
+        let mut raw = PartyServiceClient::new(channel);
+        let req = sign(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            "UploadUpdate",
+            "site-0",
+            &key,
+            now_ms(),
+        );
+        raw.upload_update(req).await
+    });
+    // Let the chunks arrive, then kill the sender mid-stream (its connection goes with it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    upload.abort();
+    let _ = upload.await;
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let rounds = op.status("cut").await.unwrap();
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited", "nothing acked");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(h.blob_sha256.to_string()).exists());
+    assert_eq!(std::fs::read_dir(blobs.join("tmp")).unwrap().count(), 0);
+
+    // The restarted party (a new connection, same key) finishes its upload; the round merges
+    // the whole update.
+    let mut again = client(&server, "site-0", &k0).await;
+    assert_eq!(
+        again.upload(&a0.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    let a1 = next_work(&mut c1, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob1, env1) = update_for(&mut c1, &a1, &spec, "site-1", &k1).await;
+    c1.upload(&a1.id, &env1, blob1, None).await.unwrap();
+    let rounds = wait_rounds(&server, "cut", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    assert_eq!(state_of(&rounds[0], "site-0").0, "accepted");
+    server.terminate();
+    // After a clean stop the blob dir holds the base model, two updates and the merge.
+    let files = std::fs::read_dir(&blobs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_file())
+        .count();
+    assert_eq!(files, 4);
+}
