@@ -456,29 +456,7 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
     // connection is dropped with the stream unfinished.
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
     let h = &env.header;
-    tx.send(pb::UploadUpdateRequest {
-        part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
-            assignment_id: a0.id.clone(),
-            envelope: Some(pb::UpdateEnvelope {
-                task: h.task.to_string(),
-                spec_id: h.spec_id.to_string(),
-                round: h.round.0,
-                step: h.step.0,
-                base_model_sha256: h.base_model.to_string(),
-                party: h.party.to_string(),
-                blob_sha256: h.blob_sha256.to_string(),
-                blob_len: h.blob_len,
-                sample_count: h.sample_count,
-                signer_public_key: env.signer.as_bytes().to_vec(),
-                signature: env.signature.to_bytes().to_vec(),
-                min_cohort: h.min_cohort,
-            }),
-            local_metrics: None,
-            membership_audit_json: String::new(),
-        })),
-    })
-    .await
-    .unwrap();
+    tx.send(upload_start(&a0.id, &env)).await.unwrap();
     for (i, c) in blob.chunks(1 << 20).take(2).enumerate() {
         tx.send(pb::UploadUpdateRequest {
             part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
@@ -539,4 +517,98 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
         .filter(|e| e.as_ref().unwrap().path().is_file())
         .count();
     assert_eq!(files, 4);
+}
+
+/// The first message of an upload stream: the assignment and the signed envelope.
+fn upload_start(assignment: &str, env: &SignedUpdate) -> pb::UploadUpdateRequest {
+    let h = &env.header;
+    pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
+            assignment_id: assignment.to_string(),
+            envelope: Some(pb::UpdateEnvelope {
+                task: h.task.to_string(),
+                spec_id: h.spec_id.to_string(),
+                round: h.round.0,
+                step: h.step.0,
+                base_model_sha256: h.base_model.to_string(),
+                party: h.party.to_string(),
+                blob_sha256: h.blob_sha256.to_string(),
+                blob_len: h.blob_len,
+                sample_count: h.sample_count,
+                signer_public_key: env.signer.as_bytes().to_vec(),
+                signature: env.signature.to_bytes().to_vec(),
+                min_cohort: h.min_cohort,
+            }),
+            local_metrics: None,
+            membership_audit_json: String::new(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    std::fs::write(&server.config, "tick_ms = 20\nupload_idle_secs = 1\n").unwrap();
+    server.start();
+    let mut op = server.operator().await;
+    let key = shared_model::keys::generate().unwrap();
+    op.enroll("site-0", &key.verifying_key()).await.unwrap();
+    let text = spec_text("stall", 300_000);
+    let spec = ModelSpec::parse(&text, "<stall>").unwrap();
+    op.create_task("stall", &text, &[]).await.unwrap();
+    op.start_round("stall", "fedavg", HashMap::new(), 1, 120_000, 1)
+        .await
+        .unwrap();
+    let mut c = client(&server, "site-0", &key).await;
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 3) as f32).collect();
+    report_sums(&mut c, &rows, 16).await;
+    let a = next_work(&mut c, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
+    // The envelope and one chunk, then silence with the stream still open (a dead link).
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(4);
+    tx.send(upload_start(&a.id, &env)).await.unwrap();
+    tx.send(pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+            offset: 0,
+            data: blob[..1 << 16].to_vec(),
+        })),
+    })
+    .await
+    .unwrap();
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let mut raw = PartyServiceClient::new(channel);
+    let started = Instant::now();
+    let req = sign(
+        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        "UploadUpdate",
+        "site-0",
+        &key,
+        now_ms(),
+    );
+    let e = tokio::time::timeout(Duration::from_secs(30), raw.upload_update(req))
+        .await
+        .expect("the coordinator drops the stalled stream")
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message()
+            .contains("upload of site-0 sent nothing for 1 s; dropped"),
+        "{}",
+        e.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(tx);
+    let rounds = op.status("stall").await.unwrap();
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(env.header.blob_sha256.to_string()).exists());
+    // A whole upload afterwards goes through.
+    assert_eq!(
+        c.upload(&a.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    server.terminate();
 }
