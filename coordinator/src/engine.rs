@@ -1784,6 +1784,17 @@ seed = 1
         let m: shared_model::manifest::Manifest = serde_json::from_slice(&signed.bytes).unwrap();
         let merged: Vec<&str> = m.contributors.iter().map(|c| c.party.as_str()).collect();
         assert_eq!(merged, ["plant-2"]);
+        // FedAvg streams: the updates left out after being folded in are taken out again, so
+        // the model is plant-2's update alone (initial + 0.03), not the mean of three.
+        let spec = ModelSpec::parse(&f.spec, "t").unwrap();
+        let (_, bytes) = f.engine.model("t", None).unwrap();
+        let Model::Single(w) = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap() else {
+            panic!("FedAvg publishes a single network")
+        };
+        let want = Weights::initial(&spec, &sums().normalization().unwrap())
+            .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (2.0f32 + 1.0)).collect())
+            .unwrap();
+        assert_eq!(w.trainable(), want.trainable());
     }
 
     #[test]
