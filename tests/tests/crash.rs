@@ -1,7 +1,8 @@
 //! Crash safety (issue #7). The coordinator runs as its own process; simulated parties upload
-//! signed ~1 MB updates round after round (FedAvg, every party required) while the test kills
-//! the coordinator with SIGKILL at random moments — during uploads, verification, merges,
-//! publication, fsyncs — and starts it again on the same data dir, at least 20 times
+//! signed ~1 MB updates round after round (FedAvg, every party required, 10–60 ms of simulated
+//! training each) while the test kills the coordinator with SIGKILL at random moments — during
+//! uploads, verification, merges, publication, fsyncs — and starts it again on the same data
+//! dir, at least 20 times
 //! (`YOSEGI_CRASH_KILLS=N` for more; `YOSEGI_CRASH_SEED` replays the kill times it prints).
 //! Parties retry through the outages and log every acknowledgement they receive. Then:
 //!
@@ -162,6 +163,9 @@ async fn party(shared: Arc<Shared>, p: Party) {
             a.step,
             p.index,
         );
+        // Local training takes a while at a real site: 10–60 ms here, so that rounds last
+        // about as long as the gaps between kills and the kills keep landing in live rounds.
+        tokio::time::sleep(Duration::from_millis(10 + ((index * 31 + round * 17) % 50))).await;
         let (blob, env) = tokio::task::spawn_blocking(move || {
             random_update(&RandomUpdate {
                 spec: &spec,
@@ -310,7 +314,7 @@ struct ServerProcessView {
 async fn sigkill_during_uploads_and_merges_loses_nothing_and_counts_nothing_twice() {
     let kills = env_u64("YOSEGI_CRASH_KILLS").unwrap_or(20).max(1);
     let seed = env_u64("YOSEGI_CRASH_SEED").unwrap_or(now_ms() as u64) | 1;
-    let rounds = (5 * kills).max(60);
+    let rounds = (3 * kills).max(40);
     eprintln!("crash test: {kills} kills over {rounds} rounds; YOSEGI_CRASH_SEED={seed} replays");
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::init(dir.path());
@@ -364,12 +368,8 @@ async fn sigkill_during_uploads_and_merges_loses_nothing_and_counts_nothing_twic
     // The kills: a random 20–400 ms of service, then SIGKILL, then a restart.
     let mut rng = Rng(seed);
     let mut at_kill = Vec::new();
-    for k in 0..kills {
+    for _ in 0..kills {
         tokio::time::sleep(Duration::from_millis(20 + rng.next() % 380)).await;
-        assert!(
-            !shared.done.load(Ordering::SeqCst),
-            "all {rounds} rounds finished after only {k} kills"
-        );
         tokio::task::block_in_place(|| server.kill());
         let open = seen
             .lock()
@@ -380,6 +380,12 @@ async fn sigkill_during_uploads_and_merges_loses_nothing_and_counts_nothing_twic
         at_kill.push(open);
         tokio::task::block_in_place(|| server.start());
     }
+    let published_by_then = seen
+        .lock()
+        .unwrap()
+        .values()
+        .filter(|(r, _)| *r == 2)
+        .count();
     let started = Instant::now();
     while !shared.done.load(Ordering::SeqCst) {
         assert!(
@@ -400,8 +406,12 @@ async fn sigkill_during_uploads_and_merges_loses_nothing_and_counts_nothing_twic
     let mid_round = at_kill.iter().filter(|r| r.is_some()).count();
     let again = acks.iter().filter(|a| a.again).count();
     eprintln!(
-        "crash test: {kills} kills ({mid_round} with a round open), {} acks ({again} AlreadyAccepted after a lost answer)",
+        "crash test: {kills} kills ({mid_round} with a round open; {published_by_then} of {rounds} rounds published when the kills ended), {} acks ({again} AlreadyAccepted after a lost answer)",
         acks.len()
+    );
+    assert!(
+        mid_round * 2 >= kills as usize,
+        "only {mid_round} of {kills} kills landed in an open round"
     );
     server.terminate();
 
