@@ -610,7 +610,7 @@ impl Engine {
         for t in &tasks {
             if t.normalization.is_none() {
                 let id = format!("{}/stats/0", t.name);
-                if !self.store.sums(&t.name)?.iter().any(|(p, _)| p == party)
+                if !self.store.has_sums(&t.name, party)?
                     && !self.store.declined(&t.name, &id, party)?
                 {
                     return Ok(Some(base(t, id, 0, Work::Stats, now + 3_600_000)));
@@ -621,10 +621,10 @@ impl Engine {
                 if r.phase != RoundPhase::Training {
                     continue;
                 }
-                let members = self.store.round_parties(&t.name, r.round)?;
-                let invited = members
-                    .iter()
-                    .any(|p| p.party == party && p.state == "invited");
+                let invited = self
+                    .store
+                    .round_party(&t.name, r.round, party)?
+                    .is_some_and(|p| p.state == "invited");
                 if invited {
                     let bv = r.base_version.unwrap_or(0);
                     let m = self.store.model(&t.name, Some(bv))?.ok_or_else(|| {
@@ -641,7 +641,7 @@ impl Engine {
                     let round_parties = if relay.is_some() {
                         relay_parties(&r).unwrap_or(t.parties.len())
                     } else {
-                        members.len()
+                        self.store.round_party_count(&t.name, r.round)?
                     };
                     let work = Work::Train {
                         base_version: bv,
@@ -865,12 +865,7 @@ impl Engine {
                     "task {task} has no training assignment {assignment}"
                 ))
             })?;
-        let already = self
-            .store
-            .updates(&task, round)?
-            .into_iter()
-            .find(|u| u.party == party);
-        if let Some(u) = &already {
+        if let Some(u) = self.store.update(&task, round, party)? {
             if u.blob_sha256 == envelope.header.blob_sha256.to_string() {
                 return Ok(UploadOutcome::AlreadyAccepted);
             }
@@ -878,22 +873,12 @@ impl Engine {
                 "{party} already has an accepted update for round {round} of {task}; a different one is refused"
             )));
         }
-        let Some(invited) = self
-            .store
-            .round_parties(&task, round)?
-            .into_iter()
-            .find(|p| p.party == party)
-        else {
+        let Some(invited) = self.store.round_party(&task, round, party)? else {
             return Err(EngineError::Precondition(format!(
                 "{party} is not invited to round {round} of {task}"
             )));
         };
-        if self
-            .store
-            .parties()?
-            .iter()
-            .any(|p| p.name == party && p.revoked)
-        {
+        if self.store.party(party)?.is_some_and(|p| p.revoked) {
             return Err(EngineError::Precondition(format!(
                 "{party} is revoked; its update for round {round} of {task} is refused"
             )));

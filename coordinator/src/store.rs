@@ -460,9 +460,28 @@ impl Store {
         Ok(())
     }
 
-    /// All parties, by name.
+    /// One party, by name.
+    pub fn party(&self, name: &str) -> Result<Option<PartyRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT name, public_key, revoked, enrolled_ms, last_seen_ms FROM parties WHERE name = ?1",
+        )?;
+        Ok(st
+            .query_row([name], |r| {
+                let key: Vec<u8> = r.get(1)?;
+                Ok(PartyRow {
+                    name: r.get(0)?,
+                    public_key: key.try_into().unwrap_or([0; 32]),
+                    revoked: r.get::<_, i64>(2)? != 0,
+                    enrolled_ms: r.get(3)?,
+                    last_seen_ms: r.get(4)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Every party, by name.
     pub fn parties(&self) -> Result<Vec<PartyRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT name, public_key, revoked, enrolled_ms, last_seen_ms FROM parties ORDER BY name",
         )?;
         let rows = st.query_map([], |r| {
@@ -503,7 +522,7 @@ impl Store {
 
     /// All tasks, by name.
     pub fn tasks(&self) -> Result<Vec<TaskRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT name, spec_toml, spec_id, parties, normalization, created_ms FROM tasks ORDER BY name",
         )?;
         let rows = st.query_map([], |r| {
@@ -534,11 +553,19 @@ impl Store {
         Ok(())
     }
 
-    /// Feature sums reported for a task, by party.
-    pub fn sums(&self, task: &str) -> Result<Vec<(String, String)>> {
+    /// Whether a party reported feature sums for a task.
+    pub fn has_sums(&self, task: &str, party: &str) -> Result<bool> {
         let mut st = self
             .conn
-            .prepare("SELECT party, sums FROM feature_sums WHERE task = ?1 ORDER BY party")?;
+            .prepare_cached("SELECT 1 FROM feature_sums WHERE task = ?1 AND party = ?2")?;
+        Ok(st.exists(params![task, party])?)
+    }
+
+    /// Every party's feature sums of a task (JSON), by party.
+    pub fn sums(&self, task: &str) -> Result<Vec<(String, String)>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT party, sums FROM feature_sums WHERE task = ?1 ORDER BY party",
+        )?;
         let rows = st.query_map([task], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
@@ -613,7 +640,7 @@ impl Store {
 
     /// All rounds of a task, oldest first.
     pub fn rounds(&self, task: &str) -> Result<Vec<RoundRow>> {
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT {ROUND_COLS} FROM rounds WHERE task = ?1 ORDER BY round"
         ))?;
         let rows = st.query_map([task], round_row)?;
@@ -656,9 +683,38 @@ impl Store {
         Ok(())
     }
 
-    /// Parties of a round and their states.
+    /// One party's state in a round.
+    pub fn round_party(
+        &self,
+        task: &str,
+        round: u64,
+        party: &str,
+    ) -> Result<Option<RoundPartyRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT party, state, reason FROM round_parties WHERE task = ?1 AND round = ?2 AND party = ?3",
+        )?;
+        Ok(st
+            .query_row(params![task, round as i64, party], |r| {
+                Ok(RoundPartyRow {
+                    party: r.get(0)?,
+                    state: r.get(1)?,
+                    reason: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// How many parties a round invited.
+    pub fn round_party_count(&self, task: &str, round: u64) -> Result<usize> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM round_parties WHERE task = ?1 AND round = ?2")?;
+        Ok(st.query_row(params![task, round as i64], |r| r.get::<_, i64>(0))? as usize)
+    }
+
+    /// Parties of a round and their states, by name.
     pub fn round_parties(&self, task: &str, round: u64) -> Result<Vec<RoundPartyRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT party, state, reason FROM round_parties WHERE task = ?1 AND round = ?2 ORDER BY party",
         )?;
         let rows = st.query_map(params![task, round as i64], |r| {
@@ -786,7 +842,7 @@ impl Store {
     /// Every declined statistics or evaluation assignment of a task, oldest first:
     /// (party, assignment, reason, time).
     pub fn declines(&self, task: &str) -> Result<Vec<(String, String, String, i64)>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT party, assignment, reason, at_ms FROM declines WHERE task = ?1 ORDER BY at_ms, party",
         )?;
         let rows = st.query_map(params![task], |r| {
@@ -839,7 +895,7 @@ impl Store {
 
     /// Rejections of a round, oldest first: (party, reason).
     pub fn rejections(&self, task: &str, round: u64) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT party, reason FROM rejections WHERE task = ?1 AND round = ?2 ORDER BY id",
         )?;
         let rows = st.query_map(params![task, round as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -873,18 +929,37 @@ impl Store {
 
     /// Every blob a row refers to (accepted updates and published models), as sha256 hex.
     pub fn blob_refs(&self) -> Result<std::collections::HashSet<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT blob_sha256 FROM updates UNION SELECT blob_sha256 FROM models")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT blob_sha256 FROM updates UNION SELECT blob_sha256 FROM models",
+        )?;
         let refs = stmt
             .query_map([], |r| r.get::<_, String>(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(refs)
     }
 
+    /// One party's accepted update of a round, if any (the upload path's O(1) lookup).
+    pub fn update(&self, task: &str, round: u64, party: &str) -> Result<Option<UpdateRow>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT party, blob_sha256, envelope, sample_count, local_metrics, membership_audit FROM updates WHERE task = ?1 AND round = ?2 AND party = ?3",
+        )?;
+        Ok(st
+            .query_row(params![task, round as i64, party], |r| {
+                Ok(UpdateRow {
+                    party: r.get(0)?,
+                    blob_sha256: r.get(1)?,
+                    envelope: r.get(2)?,
+                    sample_count: r.get::<_, i64>(3)? as u64,
+                    local_metrics: r.get(4)?,
+                    membership_audit: r.get(5)?,
+                })
+            })
+            .optional()?)
+    }
+
     /// Accepted updates of a round, by party name.
     pub fn updates(&self, task: &str, round: u64) -> Result<Vec<UpdateRow>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT party, blob_sha256, envelope, sample_count, local_metrics, membership_audit FROM updates WHERE task = ?1 AND round = ?2 ORDER BY party",
         )?;
         let rows = st.query_map(params![task, round as i64], |r| {
@@ -1003,7 +1078,7 @@ impl Store {
 
     /// Evaluations of a version: (party, stats JSON).
     pub fn evaluations(&self, task: &str, version: u64) -> Result<Vec<(String, String)>> {
-        let mut st = self.conn.prepare(
+        let mut st = self.conn.prepare_cached(
             "SELECT party, stats FROM evaluations WHERE task = ?1 AND version = ?2 ORDER BY party",
         )?;
         let rows = st.query_map(params![task, version as i64], |r| {
@@ -1022,7 +1097,7 @@ impl Store {
         limit: Option<usize>,
     ) -> Result<Vec<AuditRecord>> {
         let limit = limit.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT * FROM (SELECT {} FROM audit_log WHERE ?1 IS NULL OR task = ?1 ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
             AuditRecord::COLUMNS
         ))?;
@@ -1033,7 +1108,7 @@ impl Store {
     /// Checks the whole governance log's hash chain (one read snapshot); the head, or the first
     /// record that breaks the chain.
     pub fn verify_audit(&self) -> Result<ChainHead> {
-        let mut st = self.conn.prepare(&format!(
+        let mut st = self.conn.prepare_cached(&format!(
             "SELECT {} FROM audit_log ORDER BY seq",
             AuditRecord::COLUMNS
         ))?;
