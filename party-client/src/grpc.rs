@@ -307,15 +307,18 @@ impl PartyClient {
                     .unwrap_or_default(),
             })),
         };
-        let mut msgs = vec![start];
-        for (i, c) in blob.chunks(CHUNK).enumerate() {
-            msgs.push(pb::UploadUpdateRequest {
+        // Chunks are copied out of the blob as the stream is polled, not all up front: the
+        // upload holds about one blob, not two, and sending starts at once.
+        let chunks = (0..blob.len().div_ceil(CHUNK)).map(move |i| {
+            let c = &blob[i * CHUNK..blob.len().min((i + 1) * CHUNK)];
+            pb::UploadUpdateRequest {
                 part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
                     offset: (i * CHUNK) as u64,
                     data: c.to_vec(),
                 })),
-            });
-        }
+            }
+        });
+        let msgs = std::iter::once(start).chain(chunks);
         let req = self.req(tokio_stream::iter(msgs), "UploadUpdate");
         let r = self
             .inner
