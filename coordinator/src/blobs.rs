@@ -62,7 +62,13 @@ impl BlobStore {
     /// still hashes to its name it is made durable again (a crash may have come between rename
     /// and directory sync) and kept; if not, it is replaced with the good bytes.
     pub fn put(&self, bytes: &[u8]) -> Result<Sha256, BlobStoreError> {
-        let sha = Sha256::of(bytes);
+        self.put_hashed(bytes, Sha256::of(bytes))
+    }
+
+    /// [`Self::put`] for bytes whose sha256 the caller has just computed or verified (an
+    /// upload after `update::verify`): the bytes are not hashed again.
+    pub fn put_hashed(&self, bytes: &[u8], sha: Sha256) -> Result<Sha256, BlobStoreError> {
+        debug_assert_eq!(Sha256::of(bytes), sha, "put_hashed given a wrong digest");
         let dest = self.path(&sha);
         if dest.exists() {
             match self.get(&sha) {

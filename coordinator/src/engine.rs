@@ -326,7 +326,7 @@ pub struct Engine {
     /// Seconds each merge took (re-verification, strategy, publication) since last taken.
     merge_seconds: Vec<f64>,
     /// The last stored model decoded, by blob sha256 (blobs are immutable, so it never goes stale).
-    model_cache: Option<(Sha256, Model)>,
+    model_cache: Option<(Sha256, std::sync::Arc<Model>)>,
 }
 
 impl Engine {
@@ -533,8 +533,11 @@ impl Engine {
             if matches!(cfg.strategy, Strategy::Series { .. }) {
                 // Stages already published (a later relay extends the chain), plus one per step.
                 let have = match self.stored_model(task, &spec, None)? {
-                    Some((_, Model::Series(stages))) => stages.len(),
-                    _ => 0,
+                    Some((_, m)) => match &*m {
+                        Model::Series(stages) => stages.len(),
+                        _ => 0,
+                    },
+                    None => 0,
                 };
                 let queued = self
                     .store
@@ -792,7 +795,7 @@ impl Engine {
         task: &str,
         spec: &ModelSpec,
         version: Option<u64>,
-    ) -> Result<Option<(Sha256, Model)>> {
+    ) -> Result<Option<(Sha256, std::sync::Arc<Model>)>> {
         let Some(row) = self.store.model(task, version)? else {
             return Ok(None);
         };
@@ -813,8 +816,11 @@ impl Engine {
         } else {
             BlobRole::Merged
         };
-        let model =
-            Model::decode(&self.blobs.get(&sha)?, spec, role).map_err(|e| bad(e.to_string()))?;
+        // Decoded once and shared: every upload of a round checks against its base, and a
+        // clone per upload would copy the whole model each time.
+        let model = std::sync::Arc::new(
+            Model::decode(&self.blobs.get(&sha)?, spec, role).map_err(|e| bad(e.to_string()))?,
+        );
         self.model_cache = Some((sha, model.clone()));
         Ok(Some((sha, model)))
     }
@@ -825,7 +831,7 @@ impl Engine {
         task: &str,
         spec: &ModelSpec,
         r: &RoundRow,
-    ) -> Result<(Sha256, Model)> {
+    ) -> Result<(Sha256, std::sync::Arc<Model>)> {
         let version = r.base_version.unwrap_or(0);
         self.stored_model(task, spec, Some(version))?
             .ok_or_else(|| {
@@ -932,7 +938,8 @@ impl Engine {
                 .reject_upload(&task, round, party, code, &reason, now)?;
             return Err(EngineError::Rejected { code, reason });
         }
-        let sha = self.blobs.put(bytes)?;
+        // `verify` checked the bytes hash to the signed header's digest: no second hash.
+        let sha = self.blobs.put_hashed(bytes, envelope.header.blob_sha256)?;
         self.store.accept_update(
             &task,
             round,
@@ -1386,7 +1393,7 @@ impl Engine {
                     samples: v.sample_count(),
                 })
                 .collect();
-            let merged = match (&spec.privacy.dp, &base_model) {
+            let merged = match (&spec.privacy.dp, &*base_model) {
                 _ if streaming => match acc_error {
                     Some(e) => Err(e),
                     None => acc.finish().map(Model::Single).map_err(|e| e.to_string()),
