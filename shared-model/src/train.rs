@@ -161,15 +161,6 @@ pub fn train_observed(
             let data_loss = task_loss(spec.task.kind, z, idx, &data.targets, &device);
             loss_sum += f64::from(data_loss.clone().into_scalar::<f32>()) * b as f64;
             let mut loss = data_loss;
-            if spec.training.weight_decay > 0.0 {
-                let l2 = model
-                    .layers
-                    .iter()
-                    .map(|l| l.weight.val().square().sum())
-                    .reduce(|a, c| a + c)
-                    .expect("at least one layer");
-                loss = loss + l2.mul_scalar(spec.training.weight_decay / 2.0);
-            }
             if let Some((mu, ws, bs)) = &base {
                 let prox = model
                     .layers
@@ -183,7 +174,20 @@ pub fn train_observed(
                     .expect("at least one layer");
                 loss = loss + prox.mul_scalar(mu / 2.0);
             }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let mut grads = GradientsParams::from_grads(loss.backward(), &model);
+            // The weight-decay term λ/2·Σ‖W‖² enters as its gradient λ·W, added to each
+            // trainable weight's gradient here rather than built into the autodiff graph (where
+            // a square and a sum per layer, forward and backward, cost a sixth of an epoch of a
+            // large network). Same update: (λ/2)·2W and λ·W round alike.
+            if spec.training.weight_decay > 0.0 {
+                let lambda = spec.training.weight_decay;
+                for l in &model.layers {
+                    if let Some(g) = grads.remove::<2>(l.weight.id) {
+                        let decay = l.weight.val().inner().mul_scalar(lambda);
+                        grads.register(l.weight.id, g + decay);
+                    }
+                }
+            }
             model = optim.step(opts.learning_rate, model, grads);
         }
         let mean = loss_sum / data.len() as f64;
