@@ -755,6 +755,17 @@ impl Engine {
 
     /// A published model's signed manifest and blob; `None` = latest.
     pub fn model(&self, task: &str, version: Option<u64>) -> Result<(SignedManifest, Vec<u8>)> {
+        let (manifest, sha, blobs) = self.model_ref(task, version)?;
+        Ok((manifest, blobs.get(&sha)?))
+    }
+
+    /// A published model's signed manifest, its blob's digest and the store to read it from:
+    /// for the server, which reads and hashes large blobs outside the engine's lock.
+    pub fn model_ref(
+        &self,
+        task: &str,
+        version: Option<u64>,
+    ) -> Result<(SignedManifest, Sha256, BlobStore)> {
         let m = self
             .store
             .model(task, version)?
@@ -776,7 +787,8 @@ impl Engine {
                 bytes: m.manifest,
                 signature: Signature::from_bytes(&sig),
             },
-            self.blobs.get(&sha)?,
+            sha,
+            self.blobs.clone(),
         ))
     }
 

@@ -610,5 +610,29 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept(
         c.upload(&a.id, &env, blob, None).await.unwrap(),
         Ack::Accepted
     );
+    wait_rounds(&server, "stall", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    // The published model damaged on the coordinator's disk: a download is cut short with
+    // DATA_LOSS before its last chunk, never delivered whole.
+    let sha: String = server
+        .db()
+        .query_row(
+            "SELECT blob_sha256 FROM models WHERE task = 'stall' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let path = blobs.join(&sha);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let e = c
+        .download("stall", 1, max_model_blob_bytes(&spec))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DataLoss") && e.contains("is damaged"), "{e}");
     server.terminate();
 }

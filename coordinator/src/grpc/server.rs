@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use ed25519_dalek::{Signature, VerifyingKey};
 use shared_model::auth::{CallProof, NonceCache, OPERATOR};
 use shared_model::eval::MetricStats;
+use shared_model::ids::Sha256;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -19,6 +20,7 @@ use yosegi_proto::v1::operator_service_server::{OperatorService, OperatorService
 use yosegi_proto::v1::party_service_server::{PartyService, PartyServiceServer};
 
 use super::convert;
+use crate::blobs::BlobStore;
 use crate::engine::{Engine, EngineError, Upload, UploadOutcome};
 use crate::state::{DataDir, now_ms};
 
@@ -237,26 +239,66 @@ struct PartySvc(Arc<Shared>);
 #[derive(Clone, Debug)]
 struct OperatorSvc(Arc<Shared>);
 
+/// Reads a published model's blob on a blocking thread (never under the engine lock).
+async fn read_blob(blobs: BlobStore, sha: Sha256) -> Result<Arc<Vec<u8>>, Status> {
+    tokio::task::spawn_blocking(move || blobs.read_unchecked(&sha))
+        .await
+        .map_err(|e| Status::internal(format!("reading a model blob: {e}")))?
+        .map(Arc::new)
+        .map_err(|e| {
+            tracing::error!(error = %e, "blob store failure");
+            Status::unavailable(format!("coordinator storage failed reading a model: {e}"))
+        })
+}
+
 /// Streams a signed manifest, then the blob in chunks, as messages built by `manifest` and
-/// `chunk` (the download and pull responses differ only in their message type).
+/// `chunk` (the download and pull responses differ only in their message type). The blob is
+/// hashed on a blocking thread while the chunks go out; the last chunk is sent only once the
+/// blob is known to hash to `sha` (its name), else the stream ends with DATA_LOSS.
 fn stream_model<M: Send + 'static>(
     signed: pb::SignedManifest,
-    blob: Vec<u8>,
+    blob: Arc<Vec<u8>>,
+    sha: Sha256,
     manifest: fn(pb::SignedManifest) -> M,
     chunk: fn(pb::BlobChunk) -> M,
 ) -> ReceiverStream<Result<M, Status>> {
     let (tx, rx) = mpsc::channel(4);
+    let hashed = tokio::task::spawn_blocking({
+        let blob = blob.clone();
+        move || Sha256::of(&blob)
+    });
     tokio::spawn(async move {
         if tx.send(Ok(manifest(signed))).await.is_err() {
             return;
         }
-        for (i, c) in blob.chunks(CHUNK).enumerate() {
-            let part = pb::BlobChunk {
-                offset: (i * CHUNK) as u64,
-                data: c.to_vec(),
-            };
-            if tx.send(Ok(chunk(part))).await.is_err() {
+        let n = blob.len().div_ceil(CHUNK);
+        let part = |i: usize| pb::BlobChunk {
+            offset: (i * CHUNK) as u64,
+            data: blob[i * CHUNK..blob.len().min((i + 1) * CHUNK)].to_vec(),
+        };
+        for i in 0..n.saturating_sub(1) {
+            if tx.send(Ok(chunk(part(i)))).await.is_err() {
                 return;
+            }
+        }
+        match hashed.await {
+            Ok(found) if found == sha => {
+                if n > 0 {
+                    let _ = tx.send(Ok(chunk(part(n - 1)))).await;
+                }
+            }
+            Ok(found) => {
+                tracing::error!(blob = %sha, %found, "a stored model blob no longer hashes to its name");
+                let _ = tx
+                    .send(Err(Status::data_loss(format!(
+                        "the coordinator's copy of model blob {sha} is damaged (it hashes to {found}); nothing usable was sent"
+                    ))))
+                    .await;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("hashing a model blob: {e}"))))
+                    .await;
             }
         }
     });
@@ -322,15 +364,17 @@ impl PartyService for PartySvc {
     ) -> Result<Response<Self::DownloadModelStream>, Status> {
         let party = self.0.party(&req, &format!("{PARTY}DownloadModel"))?;
         let r = req.into_inner();
-        let (m, blob) = with_engine(&self.0, move |e| {
+        let (m, sha, blobs) = with_engine(&self.0, move |e| {
             e.check_member(&r.task, &party)?;
-            e.model(&r.task, Some(r.version))
+            e.model_ref(&r.task, Some(r.version))
         })
         .await?;
+        let blob = read_blob(blobs, sha).await?;
         self.0.metrics.download(blob.len() as u64);
         Ok(Response::new(stream_model(
             convert::manifest(&m),
             blob,
+            sha,
             |m| pb::DownloadModelResponse {
                 part: Some(pb::download_model_response::Part::Manifest(m)),
             },
@@ -672,11 +716,13 @@ impl OperatorService for OperatorSvc {
         self.0.operator(&req, &format!("{OPERATOR_SVC}PullModel"))?;
         let r = req.into_inner();
         let version = (r.version > 0).then_some(r.version);
-        let (m, blob) = with_engine(&self.0, move |e| e.model(&r.task, version)).await?;
+        let (m, sha, blobs) = with_engine(&self.0, move |e| e.model_ref(&r.task, version)).await?;
+        let blob = read_blob(blobs, sha).await?;
         self.0.metrics.download(blob.len() as u64);
         Ok(Response::new(stream_model(
             convert::manifest(&m),
             blob,
+            sha,
             |m| pb::PullModelResponse {
                 part: Some(pb::pull_model_response::Part::Manifest(m)),
             },
