@@ -86,6 +86,42 @@ pub struct PartyClient {
     key: SigningKey,
 }
 
+/// The first message of an upload stream: the assignment answered and the signed envelope
+/// (then the party's metrics and membership audit, if any). Chunks follow.
+pub fn upload_start(
+    assignment: &str,
+    envelope: &SignedUpdate,
+    local_metrics: Option<&MetricStats>,
+    audit: Option<&shared_model::membership::MembershipAudit>,
+) -> pb::UploadUpdateRequest {
+    let h = &envelope.header;
+    pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
+            assignment_id: assignment.into(),
+            envelope: Some(pb::UpdateEnvelope {
+                task: h.task.to_string(),
+                spec_id: h.spec_id.to_string(),
+                round: h.round.0,
+                step: h.step.0,
+                base_model_sha256: h.base_model.to_string(),
+                party: h.party.to_string(),
+                blob_sha256: h.blob_sha256.to_string(),
+                blob_len: h.blob_len,
+                sample_count: h.sample_count,
+                signer_public_key: envelope.signer.as_bytes().to_vec(),
+                signature: envelope.signature.to_bytes().to_vec(),
+                min_cohort: h.min_cohort,
+            }),
+            local_metrics: local_metrics.map(|m| pb::MetricStatsJson {
+                json: serde_json::to_string(m).expect("stats serialise"),
+            }),
+            membership_audit_json: audit
+                .map(|a| serde_json::to_string(a).expect("audits serialise"))
+                .unwrap_or_default(),
+        })),
+    }
+}
+
 /// Adds the call-authentication metadata to a request.
 pub fn sign<T>(
     mut req: Request<T>,
@@ -281,32 +317,7 @@ impl PartyClient {
         local_metrics: Option<&MetricStats>,
         audit: Option<&shared_model::membership::MembershipAudit>,
     ) -> anyhow::Result<Ack> {
-        let h = &envelope.header;
-        let start = pb::UploadUpdateRequest {
-            part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
-                assignment_id: assignment.into(),
-                envelope: Some(pb::UpdateEnvelope {
-                    task: h.task.to_string(),
-                    spec_id: h.spec_id.to_string(),
-                    round: h.round.0,
-                    step: h.step.0,
-                    base_model_sha256: h.base_model.to_string(),
-                    party: h.party.to_string(),
-                    blob_sha256: h.blob_sha256.to_string(),
-                    blob_len: h.blob_len,
-                    sample_count: h.sample_count,
-                    signer_public_key: envelope.signer.as_bytes().to_vec(),
-                    signature: envelope.signature.to_bytes().to_vec(),
-                    min_cohort: h.min_cohort,
-                }),
-                local_metrics: local_metrics.map(|m| pb::MetricStatsJson {
-                    json: serde_json::to_string(m).expect("stats serialise"),
-                }),
-                membership_audit_json: audit
-                    .map(|a| serde_json::to_string(a).expect("audits serialise"))
-                    .unwrap_or_default(),
-            })),
-        };
+        let start = upload_start(assignment, envelope, local_metrics, audit);
         // Chunks are copied out of the blob as the stream is polled, not all up front: the
         // upload holds about one blob, not two, and sending starts at once.
         let chunks = (0..blob.len().div_ceil(CHUNK)).map(move |i| {

@@ -9,9 +9,10 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use coordinator::grpc::client::OperatorClient;
 use coordinator::swarm::{RandomUpdate, random_update, spec_text};
 use coordinator::views::RoundView;
-use party_client::grpc::{Ack, Assignment, PartyClient, Work, sign};
+use party_client::grpc::{Ack, Assignment, PartyClient, Work, sign, upload_start};
 use shared_model::SigningKey;
 use shared_model::data::load_csv;
 use shared_model::ids::{PartyId, TaskId};
@@ -92,6 +93,38 @@ async fn update_for(
         key,
     })
     .expect("builds an update")
+}
+
+/// Two simulated sites, `site-0` and `site-1`, enrolled in a FedAvg task over ~1M parameters
+/// (~4 MB updates) that needs both, past its statistics step: the operator, the spec, and each
+/// site's key and connection.
+async fn two_sites(
+    server: &ServerProcess,
+    task: &str,
+) -> (OperatorClient, ModelSpec, [(SigningKey, PartyClient); 2]) {
+    let mut op = server.operator().await;
+    let keys = [
+        shared_model::keys::generate().unwrap(),
+        shared_model::keys::generate().unwrap(),
+    ];
+    for (i, k) in keys.iter().enumerate() {
+        op.enroll(&format!("site-{i}"), &k.verifying_key())
+            .await
+            .unwrap();
+    }
+    let text = spec_text(task, 1_000_000);
+    let spec = ModelSpec::parse(&text, task).unwrap();
+    op.create_task(task, &text, &[]).await.unwrap();
+    op.start_round(task, "fedavg", HashMap::new(), 2, 120_000, 1)
+        .await
+        .unwrap();
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 7) as f32).collect();
+    let [k0, k1] = keys;
+    let mut c0 = client(server, "site-0", &k0).await;
+    let mut c1 = client(server, "site-1", &k1).await;
+    report_sums(&mut c0, &rows, 16).await;
+    report_sums(&mut c1, &rows, 16).await;
+    (op, spec, [(k0, c0), (k1, c1)])
 }
 
 async fn wait_rounds(
@@ -341,25 +374,8 @@ async fn a_full_disk_refuses_the_upload_unacknowledged_and_the_coordinator_keeps
     let mut server = ServerProcess::init(dir.path());
     server.ignore_sigxfsz = true;
     server.start();
-    let mut op = server.operator().await;
-    let (k0, k1) = (
-        shared_model::keys::generate().unwrap(),
-        shared_model::keys::generate().unwrap(),
-    );
-    op.enroll("site-0", &k0.verifying_key()).await.unwrap();
-    op.enroll("site-1", &k1.verifying_key()).await.unwrap();
     // ~4 MB updates against a 2 MiB file-size limit.
-    let text = spec_text("disk", 1_000_000);
-    let spec = ModelSpec::parse(&text, "<disk>").unwrap();
-    op.create_task("disk", &text, &[]).await.unwrap();
-    op.start_round("disk", "fedavg", HashMap::new(), 2, 120_000, 1)
-        .await
-        .unwrap();
-    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 7) as f32).collect();
-    let mut c0 = client(&server, "site-0", &k0).await;
-    let mut c1 = client(&server, "site-1", &k1).await;
-    report_sums(&mut c0, &rows, 16).await;
-    report_sums(&mut c1, &rows, 16).await;
+    let (mut op, spec, [(k0, mut c0), (k1, mut c1)]) = two_sites(&server, "disk").await;
     let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
     let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
     const LIMIT: u64 = 2 << 20;
@@ -431,24 +447,7 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::init(dir.path());
     server.start();
-    let mut op = server.operator().await;
-    let (k0, k1) = (
-        shared_model::keys::generate().unwrap(),
-        shared_model::keys::generate().unwrap(),
-    );
-    op.enroll("site-0", &k0.verifying_key()).await.unwrap();
-    op.enroll("site-1", &k1.verifying_key()).await.unwrap();
-    let text = spec_text("cut", 1_000_000);
-    let spec = ModelSpec::parse(&text, "<cut>").unwrap();
-    op.create_task("cut", &text, &[]).await.unwrap();
-    op.start_round("cut", "fedavg", HashMap::new(), 2, 120_000, 1)
-        .await
-        .unwrap();
-    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 5) as f32).collect();
-    let mut c0 = client(&server, "site-0", &k0).await;
-    let mut c1 = client(&server, "site-1", &k1).await;
-    report_sums(&mut c0, &rows, 16).await;
-    report_sums(&mut c1, &rows, 16).await;
+    let (mut op, spec, [(k0, mut c0), (k1, mut c1)]) = two_sites(&server, "cut").await;
     let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
     let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
 
@@ -456,7 +455,9 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
     // connection is dropped with the stream unfinished.
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
     let h = &env.header;
-    tx.send(upload_start(&a0.id, &env)).await.unwrap();
+    tx.send(upload_start(&a0.id, &env, None, None))
+        .await
+        .unwrap();
     for (i, c) in blob.chunks(1 << 20).take(2).enumerate() {
         tx.send(pb::UploadUpdateRequest {
             part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
@@ -519,32 +520,6 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
     assert_eq!(files, 4);
 }
 
-/// The first message of an upload stream: the assignment and the signed envelope.
-fn upload_start(assignment: &str, env: &SignedUpdate) -> pb::UploadUpdateRequest {
-    let h = &env.header;
-    pb::UploadUpdateRequest {
-        part: Some(pb::upload_update_request::Part::Start(pb::UploadStart {
-            assignment_id: assignment.to_string(),
-            envelope: Some(pb::UpdateEnvelope {
-                task: h.task.to_string(),
-                spec_id: h.spec_id.to_string(),
-                round: h.round.0,
-                step: h.step.0,
-                base_model_sha256: h.base_model.to_string(),
-                party: h.party.to_string(),
-                blob_sha256: h.blob_sha256.to_string(),
-                blob_len: h.blob_len,
-                sample_count: h.sample_count,
-                signer_public_key: env.signer.as_bytes().to_vec(),
-                signature: env.signature.to_bytes().to_vec(),
-                min_cohort: h.min_cohort,
-            }),
-            local_metrics: None,
-            membership_audit_json: String::new(),
-        })),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept() {
     let dir = tempfile::tempdir().unwrap();
@@ -567,7 +542,9 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept(
     let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
     // The envelope and one chunk, then silence with the stream still open (a dead link).
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(4);
-    tx.send(upload_start(&a.id, &env)).await.unwrap();
+    tx.send(upload_start(&a.id, &env, None, None))
+        .await
+        .unwrap();
     tx.send(pb::UploadUpdateRequest {
         part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
             offset: 0,
