@@ -176,7 +176,7 @@ pub fn gauges(
     let mut g = Gauges::default();
     for t in store.tasks()? {
         g.tasks += 1;
-        for r in store.rounds(&t.name)? {
+        for r in store.rounds(t.name.as_str())? {
             *g.rounds.entry(r.phase.to_string()).or_default() += 1;
         }
     }

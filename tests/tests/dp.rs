@@ -30,15 +30,18 @@ fn update_norms(sb: &Sandbox, task: &str, spec: &ModelSpec, round: u64) -> Vec<f
         .rounds(task)
         .unwrap()
         .into_iter()
-        .find(|r| r.round == round)
+        .find(|r| r.round.0 == round)
         .unwrap();
-    let row = store.model(task, r.base_version).unwrap().unwrap();
-    let role = if row.version == 0 {
+    let row = store
+        .model(task, r.base_version.map(|v| v.0))
+        .unwrap()
+        .unwrap();
+    let role = if row.version.0 == 0 {
         BlobRole::Initial
     } else {
         BlobRole::Merged
     };
-    let base_bytes = blobs.get(&row.blob_sha256.parse().unwrap()).unwrap();
+    let base_bytes = blobs.get(&row.blob_sha256).unwrap();
     let Model::Single(base) = Model::decode(&base_bytes, spec, role).unwrap() else {
         panic!("a DP task's model is a single network");
     };
@@ -47,7 +50,7 @@ fn update_norms(sb: &Sandbox, task: &str, spec: &ModelSpec, round: u64) -> Vec<f
         .unwrap()
         .iter()
         .map(|u| {
-            let bytes = blobs.get(&u.blob_sha256.parse().unwrap()).unwrap();
+            let bytes = blobs.get(&u.blob_sha256).unwrap();
             let w: Weights = blob::decode(&bytes, spec, BlobRole::Update).unwrap();
             dp::delta_norm(&base, &w)
         })

@@ -109,7 +109,7 @@ async fn every_strategy_runs_live_and_its_model_evaluates_at_every_plant() {
         let task = format!("wdbc-{strategy}");
         let last = store.model(&task, None).unwrap().unwrap().version;
         assert_eq!(
-            store.evaluations(&task, last).unwrap().len(),
+            store.evaluations(&task, last.0).unwrap().len(),
             3,
             "{strategy}: every plant reported its evaluation"
         );

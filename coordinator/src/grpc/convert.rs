@@ -32,8 +32,9 @@ pub fn status(e: EngineError) -> Status {
     }
 }
 
-impl From<&Assignment> for pb::Assignment {
-    fn from(a: &Assignment) -> Self {
+/// An assignment on the wire.
+pub fn assignment(a: &Assignment) -> pb::Assignment {
+    {
         let work = match &a.work {
             Work::Stats => pb::assignment::Work::Stats(pb::StatsWork {}),
             Work::Train {
@@ -61,8 +62,8 @@ impl From<&Assignment> for pb::Assignment {
             }
         };
         pb::Assignment {
-            assignment_id: a.id.clone(),
-            task: a.task.clone(),
+            assignment_id: a.id.to_string(),
+            task: a.id.task.to_string(),
             spec_toml: a.spec_toml.clone(),
             spec_id: a.spec_id.clone(),
             round: a.round,
@@ -163,12 +164,12 @@ pub fn round_infos(
     for r in rounds.clone() {
         let spent = match &dp {
             Some(d) if r.phase == crate::store::RoundPhase::Published => {
-                Some(crate::engine::dp_spent(d, &rounds, r.round))
+                Some(crate::engine::dp_spent(d, &rounds, r.round.0))
             }
             _ => None,
         };
         let evaluations = match r.version {
-            Some(v) => store.evaluations(task, v)?,
+            Some(v) => store.evaluations(task, v.0)?,
             None => Vec::new(),
         };
         let as_metrics = |json: &str| {
@@ -178,33 +179,33 @@ pub fn round_infos(
                 .unwrap_or_default()
         };
         let mut parties: Vec<pb::PartyRoundState> = store
-            .round_parties(task, r.round)?
+            .round_parties(task, r.round.0)?
             .into_iter()
             .map(|p| pb::PartyRoundState {
                 evaluation_json: evaluations
                     .iter()
-                    .find(|(q, _)| *q == p.party)
+                    .find(|(q, _)| q == p.party.as_str())
                     .map(|(_, j)| as_metrics(j))
                     .unwrap_or_default(),
-                party: p.party,
-                state: p.state,
-                reason: p.reason,
+                party: p.party.to_string(),
+                state: p.state.name().to_string(),
+                reason: p.state.reason().to_string(),
                 sample_count: 0,
                 update_bytes: 0,
                 local_metrics_json: String::new(),
                 membership_audit_json: String::new(),
             })
             .collect();
-        for u in store.updates(task, r.round)? {
-            if let Some(p) = parties.iter_mut().find(|p| p.party == u.party) {
+        for u in store.updates(task, r.round.0)? {
+            if let Some(p) = parties.iter_mut().find(|p| p.party == u.party.as_str()) {
                 p.sample_count = u.sample_count;
                 p.local_metrics_json = u
-                    .local_metrics
+                    .local_metrics_json
                     .as_deref()
                     .map(as_metrics)
                     .unwrap_or_default();
-                p.membership_audit_json = u.membership_audit.clone().unwrap_or_default();
-                p.update_bytes = serde_json::from_str::<serde_json::Value>(&u.envelope)
+                p.membership_audit_json = u.membership_audit_json.clone().unwrap_or_default();
+                p.update_bytes = serde_json::from_str::<serde_json::Value>(&u.envelope_json)
                     .ok()
                     .and_then(|e| e["header"]["blob_len"].as_u64())
                     .unwrap_or(0);
@@ -238,9 +239,9 @@ pub fn round_infos(
                 })
             };
         let (published_unix_ms, model_bytes) =
-            manifest(r.version)?.map_or((0, 0), |m| (m.created_unix_ms, m.blob_len));
-        let base_model_bytes = manifest(r.base_version)?.map_or(0, |m| m.blob_len);
-        let rejections = store.rejections(task, r.round)?;
+            manifest(r.version.map(|v| v.0))?.map_or((0, 0), |m| (m.created_unix_ms, m.blob_len));
+        let base_model_bytes = manifest(r.base_version.map(|v| v.0))?.map_or(0, |m| m.blob_len);
+        let rejections = store.rejections(task, r.round.0)?;
         let failure = r.failure.clone().unwrap_or_default();
         for (party, reason) in rejections {
             if !parties
@@ -249,25 +250,25 @@ pub fn round_infos(
             {
                 parties.push(pb::PartyRoundState {
                     party,
-                    state: "rejected".into(),
+                    state: yosegi_round::state::PartyStateName::Rejected.to_string(),
                     reason,
                     ..Default::default()
                 });
             }
         }
         out.push(pb::RoundInfo {
-            round: r.round,
-            strategy: r.strategy,
+            round: r.round.0,
+            strategy: r.plan.strategy_name().to_string(),
             phase: r.phase.to_string(),
-            min_parties: r.min_parties,
+            min_parties: r.plan.min_parties,
             started_unix_ms: r.started_ms.unwrap_or(0),
             deadline_unix_ms: r.ends_ms.unwrap_or(0),
             parties,
             failure,
-            version: r.version.unwrap_or(0),
+            version: r.version.map_or(0, |v| v.0),
             metrics_json,
             evaluated_by,
-            options_json: r.options,
+            options_json: r.plan.options_json(),
             published_unix_ms,
             model_bytes,
             base_model_bytes,

@@ -322,7 +322,7 @@ impl PartyService for PartySvc {
             let a = with_engine(&self.0, move |e| e.next_assignment(&p, now_ms())).await?;
             if let Some(a) = a {
                 return Ok(Response::new(pb::NextAssignmentResponse {
-                    assignment: Some((&a).into()),
+                    assignment: Some(convert::assignment(&a)),
                 }));
             }
             let now = tokio::time::Instant::now();
@@ -603,7 +603,7 @@ impl OperatorService for OperatorSvc {
                     fingerprint: VerifyingKey::from_bytes(&p.public_key)
                         .map(|k| shared_model::keys::fingerprint(&k))
                         .unwrap_or_default(),
-                    name: p.name,
+                    name: p.name.to_string(),
                     revoked: p.revoked,
                     enrolled_unix_ms: p.enrolled_ms,
                     last_seen_unix_ms: p.last_seen_ms,
@@ -634,15 +634,13 @@ impl OperatorService for OperatorSvc {
         let tasks = with_engine(&self.0, |e| {
             let mut out = Vec::new();
             for t in e.store().tasks()? {
-                let latest = e.store().model(&t.name, None)?.map_or(0, |m| m.version);
-                let spec_name = shared_model::spec::ModelSpec::parse(&t.spec_toml, &t.name)
-                    .map(|s| s.name)
-                    .unwrap_or_default();
+                let latest = e.store().latest_version(t.name.as_str())?.0;
+                let spec_name = t.spec().map(|s| s.name).unwrap_or_default();
                 out.push(pb::TaskInfo {
-                    name: t.name,
+                    name: t.name.to_string(),
                     spec_id: t.spec_id,
                     spec_name,
-                    parties: t.parties,
+                    parties: t.parties.iter().map(|p| p.to_string()).collect(),
                     latest_version: latest,
                     created_unix_ms: t.created_ms,
                 });

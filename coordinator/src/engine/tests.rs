@@ -1,0 +1,601 @@
+//! Engine tests: the shell around the round rules, on a temp store and blob dir.
+use super::*;
+use crate::store::{RoundPhase, Store};
+use shared_model::blob::{self, BlobMeta};
+use shared_model::dp;
+use shared_model::ids::{RoundNo, StepNo, TaskId};
+use shared_model::keys::generate;
+use shared_model::update::SignedUpdate;
+use shared_model::weights::Weights;
+
+const SPEC: &str = r#"
+format = 1
+name = "tiny"
+[task]
+kind = "binary"
+target = "y"
+features = ["a", "b"]
+[model]
+hidden = [3]
+[training]
+learning_rate = 0.1
+local_epochs = 1
+batch_size = 4
+seed = 1
+"#;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    engine: Engine,
+    keys: Vec<(String, SigningKey)>,
+    spec: String,
+    /// Signed cohort requirement of each party's uploads (0 = none).
+    min_cohort: Vec<u32>,
+}
+
+fn sums() -> FeatureSums {
+    FeatureSums::of_rows(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2)
+}
+
+/// An engine with `n` enrolled parties and a task `t` past its statistics step.
+fn fixture(n: usize) -> Fixture {
+    fixture_with(n, SPEC)
+}
+
+/// The same with another spec text for the task.
+fn fixture_with(n: usize, spec: &str) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("y.db")).unwrap();
+    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+    let keys: Vec<(String, SigningKey)> = (0..n)
+        .map(|i| (format!("plant-{i}"), generate().unwrap()))
+        .collect();
+    for (name, k) in &keys {
+        engine.enroll(name, &k.verifying_key(), 0).unwrap();
+    }
+    engine.create_task("t", spec, &[], 0).unwrap();
+    for (name, _) in &keys {
+        engine.submit_sums(name, "t/stats/0", &sums()).unwrap();
+    }
+    assert!(engine.tick(1).unwrap(), "statistics complete");
+    Fixture {
+        _dir: dir,
+        engine,
+        keys,
+        spec: spec.to_string(),
+        min_cohort: Vec::new(),
+    }
+}
+
+impl Fixture {
+    /// A correctly signed update of party `i` for round `round`, trained on nothing.
+    fn upload(&mut self, i: usize, round: u64, now: i64) -> Result<UploadOutcome> {
+        let norm = sums().normalization().unwrap();
+        self.upload_with(i, round, now, &norm)
+    }
+
+    /// The same with a chosen normalisation.
+    fn upload_with(
+        &mut self,
+        i: usize,
+        round: u64,
+        now: i64,
+        norm: &shared_model::stats::Normalization,
+    ) -> Result<UploadOutcome> {
+        let spec = ModelSpec::parse(&self.spec, "t").unwrap();
+        let w = Weights::initial(&spec, norm)
+            .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (i as f32 + 1.0)).collect())
+            .unwrap();
+        self.upload_weights(i, round, now, &w)
+    }
+
+    /// A correctly signed update of party `i` for round `round` holding `w`.
+    fn upload_weights(
+        &mut self,
+        i: usize,
+        round: u64,
+        now: i64,
+        w: &Weights,
+    ) -> Result<UploadOutcome> {
+        let spec = ModelSpec::parse(&self.spec, "t").unwrap();
+        let (name, key) = &self.keys[i];
+        let r = self.engine.store().rounds("t").unwrap();
+        let r = r.iter().find(|r| r.round.0 == round).unwrap();
+        let base = self
+            .engine
+            .store()
+            .model("t", r.base_version.map(|v| v.0))
+            .unwrap()
+            .unwrap();
+        let bytes = blob::encode(
+            w,
+            &BlobMeta {
+                spec_id: spec.id(),
+                role: BlobRole::Update,
+            },
+        );
+        let env = SignedUpdate::for_blob(
+            TaskId::new("t").unwrap(),
+            spec.id(),
+            RoundNo(round),
+            StepNo(0),
+            base.blob_sha256,
+            PartyId::new(name).unwrap(),
+            &bytes,
+            10,
+            key,
+        );
+        let env = match self.min_cohort.get(i) {
+            Some(&k) if k > 0 => env.with_min_cohort(k, key),
+            _ => env,
+        };
+        let vk = key.verifying_key();
+        self.engine.accept_upload(
+            &Upload {
+                party: name,
+                party_key: &vk,
+                assignment: &format!("t/train/{round}"),
+                envelope: &env,
+                bytes: &bytes,
+                local_metrics: None,
+                membership_audit: None,
+            },
+            now,
+        )
+    }
+}
+
+#[test]
+fn impossible_feature_sums_are_refused_with_the_party_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("y.db")).unwrap();
+    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+    let k = generate().unwrap();
+    engine.enroll("plant-a", &k.verifying_key(), 0).unwrap();
+    engine.create_task("t", SPEC, &[], 0).unwrap();
+    let mut bad = sums();
+    bad.sum[0] = f64::NAN;
+    let e = engine
+        .submit_sums("plant-a", "t/stats/0", &bad)
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("plant-a") && e.to_string().contains("feature 0"),
+        "{e}"
+    );
+    let mut huge = sums();
+    huge.count = u64::MAX;
+    assert!(engine.submit_sums("plant-a", "t/stats/0", &huge).is_err());
+    assert!(
+        engine.store().sums("t").unwrap().is_empty(),
+        "nothing stored"
+    );
+    // The statistics step is still open for a good report.
+    engine.submit_sums("plant-a", "t/stats/0", &sums()).unwrap();
+}
+
+#[test]
+fn a_party_revoked_mid_round_cannot_upload_and_is_not_merged() {
+    let mut f = fixture(3);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+    f.engine.revoke("plant-1", 4).unwrap();
+    let e = f.upload(1, 1, 5).unwrap_err();
+    assert!(e.to_string().contains("plant-1 is revoked"), "{e}");
+    // plant-2 uploads; then plant-0 is revoked after its upload was accepted.
+    assert_eq!(f.upload(2, 1, 6).unwrap(), UploadOutcome::Accepted);
+    f.engine.revoke("plant-0", 7).unwrap();
+    assert!(f.engine.tick(8).unwrap());
+    let r = &f.engine.store().rounds("t").unwrap()[0];
+    // Only plant-2 is left after re-verification: below the quorum of 2.
+    assert_eq!(r.phase, RoundPhase::Failed);
+    let failure = r.failure.clone().unwrap();
+    assert!(failure.contains("1 of 2"), "{failure}");
+    let parties = f.engine.store().round_parties("t", 1).unwrap();
+    let p0 = parties
+        .iter()
+        .find(|p| p.party.as_str() == "plant-0")
+        .unwrap();
+    assert!(
+        p0.state.reason().contains("revoked"),
+        "{}",
+        p0.state.reason()
+    );
+}
+
+#[test]
+fn too_few_feature_sums_after_declines_fail_the_round_instead_of_exposing_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::create(&dir.path().join("y.db")).unwrap();
+    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
+    let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+    for i in 0..3 {
+        let k = generate().unwrap();
+        engine
+            .enroll(&format!("plant-{i}"), &k.verifying_key(), 0)
+            .unwrap();
+    }
+    engine.create_task("t", SPEC, &[], 0).unwrap();
+    engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    engine.submit_sums("plant-0", "t/stats/0", &sums()).unwrap();
+    engine
+        .decline("plant-1", "t/stats/0", "site policy", 2)
+        .unwrap();
+    assert!(!engine.tick(3).unwrap(), "plant-2 has not answered yet");
+    engine
+        .decline("plant-2", "t/stats/0", "site policy", 4)
+        .unwrap();
+    assert!(engine.tick(5).unwrap());
+    let r = &engine.store().rounds("t").unwrap()[0];
+    assert_eq!(r.phase, RoundPhase::Failed);
+    let failure = r.failure.clone().unwrap();
+    assert!(
+        failure.contains("only 1 of 3 parties reported feature sums")
+            && failure.contains("plant-1, plant-2")
+            && failure.contains("quorum of 2"),
+        "{failure}"
+    );
+    assert!(
+        engine.store().model("t", Some(0)).unwrap().is_none(),
+        "no initial model from one plant's sums"
+    );
+}
+
+#[test]
+fn an_update_damaged_on_disk_is_left_out_at_the_close_naming_the_mismatch() {
+    let mut f = fixture(3);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    for i in 0..3 {
+        f.upload(i, 1, 3).unwrap();
+    }
+    let damaged = f
+        .engine
+        .store()
+        .update("t", 1, "plant-1")
+        .unwrap()
+        .unwrap()
+        .blob_sha256
+        .to_string();
+    let path = f._dir.path().join("blobs").join(&damaged);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&path, bytes).unwrap();
+    assert!(f.engine.tick(100_000).unwrap());
+    let r = &f.engine.store().rounds("t").unwrap()[0];
+    assert_eq!(r.phase, RoundPhase::Published, "{r:?}");
+    let p1 = f
+        .engine
+        .store()
+        .round_party("t", 1, "plant-1")
+        .unwrap()
+        .unwrap();
+    assert!(
+        p1.state.reason().contains("update left out of the merge")
+            && p1.state.reason().contains("blob sha256 is")
+            && p1.state.reason().contains(&damaged),
+        "{}",
+        p1.state.reason()
+    );
+    let (signed, _) = f.engine.model("t", None).unwrap();
+    let m: shared_model::manifest::Manifest = serde_json::from_slice(&signed.bytes).unwrap();
+    let merged: Vec<&str> = m.contributors.iter().map(|c| c.party.as_str()).collect();
+    assert_eq!(merged, ["plant-0", "plant-2"]);
+}
+
+#[test]
+fn a_signed_cohort_requirement_is_enforced_at_the_merge() {
+    let mut f = fixture(4);
+    // plant-0 needs 3 parties in the merge, plant-1 needs 4; plant-3 never answers.
+    f.min_cohort = vec![3, 4, 0, 0];
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    for i in 0..3 {
+        f.upload(i, 1, 3).unwrap();
+    }
+    // The deadline passes: 3 updates, so plant-1 (needs 4) is left out; then only 2 remain,
+    // so plant-0 (needs 3) is left out too; plant-2's update is merged alone.
+    assert!(f.engine.tick(100_000).unwrap());
+    let r = &f.engine.store().rounds("t").unwrap()[0];
+    assert_eq!(r.phase, RoundPhase::Published, "{r:?}");
+    let parties = f.engine.store().round_parties("t", 1).unwrap();
+    let reason = |name: &str| {
+        parties
+            .iter()
+            .find(|p| p.party.as_str() == name)
+            .map(|p| p.state.reason().to_string())
+            .unwrap()
+    };
+    assert!(
+        reason("plant-1").contains("requires at least 4 parties in the merge")
+            && reason("plant-1").contains("only 3 would be"),
+        "{}",
+        reason("plant-1")
+    );
+    assert!(
+        reason("plant-0").contains("requires at least 3 parties in the merge")
+            && reason("plant-0").contains("only 2 would be"),
+        "{}",
+        reason("plant-0")
+    );
+    let (signed, _) = f.engine.model("t", None).unwrap();
+    let m: shared_model::manifest::Manifest = serde_json::from_slice(&signed.bytes).unwrap();
+    let merged: Vec<&str> = m.contributors.iter().map(|c| c.party.as_str()).collect();
+    assert_eq!(merged, ["plant-2"]);
+    // FedAvg streams: the updates left out after being folded in are taken out again, so
+    // the model is plant-2's update alone (initial + 0.03), not the mean of three.
+    let spec = ModelSpec::parse(&f.spec, "t").unwrap();
+    let (_, bytes) = f.engine.model("t", None).unwrap();
+    let Model::Single(w) = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap() else {
+        panic!("FedAvg publishes a single network")
+    };
+    let want = Weights::initial(&spec, &sums().normalization().unwrap())
+        .map_trainable(|t| t.data.iter().map(|v| v + 0.01 * (2.0f32 + 1.0)).collect())
+        .unwrap();
+    assert_eq!(w.trainable(), want.trainable());
+}
+
+#[test]
+fn training_work_says_how_many_parties_the_round_combines() {
+    let round_parties = |a: Assignment| match a.work {
+        Work::Train { round_parties, .. } => round_parties,
+        other => panic!("{other:?}"),
+    };
+    let mut f = fixture(3);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    let a = f.engine.next_assignment("plant-1", 3).unwrap().unwrap();
+    assert_eq!(round_parties(a), 3);
+    for i in 0..3 {
+        f.upload(i, 1, 4).unwrap();
+    }
+    assert!(f.engine.tick(5).unwrap(), "round 1 published");
+    // A relay step invites one party, but its result combines the whole relay's.
+    f.engine
+        .start_rounds("t", "transfer", &BTreeMap::new(), 1, 60_000, 1, 6)
+        .unwrap();
+    f.engine.tick(7).unwrap();
+    let a = f.engine.next_assignment("plant-0", 8).unwrap().unwrap();
+    assert_eq!(a.step, 0);
+    assert_eq!(round_parties(a), 3);
+}
+
+#[test]
+fn declined_evaluations_are_not_offered_again_and_training_comes_first() {
+    let mut f = fixture(2);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 2, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    f.upload(0, 1, 3).unwrap();
+    f.upload(1, 1, 3).unwrap();
+    assert!(f.engine.tick(4).unwrap(), "round 1 published");
+    assert!(f.engine.tick(5).unwrap(), "round 2 opened");
+    // Round 2's training is offered before round 1's evaluation.
+    let a = f.engine.next_assignment("plant-0", 6).unwrap().unwrap();
+    assert_eq!(a.id.to_string(), "t/train/2");
+    f.upload(0, 2, 7).unwrap();
+    let a = f.engine.next_assignment("plant-0", 8).unwrap().unwrap();
+    assert_eq!(a.id.to_string(), "t/evaluate/1");
+    f.engine
+        .decline("plant-0", &a.id.to_string(), "site policy", 9)
+        .unwrap();
+    assert_eq!(f.engine.next_assignment("plant-0", 10).unwrap(), None);
+    // The other party still gets it.
+    let b = f.engine.next_assignment("plant-1", 10).unwrap().unwrap();
+    assert_eq!(b.id.to_string(), "t/train/2");
+}
+
+#[test]
+fn an_update_with_another_normalisation_is_rejected_and_named() {
+    let mut f = fixture(2);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    let mut norm = sums().normalization().unwrap();
+    norm.mean[1] += 1.0;
+    match f.upload_with(0, 1, 3, &norm) {
+        Err(EngineError::Rejected { code, reason }) => {
+            assert_eq!(code, "normalisation");
+            assert!(reason.contains("plant-0") && reason.contains("differs from the task's"));
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    // The governance log names the party, the round and the failed check.
+    let logged = f.engine.store().audit_records(None, Some(1)).unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&logged[0].detail).unwrap();
+    assert_eq!(
+        (
+            logged[0].kind.as_str(),
+            logged[0].party.as_deref(),
+            logged[0].round
+        ),
+        ("update_rejected", Some("plant-0"), Some(1))
+    );
+    assert_eq!(detail["code"], "normalisation");
+    // A correct upload afterwards is still taken while the round is open.
+    assert_eq!(f.upload(0, 1, 4).unwrap(), UploadOutcome::Accepted);
+    // An upload after the deadline is rejected as late, and logged so.
+    assert!(f.upload(1, 1, 60_003).is_err());
+    let logged = f.engine.store().audit_records(None, Some(1)).unwrap();
+    assert_eq!(logged[0].kind, "update_rejected");
+    assert!(
+        logged[0].detail.contains(r#""code":"late""#),
+        "{}",
+        logged[0].detail
+    );
+}
+
+#[test]
+fn only_open_work_can_be_declined_and_reasons_are_cut() {
+    let mut f = fixture(2);
+    // No round 7, and no version 3: nothing to decline, nothing recorded.
+    assert!(f.engine.decline("plant-0", "t/train/7", "no", 1).is_err());
+    assert!(
+        f.engine
+            .decline("plant-0", "t/evaluate/3", "no", 1)
+            .is_err()
+    );
+    assert!(
+        f.engine.decline("plant-0", "t/stats/0", "no", 1).is_err(),
+        "stats closed"
+    );
+    assert!(f.engine.store().rejections("t", 7).unwrap().is_empty());
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    f.engine
+        .decline("plant-0", "t/train/1", &"x".repeat(10_000), 3)
+        .unwrap();
+    let p = &f.engine.store().round_parties("t", 1).unwrap()[0];
+    assert_eq!(p.state.name(), "declined");
+    assert!(
+        p.state.reason().chars().count() < 600,
+        "{} chars",
+        p.state.reason().len()
+    );
+    // Declining twice is refused: the invitation is answered.
+    assert!(
+        f.engine
+            .decline("plant-0", "t/train/1", "again", 4)
+            .is_err()
+    );
+}
+
+#[test]
+fn strategies_that_cannot_run_are_refused_at_round_start() {
+    let mut f = fixture(3);
+    let opts = |k: &str, v: &str| BTreeMap::from([(k.to_string(), v.to_string())]);
+    let e = f
+        .engine
+        .start_rounds("t", "krum", &opts("f", "1"), 3, 60_000, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("at least 5 updates"), "{e}");
+    let e = f
+        .engine
+        .start_rounds("t", "krum", &opts("f", "0"), 2, 60_000, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("--min-parties to 3"), "{e}");
+    let e = f
+        .engine
+        .start_rounds("t", "transfer", &opts("freeze", "2"), 1, 60_000, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("freeze"), "{e}");
+    // 21 relays over 3 parties = 63 stages fit; one more relay would make 66.
+    f.engine
+        .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 21, 1)
+        .unwrap();
+    let e = f
+        .engine
+        .start_rounds("t", "series", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("63 queued"), "{e}");
+}
+
+/// A task with central differential privacy: an update whose delta exceeds the clip is
+/// rejected as `dp_clip` with the party and its norm named; the merge is the unweighted mean
+/// of the deltas plus noise of std σ·C/n; ε is reported for the published round; strategies
+/// the mechanism cannot serve are refused at round start.
+#[test]
+fn central_dp_rejects_unclipped_updates_and_merges_the_mean_with_noise() {
+    // Party i's update moves all 13 trainable values by 0.01·(i+1): delta norm
+    // 0.0361·(i+1). C = 0.08 admits plant-0 and plant-1, not plant-2.
+    let text = format!(
+        "{SPEC}\n[privacy.dp]\nmode = \"central\"\nclip = 0.08\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
+    );
+    let mut f = fixture_with(3, &text);
+    for s in ["ensemble", "series", "median"] {
+        let e = f
+            .engine
+            .start_rounds("t", s, &BTreeMap::new(), 1, 60_000, 1, 1)
+            .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("task t") && msg.contains(s) && msg.contains("differential privacy"),
+            "{msg}"
+        );
+    }
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    assert!(f.engine.tick(2).unwrap(), "round opens");
+    assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+    assert_eq!(f.upload(1, 1, 3).unwrap(), UploadOutcome::Accepted);
+    match f.upload(2, 1, 3) {
+        Err(EngineError::Rejected { code, reason }) => {
+            assert_eq!(code, "dp_clip");
+            assert!(
+                reason.contains("plant-2") && reason.contains("0.108"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a dp_clip rejection, got {other:?}"),
+    }
+    // At the deadline the round merges plant-0 and plant-1.
+    assert!(f.engine.tick(60_010).unwrap());
+    let rounds = f.engine.store().rounds("t").unwrap();
+    assert_eq!(rounds[0].phase, RoundPhase::Published, "{:?}", rounds[0]);
+    let spec = ModelSpec::parse(&text, "t").unwrap();
+    let (_, bytes) = f.engine.model("t", None).unwrap();
+    let Model::Single(merged) = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap() else {
+        panic!("a single network");
+    };
+    let base = Weights::initial(&spec, &sums().normalization().unwrap());
+    // Unweighted mean of deltas 0.01 and 0.02: 0.015; the rest is noise of std
+    // σ·C/n = 0.5·0.08/2 = 0.02 per value.
+    let noise: Vec<f64> = merged
+        .trainable()
+        .iter()
+        .zip(base.trainable())
+        .flat_map(|(m, b)| m.data.iter().zip(&b.data))
+        .map(|(&m, &b)| f64::from(m) - f64::from(b) - 0.015)
+        .collect();
+    let rms = (noise.iter().map(|x| x * x).sum::<f64>() / noise.len() as f64).sqrt();
+    assert!(
+        rms > 0.005 && rms < 0.05,
+        "noise rms {rms}, want about 0.02"
+    );
+    assert_eq!(merged.normalization(), base.normalization());
+    // The privacy spent is what the accountant says for one round.
+    let infos = crate::grpc::convert::round_infos(f.engine.store(), "t").unwrap();
+    let want = dp::epsilon(1, 0.5, 1e-5);
+    assert!((infos[0].dp_epsilon - want).abs() < 1e-12, "{infos:?}");
+    assert_eq!((infos[0].dp_delta, infos[0].dp_rounds), (1e-5, 1));
+}
+
+#[test]
+fn local_dp_accepts_noised_updates_beyond_the_clip() {
+    let text =
+        format!("{SPEC}\n[privacy.dp]\nmode = \"local\"\nclip = 0.01\nnoise_multiplier = 1.0\n");
+    let mut f = fixture_with(2, &text);
+    let e = f
+        .engine
+        .start_rounds("t", "ensemble", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap_err();
+    assert!(e.to_string().contains("ensemble"), "{e}");
+    f.engine
+        .start_rounds("t", "median", &BTreeMap::new(), 2, 60_000, 1, 1)
+        .unwrap();
+    assert!(f.engine.tick(2).unwrap());
+    assert_eq!(f.upload(0, 1, 3).unwrap(), UploadOutcome::Accepted);
+    assert_eq!(f.upload(1, 1, 3).unwrap(), UploadOutcome::Accepted);
+    assert!(f.engine.tick(4).unwrap());
+    let infos = crate::grpc::convert::round_infos(f.engine.store(), "t").unwrap();
+    assert_eq!(infos[0].phase, "published");
+    assert!((infos[0].dp_epsilon - dp::epsilon(1, 1.0, 1e-5)).abs() < 1e-12);
+}
