@@ -205,7 +205,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
                 rs.len() == expected && rs.iter().all(|r| r.is_final())
             })
             .await?;
-        if let Some(failed) = rounds.iter().find(|r| r.phase == "failed") {
+        if let Some(failed) = rounds
+            .iter()
+            .find(|r| r.phase == crate::views::RoundPhase::Failed)
+        {
             anyhow::bail!(
                 "{strategy} round {} failed: {}",
                 failed.round,
@@ -227,7 +230,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         let mut blob_bytes = 0u64;
         for r in &rounds {
             let invited = r.parties.len() as u64;
-            let accepted = r.parties.iter().filter(|p| p.state == "accepted").count() as u64;
+            let accepted = r
+                .parties
+                .iter()
+                .filter(|p| p.state == crate::views::PartyStateName::Accepted)
+                .count() as u64;
             blob_bytes += invited * base_len + accepted * update_len;
             if r.version > 0 {
                 let (m, _, _) = op.pull(&task, r.version, &fed.coordinator_key).await?;

@@ -145,7 +145,7 @@ impl Metrics {
             );
         });
         out += "# HELP yosegi_rounds Rounds by phase.\n# TYPE yosegi_rounds gauge\n";
-        for phase in ["queued", "training", "published", "failed"] {
+        for phase in yosegi_round::RoundPhase::ALL.map(|p| p.as_str()) {
             let n = g.rounds.get(phase).copied().unwrap_or(0);
             let _ = writeln!(out, "yosegi_rounds{{phase=\"{phase}\"}} {n}");
         }
@@ -271,7 +271,7 @@ mod tests {
         m.download(10);
         m.aggregation(0.2);
         let g = Gauges {
-            rounds: BTreeMap::from([("published".to_string(), 2)]),
+            rounds: BTreeMap::from([(yosegi_round::RoundPhase::Published.to_string(), 2)]),
             enrolled: 3,
             revoked: 1,
             connected: 2,

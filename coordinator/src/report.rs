@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use shared_model::eval::Metrics;
 
+use crate::views::{PartyStateName, RoundPhase};
 use crate::views::{RoundView, TaskView};
 
 /// Per-party totals over a task's rounds.
@@ -112,8 +113,8 @@ pub fn build(task: &TaskView, rounds: &[RoundView]) -> Report {
                 s.invited += 1;
                 bytes_moved += base_bytes;
             }
-            match p.state.as_str() {
-                "accepted" => {
+            match p.state {
+                PartyStateName::Accepted => {
                     s.accepted += 1;
                     s.rows = p.sample_count;
                     s.bytes_sent += p.update_bytes;
@@ -122,7 +123,7 @@ pub fn build(task: &TaskView, rounds: &[RoundView]) -> Report {
                         s.own_update = Some(v);
                     }
                 }
-                "invited" => {}
+                PartyStateName::Invited => {}
                 _ => s.refused += 1,
             }
             if let Some(v) = headline(&p.evaluation) {
@@ -146,8 +147,14 @@ pub fn build(task: &TaskView, rounds: &[RoundView]) -> Report {
     Report {
         task: task.name.clone(),
         metric,
-        published: rounds.iter().filter(|r| r.phase == "published").count() as u32,
-        failed: rounds.iter().filter(|r| r.phase == "failed").count() as u32,
+        published: rounds
+            .iter()
+            .filter(|r| r.phase == RoundPhase::Published)
+            .count() as u32,
+        failed: rounds
+            .iter()
+            .filter(|r| r.phase == RoundPhase::Failed)
+            .count() as u32,
         bytes_moved,
         seconds,
         parties: parties.into_values().collect(),
@@ -179,7 +186,11 @@ pub fn markdown(task: &TaskView, r: &Report) -> String {
         "## Rounds\n\n| round | strategy | phase | accepted / invited | {m} (merged, on the parties' holdouts) | evaluated by | training → publication | model bytes | failure |\n|---:|---|---|---:|---:|---:|---:|---:|---|\n"
     );
     for x in &r.rounds {
-        let accepted = x.parties.iter().filter(|p| p.state == "accepted").count();
+        let accepted = x
+            .parties
+            .iter()
+            .filter(|p| p.state == PartyStateName::Accepted)
+            .count();
         // A party is listed once for its state and again for each earlier rejection.
         let invited: std::collections::BTreeSet<&str> =
             x.parties.iter().map(|p| p.party.as_str()).collect();
@@ -239,7 +250,7 @@ pub fn markdown(task: &TaskView, r: &Report) -> String {
         .flat_map(|x| {
             x.parties
                 .iter()
-                .filter(|p| !matches!(p.state.as_str(), "accepted" | "invited"))
+                .filter(|p| !matches!(p.state, PartyStateName::Accepted | PartyStateName::Invited))
                 .map(move |p| {
                     format!(
                         "| {} | {} | {} | {} |",
@@ -323,7 +334,7 @@ mod tests {
     fn party(name: &str, state: &str, own: Option<f64>, merged: Option<f64>) -> PartyRoundView {
         PartyRoundView {
             party: name.into(),
-            state: state.into(),
+            state: state.parse().unwrap(),
             reason: if state == "accepted" {
                 String::new()
             } else {
@@ -349,7 +360,11 @@ mod tests {
         let round = |n: u64, parties: Vec<PartyRoundView>, version: u64| RoundView {
             round: n,
             strategy: "fedavg".into(),
-            phase: if version > 0 { "published" } else { "failed" }.into(),
+            phase: if version > 0 {
+                RoundPhase::Published
+            } else {
+                RoundPhase::Failed
+            },
             min_parties: 1,
             deadline_unix_ms: 0,
             parties,

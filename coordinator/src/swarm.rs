@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::grpc::client::OperatorClient;
+use crate::views::{PartyStateName, RoundPhase};
 
 /// Feature columns of the synthetic spec.
 const FEATURES: usize = 16;
@@ -362,7 +363,10 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         });
     }
     join_all(set).await?;
-    wait_phase(&mut op, &task, first, config.deadline, |ph| ph != "queued").await?;
+    wait_phase(&mut op, &task, first, config.deadline, |ph| {
+        ph != RoundPhase::Queued
+    })
+    .await?;
     let task_statistics_secs = t.elapsed().as_secs_f64();
 
     let mut rounds = Vec::new();
@@ -381,12 +385,9 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
         let sizes = join_all(set).await?;
         let uploads_secs = t.elapsed().as_secs_f64();
         let t = Instant::now();
-        let view = wait_phase(&mut op, &task, round, config.deadline, |ph| {
-            ph == "published" || ph == "failed"
-        })
-        .await?;
+        let view = wait_phase(&mut op, &task, round, config.deadline, |ph| ph.is_final()).await?;
         anyhow::ensure!(
-            view.phase == "published",
+            view.phase == RoundPhase::Published,
             "round {round} of {task} failed: {}",
             view.failure
         );
@@ -399,7 +400,7 @@ pub async fn run(config: SwarmConfig) -> anyhow::Result<SwarmReport> {
             contributors: view
                 .parties
                 .iter()
-                .filter(|p| p.state == "accepted")
+                .filter(|p| p.state == PartyStateName::Accepted)
                 .count(),
             update_bytes: sizes.first().copied().unwrap_or(0),
         });
@@ -437,13 +438,13 @@ async fn wait_phase(
     task: &str,
     round: u64,
     timeout: Duration,
-    done: impl Fn(&str) -> bool,
+    done: impl Fn(RoundPhase) -> bool,
 ) -> anyhow::Result<crate::views::RoundView> {
     let until = Instant::now() + timeout;
     loop {
         let rounds = op.status(task).await?;
         if let Some(r) = rounds.into_iter().find(|r| r.round == round)
-            && done(&r.phase)
+            && done(r.phase)
         {
             return Ok(r);
         }

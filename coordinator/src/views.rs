@@ -3,6 +3,8 @@
 
 use serde::Serialize;
 use shared_model::eval::Metrics;
+pub use yosegi_round::RoundPhase;
+pub use yosegi_round::state::PartyStateName;
 
 /// An enrolled party.
 #[derive(Clone, Debug, Serialize)]
@@ -69,8 +71,8 @@ pub fn print_declines(declines: &[DeclineView]) {
 pub struct PartyRoundView {
     /// Party.
     pub party: String,
-    /// invited | accepted | rejected | declined | late
-    pub state: String,
+    /// Its state (invited, accepted, rejected, declined or late).
+    pub state: PartyStateName,
     /// Why (rejected, declined, late).
     pub reason: String,
     /// Rows trained on, for accepted updates.
@@ -92,8 +94,8 @@ pub struct RoundView {
     pub round: u64,
     /// Strategy.
     pub strategy: String,
-    /// queued | training | published | failed
-    pub phase: String,
+    /// Its phase.
+    pub phase: RoundPhase,
     /// Quorum.
     pub min_parties: u32,
     /// Deadline (Unix ms, 0 = not started).
@@ -136,7 +138,7 @@ pub struct DpView {
 impl RoundView {
     /// True once the round can no longer change.
     pub fn is_final(&self) -> bool {
-        matches!(self.phase.as_str(), "published" | "failed")
+        self.phase.is_final()
     }
 }
 
@@ -147,7 +149,11 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
         println!("  no rounds yet");
     }
     for r in rounds {
-        let accepted = r.parties.iter().filter(|p| p.state == "accepted").count();
+        let accepted = r
+            .parties
+            .iter()
+            .filter(|p| p.state == PartyStateName::Accepted)
+            .count();
         // A party is listed once for its state and again for each earlier rejection.
         let invited = r
             .parties

@@ -231,12 +231,12 @@ async fn party(shared: Arc<Shared>, p: Party) {
 /// What the monitor saw of each round: the highest phase rank and the published version.
 type Seen = BTreeMap<u64, (u8, u64)>;
 
-fn rank(phase: &str) -> u8 {
+fn rank(phase: &coordinator::views::RoundPhase) -> u8 {
+    use coordinator::views::RoundPhase;
     match phase {
-        "queued" => 0,
-        "training" => 1,
-        "published" | "failed" => 2,
-        other => panic!("unknown phase {other}"),
+        RoundPhase::Queued => 0,
+        RoundPhase::Training => 1,
+        RoundPhase::Published | RoundPhase::Failed => 2,
     }
 }
 

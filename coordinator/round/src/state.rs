@@ -113,6 +113,24 @@ impl FromStr for PartyStateName {
     }
 }
 
+impl serde::Serialize for PartyStateName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for RoundPhase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for RoundPhase {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl PartialEq<&str> for PartyStateName {
     fn eq(&self, other: &&str) -> bool {
         self.as_str() == *other

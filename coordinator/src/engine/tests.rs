@@ -599,3 +599,69 @@ fn local_dp_accepts_noised_updates_beyond_the_clip() {
     assert_eq!(infos[0].phase, "published");
     assert!((infos[0].dp_epsilon - dp::epsilon(1, 1.0, 1e-5)).abs() < 1e-12);
 }
+
+#[test]
+fn a_close_that_fails_at_publication_writes_nothing_and_its_retry_records_each_change_once() {
+    let mut f = fixture(3);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 1, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    // plant-0 uploads a good update, plant-1 one that is damaged on disk later, plant-2 nothing.
+    for i in 0..2 {
+        f.upload(i, 1, 3).unwrap();
+    }
+    let damaged = f
+        .engine
+        .store()
+        .update("t", 1, "plant-1")
+        .unwrap()
+        .unwrap()
+        .blob_sha256
+        .to_string();
+    let blobs = f._dir.path().join("blobs");
+    let mut bytes = std::fs::read(blobs.join(&damaged)).unwrap();
+    bytes[0] ^= 1;
+    std::fs::write(blobs.join(&damaged), bytes).unwrap();
+    // Publication cannot write its blob (the temp dir is a file now): the close fails after
+    // re-verification decided the leave-out and the late party.
+    let records = |f: &Fixture| f.engine.store().audit_records(None, None).unwrap();
+    let before = records(&f).len();
+    std::fs::remove_dir_all(blobs.join("tmp")).unwrap();
+    std::fs::write(blobs.join("tmp"), b"not a directory").unwrap();
+    assert!(!f.engine.tick(100_000).unwrap(), "nothing moved");
+    assert_eq!(
+        records(&f).len(),
+        before,
+        "no record of a close that did not commit"
+    );
+    assert!(f.engine.store().rejections("t", 1).unwrap().is_empty());
+    let r = &f.engine.store().rounds("t").unwrap()[0];
+    assert_eq!(r.phase, RoundPhase::Training);
+    // Space is back: the next tick decides the close again and commits it once.
+    std::fs::remove_file(blobs.join("tmp")).unwrap();
+    std::fs::create_dir(blobs.join("tmp")).unwrap();
+    assert!(f.engine.tick(100_001).unwrap());
+    let r = &f.engine.store().rounds("t").unwrap()[0];
+    assert_eq!(r.phase, RoundPhase::Published, "{r:?}");
+    let added: Vec<(String, Option<String>)> = records(&f)[before..]
+        .iter()
+        .map(|r| (r.kind.clone(), r.party.clone()))
+        .collect();
+    let kinds: Vec<&str> = added.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "party_left_out",
+            "party_left_out",
+            "round_merged",
+            "model_published"
+        ],
+        "{added:?}"
+    );
+    assert_eq!(added[0].1.as_deref(), Some("plant-1"), "left out: damaged");
+    assert_eq!(added[1].1.as_deref(), Some("plant-2"), "left out: late");
+    let rejections = f.engine.store().rejections("t", 1).unwrap();
+    assert_eq!(rejections.len(), 1, "{rejections:?}");
+    f.engine.store().verify_audit().unwrap();
+}

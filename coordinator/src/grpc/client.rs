@@ -240,42 +240,52 @@ impl OperatorClient {
         let rounds = r
             .rounds
             .into_iter()
-            .map(|r| RoundView {
-                round: r.round,
-                strategy: r.strategy,
-                phase: r.phase,
-                min_parties: r.min_parties,
-                deadline_unix_ms: r.deadline_unix_ms,
-                parties: r
+            .map(|r| -> anyhow::Result<RoundView> {
+                let parties = r
                     .parties
                     .into_iter()
-                    .map(|p| PartyRoundView {
-                        party: p.party,
-                        state: p.state,
-                        reason: p.reason,
-                        sample_count: p.sample_count,
-                        update_bytes: p.update_bytes,
-                        local_metrics: serde_json::from_str(&p.local_metrics_json).ok(),
-                        membership_audit: serde_json::from_str(&p.membership_audit_json).ok(),
-                        evaluation: serde_json::from_str(&p.evaluation_json).ok(),
+                    .map(|p| -> anyhow::Result<PartyRoundView> {
+                        Ok(PartyRoundView {
+                            state: p.state.parse().map_err(|e| {
+                                anyhow::anyhow!("round {} party {}: {e}", r.round, p.party)
+                            })?,
+                            party: p.party,
+                            reason: p.reason,
+                            sample_count: p.sample_count,
+                            update_bytes: p.update_bytes,
+                            local_metrics: serde_json::from_str(&p.local_metrics_json).ok(),
+                            membership_audit: serde_json::from_str(&p.membership_audit_json).ok(),
+                            evaluation: serde_json::from_str(&p.evaluation_json).ok(),
+                        })
                     })
-                    .collect(),
-                failure: r.failure,
-                version: r.version,
-                metrics: serde_json::from_str(&r.metrics_json).ok(),
-                evaluated_by: r.evaluated_by,
-                options: serde_json::from_str(&r.options_json).unwrap_or_default(),
-                started_unix_ms: r.started_unix_ms,
-                published_unix_ms: r.published_unix_ms,
-                model_bytes: r.model_bytes,
-                base_model_bytes: r.base_model_bytes,
-                dp: (r.dp_rounds > 0).then_some(DpView {
-                    epsilon: r.dp_epsilon,
-                    delta: r.dp_delta,
-                    rounds: r.dp_rounds,
-                }),
+                    .collect::<anyhow::Result<_>>()?;
+                Ok(RoundView {
+                    round: r.round,
+                    strategy: r.strategy,
+                    phase: r
+                        .phase
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("round {}: {e}", r.round))?,
+                    min_parties: r.min_parties,
+                    deadline_unix_ms: r.deadline_unix_ms,
+                    parties,
+                    failure: r.failure,
+                    version: r.version,
+                    metrics: serde_json::from_str(&r.metrics_json).ok(),
+                    evaluated_by: r.evaluated_by,
+                    options: serde_json::from_str(&r.options_json).unwrap_or_default(),
+                    started_unix_ms: r.started_unix_ms,
+                    published_unix_ms: r.published_unix_ms,
+                    model_bytes: r.model_bytes,
+                    base_model_bytes: r.base_model_bytes,
+                    dp: (r.dp_rounds > 0).then_some(DpView {
+                        epsilon: r.dp_epsilon,
+                        delta: r.dp_delta,
+                        rounds: r.dp_rounds,
+                    }),
+                })
             })
-            .collect();
+            .collect::<anyhow::Result<_>>()?;
         Ok((rounds, declines))
     }
 
