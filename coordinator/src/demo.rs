@@ -287,7 +287,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     rows.push(Row {
         name: "local-only (mean over plants)".into(),
         rounds: 0,
-        metrics: mean_metrics(&local),
+        metrics: crate::results::mean_metrics(&local),
         blob_bytes: 0,
         seconds: t0.elapsed().as_secs_f64(),
     });
@@ -316,29 +316,6 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         started.elapsed().as_secs_f64()
     );
     Ok(rows)
-}
-
-/// The mean of several evaluations, metric by metric (the local-only baseline).
-pub fn mean_metrics(ms: &[Metrics]) -> Metrics {
-    let n = ms.len() as f64;
-    let mut v = serde_json::to_value(&ms[0]).expect("metrics serialise");
-    if let Some(obj) = v.as_object_mut() {
-        for (k, val) in obj.iter_mut() {
-            if k == "kind" || k == "count" {
-                continue;
-            }
-            let sum: f64 = ms
-                .iter()
-                .map(|m| {
-                    serde_json::to_value(m).expect("metrics")[k]
-                        .as_f64()
-                        .unwrap_or(0.0)
-                })
-                .sum();
-            *val = serde_json::json!(sum / n);
-        }
-    }
-    serde_json::from_value(v).expect("same shape")
 }
 
 /// The comparison table as Markdown.
@@ -410,16 +387,16 @@ fn write_report(
         serde_json::to_vec_pretty(rows)?,
     )?;
     // One point per row (a single run: no error bars), with the experiment's plot.
-    let point = crate::experiment::Point {
+    let point = crate::results::Point {
         parties: args.parties,
         partition: args.partition.clone(),
         rounds: args.rounds,
     };
-    let summaries: Vec<crate::experiment::Summary> = rows
+    let summaries: Vec<crate::results::Summary> = rows
         .iter()
         .map(|r| {
             let (metric, value) = r.metrics.headline();
-            crate::experiment::Summary {
+            crate::results::Summary {
                 point: point.clone(),
                 strategy: r.name.clone(),
                 name: r.name.split(' ').next().unwrap_or_default().to_string(),
@@ -430,7 +407,7 @@ fn write_report(
             }
         })
         .collect();
-    let refs: Vec<&crate::experiment::Summary> = summaries.iter().collect();
+    let refs: Vec<&crate::results::Summary> = summaries.iter().collect();
     crate::plots::by_strategy(&args.out.join("metric-by-strategy.svg"), &refs)?;
     Ok(())
 }

@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+pub use crate::results::{Point, Summary, mean_std};
+
 use anyhow::Context as _;
 use serde::Serialize;
 use shared_model::blob::{BlobMeta, BlobRole, encode};
@@ -79,17 +81,6 @@ pub struct ExperimentArgs {
     /// Where to write the results.
     #[arg(long, default_value = "yosegi-experiment")]
     pub out: PathBuf,
-}
-
-/// One grid point.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Point {
-    /// Parties.
-    pub parties: usize,
-    /// Partition, e.g. `dirichlet:0.5`.
-    pub partition: String,
-    /// Rounds.
-    pub rounds: u32,
 }
 
 /// One run: a strategy (or baseline) at a grid point with a seed.
@@ -487,7 +478,7 @@ fn baselines(s: &Setup, point: &Point) -> anyhow::Result<(Metrics, Metrics)> {
     let pooled = Dataset::concat(s.parties.iter().map(|(_, d)| d));
     let out = train(&s.spec, &s.initial, &pooled, &opts)?;
     let sharing = Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default());
-    Ok((crate::demo::mean_metrics(&local), sharing))
+    Ok((crate::results::mean_metrics(&local), sharing))
 }
 
 /// Runs the experiment; returns every record.
@@ -622,37 +613,6 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
         started.elapsed().as_secs_f64(),
     )?;
     Ok(records)
-}
-
-/// Mean and (sample) standard deviation.
-pub fn mean_std(v: &[f64]) -> (f64, f64) {
-    let n = v.len() as f64;
-    let mean = v.iter().sum::<f64>() / n;
-    let var = if v.len() > 1 {
-        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, var.sqrt())
-}
-
-/// Summary of one (point, strategy) over seeds.
-#[derive(Debug, Clone)]
-pub struct Summary {
-    /// Grid point.
-    pub point: Point,
-    /// Strategy label (with options).
-    pub strategy: String,
-    /// The bare strategy name (options can differ between grid points, e.g. Krum's f).
-    pub name: String,
-    /// Headline metric name.
-    pub metric: String,
-    /// Named metrics: mean and std over seeds.
-    pub values: BTreeMap<String, (f64, f64)>,
-    /// Headline metric per round, mean over seeds.
-    pub per_round: Vec<f64>,
-    /// Seeds.
-    pub runs: usize,
 }
 
 fn named_metrics(m: &Metrics) -> Vec<(&'static str, f64)> {

@@ -1,22 +1,20 @@
-//! The Yosegi coordinator: verifies signed weight blobs, merges them with the round's strategy
-//! and publishes signed models; the same crate is the operator's CLI.
+//! The `coordinator` binary's crate: the operator CLI over the server library
+//! (`yosegi-coordinator`, re-exported here under its module names) and the lab tools that
+//! must not live in the server — the demo, the experiment simulator, the swarm load tool, plots
+//! and reports, and the in-process federation they run on.
 
 #![forbid(unsafe_code)]
 
-pub mod audit;
-pub mod blobs;
+pub use yosegi_coordinator::{
+    audit, blobs, config, engine, grpc, metrics, state, store, tls, views,
+};
+
 pub mod cli;
-pub mod config;
 pub mod demo;
-pub mod engine;
 pub mod experiment;
-pub mod grpc;
 pub mod local;
-pub mod metrics;
 pub mod plots;
+pub mod remote;
 pub mod report;
-pub mod state;
-pub mod store;
+pub mod results;
 pub mod swarm;
-pub mod tls;
-pub mod views;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use crate::experiment::{Point, Summary};
+use crate::results::{Point, Summary};
 
 type Res<T> = anyhow::Result<T>;
 

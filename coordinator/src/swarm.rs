@@ -101,7 +101,7 @@ pub struct SwarmArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     #[command(flatten)]
-    pub remote: crate::cli::Remote,
+    pub remote: crate::remote::Remote,
 }
 
 impl SwarmArgs {

@@ -203,7 +203,7 @@ impl RawServeConfig {
 mod tests {
     use super::*;
 
-    const EXAMPLE: &str = include_str!("../../docs/examples/coordinator.toml");
+    const EXAMPLE: &str = include_str!("../../../docs/examples/coordinator.toml");
 
     #[test]
     fn the_documented_example_loads_and_flags_win() {

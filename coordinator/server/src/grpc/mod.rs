@@ -5,6 +5,8 @@
 
 pub mod client;
 pub mod convert;
+mod operator;
+mod party;
 pub mod server;
 
 pub use server::{ServeConfig, serve};

@@ -1,0 +1,202 @@
+//! `OperatorService`: the operator's calls — parties, tasks, rounds, status, model pulls.
+
+use std::collections::BTreeMap;
+
+use ed25519_dalek::VerifyingKey;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::operator_service_server::OperatorService;
+
+use super::convert;
+use crate::state::now_ms;
+
+use super::party::{read_blob, stream_model};
+use super::server::{OPERATOR_SVC, OperatorSvc, change_engine, with_engine};
+
+#[tonic::async_trait]
+impl OperatorService for OperatorSvc {
+    async fn enroll_party(
+        &self,
+        req: Request<pb::EnrollPartyRequest>,
+    ) -> Result<Response<pb::EnrollPartyResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}EnrollParty"))?;
+        let r = req.into_inner();
+        let bytes: [u8; 32] = r
+            .public_key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Status::invalid_argument("field public_key: expected 32 bytes"))?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|e| Status::invalid_argument(format!("field public_key: {e}")))?;
+        let shared = self.0.clone();
+        change_engine(&self.0, move |e| {
+            e.enroll(&r.name, &key, now_ms())?;
+            shared.add_key(&r.name, key);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::EnrollPartyResponse {
+            fingerprint: shared_model::keys::fingerprint(&key),
+        }))
+    }
+
+    async fn revoke_party(
+        &self,
+        req: Request<pb::RevokePartyRequest>,
+    ) -> Result<Response<pb::RevokePartyResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RevokeParty"))?;
+        let name = req.into_inner().name;
+        let shared = self.0.clone();
+        change_engine(&self.0, move |e| {
+            e.revoke(&name, now_ms())?;
+            shared.mark_revoked(&name);
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::RevokePartyResponse {}))
+    }
+
+    async fn list_parties(
+        &self,
+        req: Request<pb::ListPartiesRequest>,
+    ) -> Result<Response<pb::ListPartiesResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}ListParties"))?;
+        let rows = with_engine(&self.0, |e| Ok(e.store().parties()?)).await?;
+        Ok(Response::new(pb::ListPartiesResponse {
+            parties: rows
+                .into_iter()
+                .map(|p| pb::PartyInfo {
+                    fingerprint: VerifyingKey::from_bytes(&p.public_key)
+                        .map(|k| shared_model::keys::fingerprint(&k))
+                        .unwrap_or_default(),
+                    name: p.name.to_string(),
+                    revoked: p.revoked,
+                    enrolled_unix_ms: p.enrolled_ms,
+                    last_seen_unix_ms: p.last_seen_ms,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn create_task(
+        &self,
+        req: Request<pb::CreateTaskRequest>,
+    ) -> Result<Response<pb::CreateTaskResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}CreateTask"))?;
+        let r = req.into_inner();
+        let spec_id = change_engine(&self.0, move |e| {
+            e.create_task(&r.name, &r.spec_toml, &r.parties, now_ms())
+        })
+        .await?;
+        Ok(Response::new(pb::CreateTaskResponse { spec_id }))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.0.operator(&req, &format!("{OPERATOR_SVC}ListTasks"))?;
+        let tasks = with_engine(&self.0, |e| {
+            let mut out = Vec::new();
+            for t in e.store().tasks()? {
+                let latest = e.store().latest_version(t.name.as_str())?.0;
+                let spec_name = t.spec().map(|s| s.name).unwrap_or_default();
+                out.push(pb::TaskInfo {
+                    name: t.name.to_string(),
+                    spec_id: t.spec_id,
+                    spec_name,
+                    parties: t.parties.iter().map(|p| p.to_string()).collect(),
+                    latest_version: latest,
+                    created_unix_ms: t.created_ms,
+                });
+            }
+            Ok(out)
+        })
+        .await?;
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn start_round(
+        &self,
+        req: Request<pb::StartRoundRequest>,
+    ) -> Result<Response<pb::StartRoundResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}StartRound"))?;
+        let r = req.into_inner();
+        let options: BTreeMap<String, String> = r.options.into_iter().collect();
+        let first = change_engine(&self.0, move |e| {
+            e.start_rounds(
+                &r.task,
+                &r.strategy,
+                &options,
+                r.min_parties,
+                r.deadline_ms as i64,
+                r.rounds,
+                now_ms(),
+            )
+        })
+        .await?;
+        Ok(Response::new(pb::StartRoundResponse { first_round: first }))
+    }
+
+    async fn round_status(
+        &self,
+        req: Request<pb::RoundStatusRequest>,
+    ) -> Result<Response<pb::RoundStatusResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RoundStatus"))?;
+        let task = req.into_inner().task;
+        let t2 = task.clone();
+        let (rounds, declines) = with_engine(&self.0, move |e| {
+            let rounds = convert::round_infos(e.store(), &t2)?;
+            let declines = e
+                .store()
+                .declines(&t2)?
+                .into_iter()
+                .map(|(party, assignment, reason, at)| pb::DeclineInfo {
+                    party,
+                    assignment,
+                    reason,
+                    at_unix_ms: at,
+                })
+                .collect();
+            Ok((rounds, declines))
+        })
+        .await?;
+        Ok(Response::new(pb::RoundStatusResponse {
+            task,
+            rounds,
+            declines,
+        }))
+    }
+
+    type PullModelStream = ReceiverStream<Result<pb::PullModelResponse, Status>>;
+
+    async fn pull_model(
+        &self,
+        req: Request<pb::PullModelRequest>,
+    ) -> Result<Response<Self::PullModelStream>, Status> {
+        self.0.operator(&req, &format!("{OPERATOR_SVC}PullModel"))?;
+        let r = req.into_inner();
+        let version = (r.version > 0).then_some(r.version);
+        let (m, sha, blobs) = with_engine(&self.0, move |e| e.model_ref(&r.task, version)).await?;
+        let blob = read_blob(blobs, sha).await?;
+        self.0.metrics.download(blob.len() as u64);
+        Ok(Response::new(stream_model(
+            convert::manifest(&m),
+            blob,
+            sha,
+            |m| pb::PullModelResponse {
+                part: Some(pb::pull_model_response::Part::Manifest(m)),
+            },
+            |c| pb::PullModelResponse {
+                part: Some(pb::pull_model_response::Part::Chunk(c)),
+            },
+        )))
+    }
+}

@@ -1,0 +1,325 @@
+//! `PartyService`: what a plant's daemon calls — assignments (long poll), feature sums,
+//! model downloads, streamed signed uploads, evaluation reports and declines.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared_model::eval::MetricStats;
+use shared_model::ids::Sha256;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use yosegi_proto::v1 as pb;
+use yosegi_proto::v1::party_service_server::PartyService;
+
+use super::convert;
+use crate::blobs::BlobStore;
+use crate::engine::{EngineError, Upload, UploadOutcome};
+use crate::state::now_ms;
+
+use super::server::{CHUNK, PARTY, PartySvc, change_engine, with_engine};
+
+/// Reads a published model's blob on a blocking thread (never under the engine lock).
+pub(super) async fn read_blob(blobs: BlobStore, sha: Sha256) -> Result<Arc<Vec<u8>>, Status> {
+    tokio::task::spawn_blocking(move || blobs.read_unchecked(&sha))
+        .await
+        .map_err(|e| Status::internal(format!("reading a model blob: {e}")))?
+        .map(Arc::new)
+        .map_err(|e| {
+            tracing::error!(error = %e, "blob store failure");
+            Status::unavailable(format!("coordinator storage failed reading a model: {e}"))
+        })
+}
+
+/// Streams a signed manifest, then the blob in chunks, as messages built by `manifest` and
+/// `chunk` (the download and pull responses differ only in their message type). The blob is
+/// hashed on a blocking thread while the chunks go out; the last chunk is sent only once the
+/// blob is known to hash to `sha` (its name), else the stream ends with DATA_LOSS.
+pub(super) fn stream_model<M: Send + 'static>(
+    signed: pb::SignedManifest,
+    blob: Arc<Vec<u8>>,
+    sha: Sha256,
+    manifest: fn(pb::SignedManifest) -> M,
+    chunk: fn(pb::BlobChunk) -> M,
+) -> ReceiverStream<Result<M, Status>> {
+    let (tx, rx) = mpsc::channel(4);
+    let hashed = tokio::task::spawn_blocking({
+        let blob = blob.clone();
+        move || Sha256::of(&blob)
+    });
+    tokio::spawn(async move {
+        if tx.send(Ok(manifest(signed))).await.is_err() {
+            return;
+        }
+        let n = blob.len().div_ceil(CHUNK);
+        let part = |i: usize| pb::BlobChunk {
+            offset: (i * CHUNK) as u64,
+            data: blob[i * CHUNK..blob.len().min((i + 1) * CHUNK)].to_vec(),
+        };
+        for i in 0..n.saturating_sub(1) {
+            if tx.send(Ok(chunk(part(i)))).await.is_err() {
+                return;
+            }
+        }
+        match hashed.await {
+            Ok(found) if found == sha => {
+                if n > 0 {
+                    let _ = tx.send(Ok(chunk(part(n - 1)))).await;
+                }
+            }
+            Ok(found) => {
+                tracing::error!(blob = %sha, %found, "a stored model blob no longer hashes to its name");
+                let _ = tx
+                    .send(Err(Status::data_loss(format!(
+                        "the coordinator's copy of model blob {sha} is damaged (it hashes to {found}); nothing usable was sent"
+                    ))))
+                    .await;
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(Err(Status::internal(format!("hashing a model blob: {e}"))))
+                    .await;
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[tonic::async_trait]
+impl PartyService for PartySvc {
+    async fn next_assignment(
+        &self,
+        req: Request<pb::NextAssignmentRequest>,
+    ) -> Result<Response<pb::NextAssignmentResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}NextAssignment"))?;
+        let wait =
+            Duration::from_millis(u64::from(req.get_ref().wait_ms)).min(self.0.config.max_wait);
+        let until = tokio::time::Instant::now() + wait;
+        let p = party.clone();
+        with_engine(&self.0, move |e| Ok(e.store().touch_party(&p, now_ms())?)).await?;
+        loop {
+            let p = party.clone();
+            let a = with_engine(&self.0, move |e| e.next_assignment(&p, now_ms())).await?;
+            if let Some(a) = a {
+                return Ok(Response::new(pb::NextAssignmentResponse {
+                    assignment: Some(convert::assignment(&a)),
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                return Ok(Response::new(pb::NextAssignmentResponse {
+                    assignment: None,
+                }));
+            }
+            let _ = tokio::time::timeout(
+                (until - now).min(Duration::from_millis(500)),
+                self.0.notify.notified(),
+            )
+            .await;
+        }
+    }
+
+    async fn submit_feature_sums(
+        &self,
+        req: Request<pb::SubmitFeatureSumsRequest>,
+    ) -> Result<Response<pb::SubmitFeatureSumsResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}SubmitFeatureSums"))?;
+        let r = req.into_inner();
+        let sums = convert::sums(
+            &r.sums
+                .ok_or_else(|| Status::invalid_argument("field sums is missing"))?,
+        );
+        change_engine(&self.0, move |e| {
+            e.submit_sums(&party, &r.assignment_id, &sums)
+        })
+        .await?;
+        Ok(Response::new(pb::SubmitFeatureSumsResponse {}))
+    }
+
+    type DownloadModelStream = ReceiverStream<Result<pb::DownloadModelResponse, Status>>;
+
+    async fn download_model(
+        &self,
+        req: Request<pb::DownloadModelRequest>,
+    ) -> Result<Response<Self::DownloadModelStream>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}DownloadModel"))?;
+        let r = req.into_inner();
+        let (m, sha, blobs) = with_engine(&self.0, move |e| {
+            e.check_member(&r.task, &party)?;
+            e.model_ref(&r.task, Some(r.version))
+        })
+        .await?;
+        let blob = read_blob(blobs, sha).await?;
+        self.0.metrics.download(blob.len() as u64);
+        Ok(Response::new(stream_model(
+            convert::manifest(&m),
+            blob,
+            sha,
+            |m| pb::DownloadModelResponse {
+                part: Some(pb::download_model_response::Part::Manifest(m)),
+            },
+            |c| pb::DownloadModelResponse {
+                part: Some(pb::download_model_response::Part::Chunk(c)),
+            },
+        )))
+    }
+
+    async fn upload_update(
+        &self,
+        req: Request<Streaming<pb::UploadUpdateRequest>>,
+    ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}UploadUpdate"))?;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .and_then(|m| m.part)
+            .ok_or_else(|| Status::invalid_argument("upload must start with the envelope"))?;
+        let pb::upload_update_request::Part::Start(start) = first else {
+            return Err(Status::invalid_argument(
+                "upload must start with the envelope, not a chunk",
+            ));
+        };
+        let env = convert::envelope(
+            start
+                .envelope
+                .as_ref()
+                .ok_or_else(|| Status::invalid_argument("field envelope is missing"))?,
+        )?;
+        // The cap comes from the task named by the assignment (what the coordinator asked for),
+        // not from the envelope, whose task must then match it.
+        let task = start
+            .assignment_id
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if env.header.task.as_str() != task {
+            return Err(Status::invalid_argument(format!(
+                "rejected: update of {party} names task {} but answers assignment {}",
+                env.header.task, start.assignment_id
+            )));
+        }
+        let cap = with_engine(&self.0, move |e| e.max_blob_bytes(&task)).await?;
+        if env.header.blob_len > cap {
+            self.0.metrics.upload("refused", "too_large", 0, 0.0);
+            return Err(Status::invalid_argument(format!(
+                "rejected: update of {party} declares {} bytes; the spec allows at most {cap}",
+                env.header.blob_len
+            )));
+        }
+        let declared = env.header.blob_len as usize;
+        // Grow with what arrives rather than trusting the declared length up front.
+        let mut bytes = Vec::with_capacity(declared.min(4 << 20));
+        let idle = self.0.config.upload_idle;
+        while let Some(msg) = tokio::time::timeout(idle, stream.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "upload of {party} sent nothing for {} s; dropped",
+                    idle.as_secs()
+                ))
+            })??
+        {
+            let Some(pb::upload_update_request::Part::Chunk(c)) = msg.part else {
+                return Err(Status::invalid_argument(
+                    "only chunks may follow the envelope",
+                ));
+            };
+            if c.offset != bytes.len() as u64 {
+                return Err(Status::invalid_argument(format!(
+                    "chunk at offset {} does not follow byte {}",
+                    c.offset,
+                    bytes.len()
+                )));
+            }
+            if bytes.len() + c.data.len() > declared {
+                return Err(Status::invalid_argument(format!(
+                    "rejected: upload of {party} sends more than the {declared} bytes its envelope declares"
+                )));
+            }
+            bytes.extend_from_slice(&c.data);
+        }
+        let metrics: Option<MetricStats> = start
+            .local_metrics
+            .as_ref()
+            .and_then(|m| serde_json::from_str(&m.json).ok());
+        let audit: Option<shared_model::membership::MembershipAudit> =
+            serde_json::from_str(&start.membership_audit_json).ok();
+        let key = self
+            .0
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&party)
+            .map(|(k, _)| *k)
+            .ok_or_else(|| Status::unauthenticated("party vanished"))?;
+        let sha = env.header.blob_sha256.to_string();
+        let (p, assignment) = (party.clone(), start.assignment_id.clone());
+        let received = bytes.len() as u64;
+        let started = std::time::Instant::now();
+        let outcome = change_engine(&self.0, move |e| {
+            let upload = Upload {
+                party: &p,
+                party_key: &key,
+                assignment: &assignment,
+                envelope: &env,
+                bytes: &bytes,
+                local_metrics: metrics.as_ref(),
+                membership_audit: audit.as_ref(),
+            };
+            Ok(e.accept_upload(&upload, now_ms()))
+        })
+        .await?;
+        let seconds = started.elapsed().as_secs_f64();
+        let (label, reason) = match &outcome {
+            Ok(UploadOutcome::Accepted) => ("accepted", ""),
+            Ok(UploadOutcome::AlreadyAccepted) => ("already_accepted", ""),
+            Err(EngineError::Rejected { code, .. }) => ("rejected", *code),
+            Err(_) => ("refused", ""),
+        };
+        self.0.metrics.upload(label, reason, received, seconds);
+        let outcome = outcome.map_err(convert::status);
+        match &outcome {
+            Ok(o) => tracing::info!(%party, outcome = ?o, blob = %sha, "upload"),
+            Err(s) => tracing::warn!(%party, reason = %s.message(), "upload refused"),
+        }
+        let status = match outcome? {
+            UploadOutcome::Accepted => pb::UploadStatus::Accepted,
+            UploadOutcome::AlreadyAccepted => pb::UploadStatus::AlreadyAccepted,
+        };
+        Ok(Response::new(pb::UploadUpdateResponse {
+            status: status as i32,
+            blob_sha256: sha,
+        }))
+    }
+
+    async fn report_evaluation(
+        &self,
+        req: Request<pb::ReportEvaluationRequest>,
+    ) -> Result<Response<pb::ReportEvaluationResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}ReportEvaluation"))?;
+        let r = req.into_inner();
+        let stats: MetricStats = serde_json::from_str(&r.stats.unwrap_or_default().json)
+            .map_err(|e| Status::invalid_argument(format!("field stats: {e}")))?;
+        change_engine(&self.0, move |e| {
+            e.report_evaluation(&party, &r.assignment_id, &stats)
+        })
+        .await?;
+        Ok(Response::new(pb::ReportEvaluationResponse {}))
+    }
+
+    async fn decline_assignment(
+        &self,
+        req: Request<pb::DeclineAssignmentRequest>,
+    ) -> Result<Response<pb::DeclineAssignmentResponse>, Status> {
+        let party = self.0.party(&req, &format!("{PARTY}DeclineAssignment"))?;
+        let r = req.into_inner();
+        tracing::warn!(%party, assignment = %r.assignment_id, reason = %r.reason, "assignment declined");
+        change_engine(&self.0, move |e| {
+            e.decline(&party, &r.assignment_id, &r.reason, now_ms())
+        })
+        .await?;
+        Ok(Response::new(pb::DeclineAssignmentResponse {}))
+    }
+}

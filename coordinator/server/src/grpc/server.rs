@@ -1,0 +1,383 @@
+//! The gRPC server: authentication of every call, the party and operator services, health and
+//! reflection, the engine ticker, and graceful shutdown. Engine calls run on blocking threads.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use ed25519_dalek::{Signature, VerifyingKey};
+use shared_model::auth::{CallProof, NonceCache, OPERATOR};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Status};
+use yosegi_proto::v1::operator_service_server::OperatorServiceServer;
+use yosegi_proto::v1::party_service_server::PartyServiceServer;
+
+use super::convert;
+use crate::engine::{Engine, EngineError};
+use crate::state::{DataDir, now_ms};
+
+/// Chunk size of streamed blobs.
+pub const CHUNK: usize = 1 << 20;
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// Largest accepted difference between a caller's clock and ours.
+    pub max_skew: Duration,
+    /// Longest a long poll is held.
+    pub max_wait: Duration,
+    /// How often the engine is ticked (deadlines, phase changes).
+    pub tick: Duration,
+    /// How long to wait for in-flight calls at shutdown.
+    pub grace: Duration,
+    /// How long an upload stream may send nothing before it is dropped.
+    pub upload_idle: Duration,
+    /// How long a published manifest stays valid.
+    pub manifest_ttl: Duration,
+    /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
+    pub metrics: Option<std::net::SocketAddr>,
+    /// TLS certificate and key (and client CA for mutual TLS); `None` serves plain HTTP/2,
+    /// which the serve command allows only when asked (`--plaintext`).
+    pub tls: Option<crate::tls::ServerTls>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_skew: Duration::from_secs(300),
+            max_wait: Duration::from_secs(30),
+            tick: Duration::from_millis(200),
+            grace: Duration::from_secs(10),
+            upload_idle: Duration::from_secs(60),
+            manifest_ttl: Duration::from_secs(30 * 86_400),
+            metrics: None,
+            tls: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(super) enum Caller {
+    Operator,
+    Party(String),
+}
+
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) engine: Arc<Mutex<Engine>>,
+    pub(super) keys: RwLock<HashMap<String, (VerifyingKey, bool)>>,
+    pub(super) operator: VerifyingKey,
+    pub(super) nonces: Mutex<NonceCache>,
+    pub(super) notify: Notify,
+    pub(super) config: ServeConfig,
+    pub(super) metrics: crate::metrics::Metrics,
+}
+
+/// Runs `f` on the engine on a blocking thread.
+pub(super) async fn with_engine<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    let engine = shared.engine.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut guard = engine.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("engine task failed: {e}")))?
+    .map_err(convert::status)
+}
+
+/// Like [`with_engine`] for calls that change state: after a success, wakes the long polls so
+/// parties see new work at once. Reads and empty polls do not wake anyone.
+pub(super) async fn change_engine<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    let out = with_engine(shared, f).await;
+    if out.is_ok() {
+        shared.notify.notify_waiters();
+    }
+    out
+}
+
+impl Shared {
+    pub(super) fn reload_keys(&self, engine: &Engine) -> Result<(), EngineError> {
+        let keys = engine.party_keys()?;
+        let mut map = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for (name, key, revoked) in keys {
+            map.insert(name, (key, revoked));
+        }
+        Ok(())
+    }
+
+    /// Adds one newly enrolled party's key (reloading all would decode every key: O(parties)
+    /// per enrolment).
+    pub(super) fn add_key(&self, name: &str, key: VerifyingKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), (key, false));
+    }
+
+    /// Marks one party revoked in the key cache.
+    pub(super) fn mark_revoked(&self, name: &str) {
+        if let Some(entry) = self
+            .keys
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(name)
+        {
+            entry.1 = true;
+        }
+    }
+
+    pub(super) fn authenticate<T>(&self, req: &Request<T>, method: &str) -> Result<Caller, Status> {
+        let md = req.metadata();
+        let text = |k: &str| {
+            md.get(k).and_then(|v| v.to_str().ok()).ok_or_else(|| {
+                Status::unauthenticated(format!(
+                    "call is not authenticated: metadata {k} is missing"
+                ))
+            })
+        };
+        let caller = text("x-yosegi-caller")?.to_string();
+        let timestamp_ms: i64 = text("x-yosegi-timestamp")?
+            .parse()
+            .map_err(|_| Status::unauthenticated("metadata x-yosegi-timestamp is not a number"))?;
+        let nonce_hex = text("x-yosegi-nonce")?;
+        let mut nonce = [0u8; 16];
+        hex::decode_to_slice(nonce_hex, &mut nonce).map_err(|_| {
+            Status::unauthenticated("metadata x-yosegi-nonce must be 32 hex characters")
+        })?;
+        let sig = md
+            .get_bin("x-yosegi-signature-bin")
+            .and_then(|v| v.to_bytes().ok())
+            .and_then(|b| <[u8; 64]>::try_from(b.as_ref()).ok())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "metadata x-yosegi-signature-bin is missing or not 64 bytes",
+                )
+            })?;
+        let (key, who) = if caller == OPERATOR {
+            (self.operator, Caller::Operator)
+        } else {
+            let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+            match keys.get(&caller) {
+                None => {
+                    return Err(Status::unauthenticated(format!(
+                        "unknown caller {caller:?}: not enrolled"
+                    )));
+                }
+                Some((_, true)) => {
+                    return Err(Status::permission_denied(format!(
+                        "party {caller} is revoked"
+                    )));
+                }
+                Some((k, false)) => (*k, Caller::Party(caller.clone())),
+            }
+        };
+        let proof = CallProof {
+            method: method.to_string(),
+            caller,
+            timestamp_ms,
+            nonce,
+        };
+        let now = now_ms();
+        let max = self.config.max_skew.as_millis() as i64;
+        proof
+            .verify(&Signature::from_bytes(&sig), &key, now, max)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if !self
+            .nonces
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(nonce, timestamp_ms, now, max)
+        {
+            return Err(Status::unauthenticated(format!(
+                "call replayed: nonce already used by {}",
+                proof.caller
+            )));
+        }
+        Ok(who)
+    }
+
+    pub(super) fn party<T>(&self, req: &Request<T>, method: &str) -> Result<String, Status> {
+        match self.authenticate(req, method)? {
+            Caller::Party(p) => Ok(p),
+            Caller::Operator => Err(Status::permission_denied(
+                "the operator key cannot make party calls",
+            )),
+        }
+    }
+
+    pub(super) fn operator<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+        match self.authenticate(req, method)? {
+            Caller::Operator => Ok(()),
+            Caller::Party(p) => Err(Status::permission_denied(format!(
+                "party {p} cannot make operator calls"
+            ))),
+        }
+    }
+}
+
+pub(super) const PARTY: &str = "/yosegi.v1.PartyService/";
+pub(super) const OPERATOR_SVC: &str = "/yosegi.v1.OperatorService/";
+
+#[derive(Clone, Debug)]
+pub(super) struct PartySvc(pub(super) Arc<Shared>);
+
+#[derive(Clone, Debug)]
+pub(super) struct OperatorSvc(pub(super) Arc<Shared>);
+
+/// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight calls
+/// finish (up to the grace period) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    data: DataDir,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let DataDir {
+        key,
+        operator,
+        store,
+        blobs,
+        path,
+        lock,
+    } = data;
+    // Held until serving ends: no second coordinator may open this data dir meanwhile.
+    let _lock = lock;
+    let engine = Engine::new(
+        store,
+        blobs,
+        key,
+        crate::engine::EngineConfig {
+            manifest_ttl_ms: config.manifest_ttl.as_millis() as i64,
+        },
+    );
+    let shared = Arc::new(Shared {
+        engine: Arc::new(Mutex::new(engine)),
+        keys: RwLock::new(HashMap::new()),
+        operator,
+        nonces: Mutex::new(NonceCache::default()),
+        notify: Notify::new(),
+        config: config.clone(),
+        metrics: crate::metrics::Metrics::default(),
+    });
+    {
+        let s = shared.clone();
+        with_engine(&shared, move |e| s.reload_keys(e))
+            .await
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    }
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    health.set_serving::<PartyServiceServer<PartySvc>>().await;
+    health
+        .set_serving::<OperatorServiceServer<OperatorSvc>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(yosegi_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let ticker = {
+        let shared = shared.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(shared.config.tick) => {}
+                    _ = stop.changed() => return,
+                }
+                let r = with_engine(&shared, |e| {
+                    let changed = e.tick(now_ms())?;
+                    Ok((changed, e.take_merge_seconds()))
+                })
+                .await;
+                match r {
+                    Ok((changed, merges)) => {
+                        for s in merges {
+                            shared.metrics.aggregation(s);
+                        }
+                        if changed {
+                            shared.notify.notify_waiters();
+                        }
+                    }
+                    Err(s) => tracing::error!(error = %s.message(), "engine tick failed"),
+                }
+            }
+        })
+    };
+    let metrics_task = match config.metrics {
+        None => None,
+        Some(at) => {
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot serve metrics on {at}: {e}"))?;
+            tracing::info!(addr = %l.local_addr()?, "Prometheus metrics at GET /metrics");
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            let scrape = move || {
+                let shared = shared.clone();
+                async move {
+                    let g = with_engine(&shared, |e| {
+                        Ok(crate::metrics::gauges(e.store(), now_ms())?)
+                    })
+                    .await
+                    .map_err(|s| format!("reading the database failed: {}", s.message()))?;
+                    Ok(shared.metrics.render(&g))
+                }
+            };
+            Some(tokio::spawn(crate::metrics::serve_metrics(
+                l,
+                scrape,
+                async move {
+                    let _ = stop.changed().await;
+                },
+            )))
+        }
+    };
+    let addr = listener.local_addr()?;
+    let mut builder = tonic::transport::Server::builder();
+    match &config.tls {
+        Some(tls) => {
+            builder = builder
+                .tls_config(tls.config())
+                .context("TLS configuration (certificate and key)")?;
+            tracing::info!(%addr, data_dir = %path.display(), mutual_tls = tls.client_ca_pem.is_some(), "coordinator serving over TLS");
+        }
+        None => {
+            tracing::warn!(%addr, data_dir = %path.display(), "coordinator serving PLAINTEXT HTTP/2: every call is signed, but updates, sums and metrics travel in clear; serve with TLS outside a test");
+        }
+    }
+    let server = builder
+        .add_service(health_svc)
+        .add_service(reflection)
+        .add_service(PartyServiceServer::new(PartySvc(shared.clone())))
+        .add_service(OperatorServiceServer::new(OperatorSvc(shared.clone())))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+    let grace = config.grace;
+    tokio::pin!(server);
+    tokio::select! {
+        r = &mut server => r?,
+        _ = async { let _ = stop_rx.changed().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("grace period over; dropping remaining calls");
+        }
+    }
+    let _ = ticker.await;
+    if let Some(m) = metrics_task {
+        let _ = m.await;
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}

@@ -1,0 +1,245 @@
+//! The subcommands' arguments (clap).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Subcommand;
+
+use super::{parse_duration, parse_kv};
+use crate::remote::Remote;
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Create the CA and server certificate of an existing data dir (`init` does this for a new
+    /// one). Refuses to overwrite.
+    Init {
+        /// The data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// A host name or IP address parties dial (repeatable).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+    /// Issue a client certificate for mutual TLS (serve with --client-ca DATA_DIR/tls/ca.pem).
+    Client {
+        /// The data directory holding the CA.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// The party's name (the certificate's common name).
+        #[arg(long)]
+        name: String,
+        /// Directory to write NAME.pem and NAME.key.pem into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SpecCommand {
+    /// Print the spec id (sha256 of the canonical encoding) of a ModelSpec file.
+    Id {
+        /// The ModelSpec TOML file.
+        file: PathBuf,
+    },
+    /// Validate a ModelSpec file and describe the network and its weight blobs.
+    Show {
+        /// The ModelSpec TOML file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `coordinator data …`
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Split a CSV into `holdout.csv` (never given to a party) and `party-1.csv` … `party-N.csv`.
+    Split {
+        /// The CSV.
+        #[arg(long)]
+        data: PathBuf,
+        /// The ModelSpec naming its columns.
+        #[arg(long)]
+        spec: PathBuf,
+        /// Number of parties.
+        #[arg(long, default_value_t = 3)]
+        parties: usize,
+        /// iid, dirichlet:ALPHA, quantity:ALPHA or shift:FEATURE.
+        #[arg(long, default_value = "iid")]
+        partition: String,
+        /// Fraction of rows held back as the common holdout.
+        #[arg(long, default_value_t = 0.2)]
+        holdout: f64,
+        /// Seed of the split and the partition.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// `coordinator party …`
+#[derive(Debug, Subcommand)]
+pub enum PartyCommand {
+    /// Enroll a party with its public key file (from `party-client keygen`).
+    Enroll {
+        /// The party's name.
+        #[arg(long)]
+        name: String,
+        /// Its public key (SPKI PEM).
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List parties.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a party: its key is refused from now on, mid-round included.
+    Revoke {
+        /// The party's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `coordinator task …`
+#[derive(Debug, Subcommand)]
+pub enum TaskCommand {
+    /// Create a task from a ModelSpec; parties default to every enrolled party.
+    Create {
+        /// The ModelSpec TOML file.
+        #[arg(long)]
+        spec: PathBuf,
+        /// The task's name.
+        #[arg(long)]
+        name: String,
+        /// Parties taking part (repeat or comma-separate).
+        #[arg(long, value_delimiter = ',')]
+        parties: Vec<String>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List tasks.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `coordinator round …`
+#[derive(Debug, Subcommand)]
+pub enum RoundCommand {
+    /// Start one or more rounds of a task.
+    Start {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Merge strategy: fedavg, fedprox, ensemble, transfer, series, median, trimmed-mean,
+        /// krum or multi-krum (docs/STRATEGIES.md).
+        #[arg(long, default_value = "fedavg")]
+        strategy: String,
+        /// Strategy option KEY=VALUE, e.g. mu=0.01 (fedprox), beta=0.2 (trimmed-mean), f=1
+        /// (krum), passes=2 / freeze=1 / lr_scale=0.5 / order=random / seed=S (transfer),
+        /// norm_bound=5 (broadcast strategies); repeatable.
+        #[arg(long = "option", value_parser = parse_kv)]
+        options: Vec<(String, String)>,
+        /// Fewest accepted updates needed to merge.
+        #[arg(long)]
+        min_parties: u32,
+        /// Time allowed per round, e.g. 90s, 5m, 1h.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        deadline: Duration,
+        /// Rounds to run back to back.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show every round of a task: phase, who answered, who is late, rejections, metrics.
+    Status {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Follow a task's rounds until none is queued or training.
+    Watch {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1)]
+        interval_secs: u64,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `coordinator model …`
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Download a published model and its manifest, verified with the coordinator's key.
+    Pull {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// Version (default: latest).
+        #[arg(long)]
+        version: Option<u64>,
+        /// Where to write the blob; the signed manifest goes to FILE.manifest.json.
+        #[arg(long)]
+        out: PathBuf,
+        /// The coordinator's public key file (what parties pin).
+        #[arg(
+            long,
+            env = "YOSEGI_COORDINATOR_KEY",
+            default_value = "coordinator-data/coordinator.pub.pem"
+        )]
+        coordinator_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+/// `coordinator audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole hash chain: prints the record count and the head hash, or names the first
+    /// broken record (seq, kind, what is wrong) and exits non-zero.
+    Verify {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+    },
+    /// List records, oldest first, as a table.
+    Show {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// Only records of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only the newest N records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Print JSON (every field, the detail as an object) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
