@@ -26,15 +26,16 @@ use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::{DpMode, ModelSpec};
 use shared_model::stats::FeatureSums;
-use shared_model::strategy::{
-    Contribution, NAMES, StrategyConfig, local_update, options_for, relay_step, runs_with,
-};
+use shared_model::strategy::{NAMES, StrategyConfig, local_update, options_for, runs_with};
 use shared_model::synthetic::{self, Friedman1};
 use shared_model::train::{TrainOptions, train};
-use shared_model::update::{Expectations, SignedUpdate, verify};
+use shared_model::update::{Expectations, SignedUpdate, VerifiedUpdate, verify};
 use shared_model::weights::Weights;
 
 /// What a task with differential privacy runs, for the notes on skipped strategies.
+/// The task name the simulated federation signs its updates for.
+pub const TASK: &str = "experiment";
+
 const DP_STRATEGIES: &str = "no ensemble or series, central mode only fedavg and fedprox";
 
 /// Settings of an experiment (the CLI's flags).
@@ -297,13 +298,15 @@ fn exchange(
     party: usize,
     base: &Model,
     base_bytes: &[u8],
-    round: u64,
+    pass: u64,
+    round: RoundNo,
     step: usize,
     attack: Option<Attack>,
     key: &shared_model::SigningKey,
-) -> anyhow::Result<(Weights, u64)> {
+) -> anyhow::Result<(VerifiedUpdate, Sha256, u64)> {
     let (name, data) = &s.parties[party];
-    let seed = s.spec.training.seed ^ (round << 20) ^ (party as u64) << 8;
+    // The seed follows the pass over the parties (the experiment's round), as it always has.
+    let seed = s.spec.training.seed ^ (pass << 20) ^ (party as u64) << 8;
     let opts = cfg.train_options(&s.spec, step, seed);
     let out = local_update(&s.spec, &cfg.name, name, base, data, &opts)?;
     // The party's DP step, as the daemon runs it; the noise is seeded so a run is reproducible.
@@ -352,13 +355,13 @@ fn exchange(
             role: BlobRole::Update,
         },
     );
-    let task = TaskId::new("experiment")?;
+    let task = TaskId::new(TASK)?;
     let party_id = PartyId::new(name)?;
     let base_sha = Sha256::of(base_bytes);
     let env = SignedUpdate::for_blob(
         task.clone(),
         s.spec.id(),
-        RoundNo(round),
+        round,
         StepNo(step as u64),
         base_sha,
         party_id.clone(),
@@ -373,7 +376,7 @@ fn exchange(
         &Expectations {
             task: &task,
             spec: &s.spec,
-            round: RoundNo(round),
+            round,
             step: StepNo(step as u64),
             base_model: base_sha,
             party: &party_id,
@@ -383,7 +386,7 @@ fn exchange(
     )?;
     base.check_update_normalization(verified.weights(), s.spec.input_width())
         .map_err(|why| anyhow::anyhow!("update of {name}: {why}"))?;
-    Ok((verified.weights().clone(), bytes.len() as u64))
+    Ok((verified, Sha256::of(&bytes), bytes.len() as u64))
 }
 
 /// Runs one strategy at one point with one seed.
@@ -402,63 +405,58 @@ fn run_strategy(
     let names: Vec<String> = s.parties.iter().map(|(n, _)| n.clone()).collect();
     let index = |name: &str| names.iter().position(|n| n == name).expect("a party");
     let poisoned = |i: usize| (i < attackers).then_some(attack);
-    let mut model = Model::Single(s.initial.clone());
     let mut per_round = Vec::new();
     let mut bytes = 0u64;
-    let mut step = 0usize;
-    for round in 1..=u64::from(point.rounds) {
-        if cfg.is_relay() {
-            for party in cfg.relay_order(&names) {
-                let i = index(&party);
-                let base_bytes = model.encode(s.spec.id(), BlobRole::Merged);
-                let (w, up) = exchange(
-                    s,
-                    cfg,
-                    i,
-                    &model,
-                    &base_bytes,
-                    round,
-                    step,
-                    poisoned(i),
-                    &keys[i],
-                )?;
-                model = relay_step(&cfg.strategy, &model, &w);
-                bytes += base_bytes.len() as u64 + up;
-                step += 1;
-            }
-        } else {
-            let base_bytes = model.encode(s.spec.id(), BlobRole::Merged);
-            let mut trained = Vec::with_capacity(names.len());
-            for (i, key) in keys.iter().enumerate() {
-                let (w, up) = exchange(s, cfg, i, &model, &base_bytes, round, 0, poisoned(i), key)?;
-                bytes += base_bytes.len() as u64 + up;
-                trained.push(w);
-            }
-            let contributions: Vec<Contribution<'_>> = trained
-                .iter()
-                .enumerate()
-                .map(|(i, w)| Contribution {
-                    party: &names[i],
-                    weights: w,
-                    samples: s.parties[i].1.len() as u64,
-                })
-                .collect();
-            model = match (&s.spec.privacy.dp, &model) {
-                // Central DP: the engine's merge (unweighted mean of clipped deltas + noise).
-                (Some(d), Model::Single(b)) if d.mode == DpMode::Central => {
-                    let updates: Vec<&Weights> = trained.iter().collect();
-                    let mut rng = dp::seeded_rng(s.spec.training.seed ^ round);
-                    Model::Single(dp::central_merge(d, b, &updates, &mut rng)?)
-                }
-                _ => cfg.merge(&model, &contributions)?,
-            };
+    // The server's rules on an in-memory federation: `round start --rounds N` queues the
+    // rounds (a relay: N relays, one step per party), each opens, takes the verified updates
+    // and closes with the engine's merge.
+    let mut sim = crate::simround::SimFederation::new(TASK, &s.spec, &names, s.initial.clone())?;
+    sim.queue(cfg, point.rounds)?;
+    let per_pass = if cfg.is_relay() {
+        cfg.relay_order(&names).len()
+    } else {
+        1
+    };
+    let mut opened = 0usize;
+    while let Some(open) = sim.open_next()? {
+        let pass = (opened / per_pass) as u64 + 1;
+        let base = sim.model().clone();
+        let base_bytes = base.encode(s.spec.id(), BlobRole::Merged);
+        let mut updates = Vec::with_capacity(open.invited.len());
+        for party in &open.invited {
+            let i = index(party.as_str());
+            let step = open.step.0 as usize;
+            let (v, sha, up) = exchange(
+                s,
+                cfg,
+                i,
+                &base,
+                &base_bytes,
+                pass,
+                open.round,
+                step,
+                poisoned(i),
+                &keys[i],
+            )?;
+            bytes += base_bytes.len() as u64 + up;
+            sim.accept(open.round, &v, sha)?;
+            updates.push(v);
         }
-        // Every party downloads the published model to evaluate it.
-        bytes += names.len() as u64 * model.encode(s.spec.id(), BlobRole::Merged).len() as u64;
-        let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
-        per_round.push(m.headline().1);
+        // Central DP's noise is seeded here, so a run is reproducible.
+        let mut rng = dp::seeded_rng(s.spec.training.seed ^ pass);
+        sim.close(open.round, updates, &mut rng)?;
+        opened += 1;
+        if opened.is_multiple_of(per_pass) {
+            // Every party downloads the published model to evaluate it.
+            let model = sim.model();
+            bytes += names.len() as u64 * model.encode(s.spec.id(), BlobRole::Merged).len() as u64;
+            let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
+            per_round.push(m.headline().1);
+        }
     }
-    let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
+    let m = sim
+        .model()
+        .evaluate(&s.spec, &s.holdout, CpuBackend::default());
     Ok((m, per_round, bytes))
 }
 

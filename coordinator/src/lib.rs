@@ -17,4 +17,5 @@ pub mod plots;
 pub mod remote;
 pub mod report;
 pub mod results;
+pub mod simround;
 pub mod swarm;
