@@ -782,3 +782,44 @@ pub(crate) mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod known_answers {
+    use super::*;
+
+    /// The spec id and the update digest are what plant policies approve and signatures cover:
+    /// a silent change of either encoding must fail here (docs/PROTOCOL.md has the same vectors).
+    #[test]
+    fn the_spec_id_and_the_update_digest_are_pinned() {
+        let spec =
+            ModelSpec::parse(include_str!("../../data/wdbc.toml"), "data/wdbc.toml").unwrap();
+        assert_eq!(
+            spec.id().to_string(),
+            "27ffce1f5720f153172e7da34b2c6a6c433c0eae4b12343c0660f8e56eb74286"
+        );
+        let header = UpdateHeader {
+            task: TaskId::new("wdbc").unwrap(),
+            spec_id: spec.id(),
+            round: RoundNo(3),
+            step: StepNo(1),
+            base_model: Sha256::from_bytes([0x11; 32]),
+            party: PartyId::new("plant-a").unwrap(),
+            blob_sha256: Sha256::from_bytes([0x22; 32]),
+            blob_len: 4242,
+            sample_count: 106,
+            min_cohort: 0,
+        };
+        assert_eq!(
+            hex::encode(header.digest()),
+            "8f883f062da3e18ece648df05c105ff8fa5d4914c13899d8d61b398cc49f602f"
+        );
+        let with_cohort = UpdateHeader {
+            min_cohort: 3,
+            ..header
+        };
+        assert_eq!(
+            hex::encode(with_cohort.digest()),
+            "1b1095ed2be5cd1066b76cd606392ce23b2572a321f0d22bb5a86d87fd68405f"
+        );
+    }
+}

@@ -459,6 +459,27 @@ mod tests {
         r
     }
 
+    /// Existing logs are verified with this encoding: a silent change must fail here
+    /// (docs/AUDIT.md specifies it).
+    #[test]
+    fn the_record_hash_is_pinned() {
+        let first = record(1, &GENESIS);
+        assert_eq!(
+            first.hash,
+            "52b9b066d699800fe32ca31805b9cf8f39e53671c131823d2528037f165894c6"
+        );
+        let mut second = record(2, &first.hash.parse().unwrap());
+        second.task = None;
+        second.round = None;
+        second.hash = second
+            .computed_hash(&first.hash.parse().unwrap())
+            .to_string();
+        assert_eq!(
+            second.hash,
+            "6680a6c5f11c6e6fc8e4352d0a3f3323021207268137eeb4014a3e7fb805e272"
+        );
+    }
+
     #[test]
     fn the_encoding_separates_fields_and_absence() {
         let a = record(1, &GENESIS);

@@ -39,10 +39,10 @@ pub fn config() -> (u64, u64) {
             .unwrap_or_else(|_| panic!("{name} must be a whole number, found {v:?}")),
         Err(_) => default,
     };
-    (
-        var("YOSEGI_FUZZ_ITERS", DEFAULT_ITERS),
-        var("YOSEGI_FUZZ_SEED", 0),
-    )
+    let iters = var("YOSEGI_FUZZ_ITERS", DEFAULT_ITERS);
+    // Zero cases would pass every target without running one.
+    assert!(iters > 0, "YOSEGI_FUZZ_ITERS must be at least 1, found 0");
+    (iters, var("YOSEGI_FUZZ_SEED", 0))
 }
 
 /// One failed case.
