@@ -94,12 +94,16 @@ echo "ok   model: $size bytes of safetensors, manifest beside it"
 
 status=$YOSEGI_OUT_DIR/status.json
 [ -s "$status" ] || fail "no rounds status at $status"
-# The last round's merged model, evaluated by the plants on their holdouts (pretty JSON, one key
-# per line; "round" opens a round's object, "f1" is in its metrics).
-f1=$(awk -F'"' '
-  $2 == "round" { r = $3; gsub(/[^0-9]/, "", r); if (r + 0 > last) last = r + 0 }
-  $2 == "f1"    { f = $3; gsub(/[ :,]/, "", f); f1[r + 0] = f }
-  END { print f1[last] }' "$status")
+# The last published round's merged metrics: the plants' evaluations of the merged model on
+# their holdouts (`metrics` of the round, never a party's own `local_metrics` or `evaluation`).
+f1=$(python3 - "$status" <<'PY'
+import json, sys
+rounds = [r for r in json.load(open(sys.argv[1])) if r["phase"] == "published"]
+last = max(rounds, key=lambda r: r["round"], default=None)
+metrics = (last or {}).get("metrics") or {}
+print(metrics.get("f1", "") if metrics.get("kind") == "binary" else "")
+PY
+) || fail "cannot read $status"
 awk -v f="$f1" -v m="$min_f1" 'BEGIN { exit !(f ~ /^[0-9.eE+-]+$/ && f + 0 >= m + 0) }' ||
   fail "F1 of the last merged model is '${f1:-none}', below $min_f1"
 echo "ok   F1 of the last merged model: $f1 (>= $min_f1)"

@@ -198,6 +198,19 @@ fn experiments_derive_a_spec_from_the_target_column() {
         ],
     );
     assert!(printed.contains("| f1 |"), "{printed}");
+    // The derived spec made a binary task over the other 30 columns, and it learned.
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let fedavg = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "fedavg")
+        .expect("a fedavg record");
+    assert_eq!(fedavg["metrics"]["kind"], "binary", "{fedavg}");
+    assert_eq!(fedavg["rounds"], 1);
+    let f1 = fedavg["metrics"]["f1"].as_f64().unwrap();
+    assert!(f1 > 0.85, "F1 {f1} on a derived spec of WDBC");
     let bad = yosegi_tests::run(
         "coordinator",
         &[
