@@ -68,6 +68,12 @@ fn fixture_with(n: usize, spec: &str) -> Fixture {
     }
 }
 
+/// The sample count party `i` signs: different for every party, so a merge that weights by
+/// samples where it must not (central DP) or does not where it must (FedAvg) shows.
+fn samples(i: usize) -> u64 {
+    10 * (i as u64 + 1).pow(2)
+}
+
 impl Fixture {
     /// A correctly signed update of party `i` for round `round`, trained on nothing.
     fn upload(&mut self, i: usize, round: u64, now: i64) -> Result<UploadOutcome> {
@@ -123,7 +129,7 @@ impl Fixture {
             base.blob_sha256,
             PartyId::new(name).unwrap(),
             &bytes,
-            10,
+            samples(i),
             key,
         );
         let env = match self.min_cohort.get(i) {
@@ -513,10 +519,12 @@ fn strategies_that_cannot_run_are_refused_at_round_start() {
 /// the mechanism cannot serve are refused at round start.
 #[test]
 fn central_dp_rejects_unclipped_updates_and_merges_the_mean_with_noise() {
-    // Party i's update moves all 13 trainable values by 0.01·(i+1): delta norm
-    // 0.0361·(i+1). C = 0.08 admits plant-0 and plant-1, not plant-2.
+    // A network of 257 trainable values (hidden layer of 64). Party i's update moves every value
+    // by 0.01·(i+1): delta norm 0.1603·(i+1). C = 0.35 admits plant-0 and plant-1, not plant-2.
+    // The parties sign 10, 40 and 90 samples: central DP must not weight by them.
+    let spec_text = SPEC.replace("hidden = [3]", "hidden = [64]");
     let text = format!(
-        "{SPEC}\n[privacy.dp]\nmode = \"central\"\nclip = 0.08\nnoise_multiplier = 0.5\ndelta = 1e-5\n"
+        "{spec_text}\n[privacy.dp]\nmode = \"central\"\nclip = 0.35\nnoise_multiplier = 0.01\ndelta = 1e-5\n"
     );
     let mut f = fixture_with(3, &text);
     for s in ["ensemble", "series", "median"] {
@@ -540,7 +548,7 @@ fn central_dp_rejects_unclipped_updates_and_merges_the_mean_with_noise() {
         Err(EngineError::Rejected { code, reason }) => {
             assert_eq!(code, "dp_clip");
             assert!(
-                reason.contains("plant-2") && reason.contains("0.108"),
+                reason.contains("plant-2") && reason.contains("0.4809"),
                 "{reason}"
             );
         }
@@ -556,25 +564,37 @@ fn central_dp_rejects_unclipped_updates_and_merges_the_mean_with_noise() {
         panic!("a single network");
     };
     let base = Weights::initial(&spec, &sums().normalization().unwrap());
-    // Unweighted mean of deltas 0.01 and 0.02: 0.015; the rest is noise of std
-    // σ·C/n = 0.5·0.08/2 = 0.02 per value.
-    let noise: Vec<f64> = merged
+    let moved: Vec<f64> = merged
         .trainable()
         .iter()
         .zip(base.trainable())
         .flat_map(|(m, b)| m.data.iter().zip(&b.data))
-        .map(|(&m, &b)| f64::from(m) - f64::from(b) - 0.015)
+        .map(|(&m, &b)| f64::from(m) - f64::from(b))
         .collect();
-    let rms = (noise.iter().map(|x| x * x).sum::<f64>() / noise.len() as f64).sqrt();
+    assert_eq!(moved.len(), 257);
+    // The unweighted mean of the deltas 0.01 and 0.02 is 0.015 (weighted by 10 and 40 samples it
+    // would be 0.018); the mean over 257 values of noise with std 0.00175 is within ±0.00011
+    // (1 σ), so ±0.0006 tells the two apart with margin.
+    let mean = moved.iter().sum::<f64>() / moved.len() as f64;
     assert!(
-        rms > 0.005 && rms < 0.05,
-        "noise rms {rms}, want about 0.02"
+        (mean - 0.015).abs() < 0.0006,
+        "mean move {mean}, want 0.015"
+    );
+    // The rest is noise of std σ·C/n = 0.01·0.35/2 = 0.00175 per value (σ·C, without the /n,
+    // would be 0.0035); the rms of 257 draws is within ±20 % of it (±4.5 standard errors).
+    let rms = (moved.iter().map(|x| (x - 0.015).powi(2)).sum::<f64>() / moved.len() as f64).sqrt();
+    assert!(
+        rms > 0.0014 && rms < 0.0021,
+        "noise rms {rms}, want about 0.00175"
     );
     assert_eq!(merged.normalization(), base.normalization());
     // The privacy spent is what the accountant says for one round.
     let infos = crate::grpc::convert::round_infos(f.engine.store(), "t").unwrap();
-    let want = dp::epsilon(1, 0.5, 1e-5);
-    assert!((infos[0].dp_epsilon - want).abs() < 1e-12, "{infos:?}");
+    let want = dp::epsilon(1, 0.01, 1e-5);
+    assert!(
+        (infos[0].dp_epsilon - want).abs() < 1e-9 * want.max(1.0),
+        "{infos:?}"
+    );
     assert_eq!((infos[0].dp_delta, infos[0].dp_rounds), (1e-5, 1));
 }
 
