@@ -27,6 +27,10 @@ use crate::store::{Applied, RoundRecord, Store, StoreError, Version};
 
 mod close;
 #[cfg(test)]
+mod fixture;
+#[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
 mod upload;
 
