@@ -25,6 +25,13 @@ pub fn status(e: EngineError) -> Status {
                 "coordinator storage failed, nothing was stored: {e}"
             ))
         }
+        EngineError::Store(e @ crate::store::StoreError::Stale(_)) => {
+            // Decided on a state another writer changed first: nothing was written; retry.
+            tracing::warn!(error = %e, "decision refused as stale");
+            Status::aborted(format!(
+                "the coordinator's state changed meanwhile, nothing was written; retry: {e}"
+            ))
+        }
         EngineError::Store(e) => {
             tracing::error!(error = %e, "database failure");
             Status::internal(format!("coordinator database failed: {e}"))

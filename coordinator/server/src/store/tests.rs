@@ -498,3 +498,44 @@ fn a_version_3_database_keeps_its_updates_and_stores_audits_from_then_on() {
     let rows = s.updates("t", 1).unwrap();
     assert_eq!(rows[1].membership_audit_json.as_deref(), Some(json));
 }
+
+#[test]
+fn a_transition_decided_on_an_older_state_is_refused_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = lived_store(&dir.path().join("y.db"));
+    let queue = Transition::QueueRounds {
+        task: id("t"),
+        plans: vec![plan()],
+    };
+    apply(&mut s, 30, queue).unwrap();
+    // Two decisions taken on the same state: the first commits, the second is stale.
+    let at = s.version().unwrap();
+    let open = Transition::OpenRound {
+        task: id("t"),
+        round: RoundNo(3),
+        started_ms: 31,
+        ends_ms: 60_031,
+        base_version: ModelVersion(1),
+        invited: vec![id("plant-a")],
+    };
+    s.apply(at, 31, &open).unwrap();
+    let before = kinds(&s).len();
+    let revoke = Transition::Revoke {
+        party: id("plant-b"),
+        reason: "revoked by the operator".into(),
+        awaited: vec![],
+    };
+    let e = s.apply(at, 32, &revoke).unwrap_err();
+    assert!(matches!(e, StoreError::Stale(_)), "{e}");
+    assert_eq!(kinds(&s).len(), before, "nothing logged");
+    assert!(
+        !s.party("plant-b").unwrap().unwrap().revoked,
+        "nothing written"
+    );
+    // A guard inside the transaction refuses a decision its rows no longer support: opening
+    // the same round again writes nothing either.
+    let e = apply(&mut s, 33, open).unwrap_err();
+    assert!(matches!(e, StoreError::Stale(_)), "{e}");
+    assert_eq!(kinds(&s).len(), before);
+    s.verify_audit().unwrap();
+}
