@@ -130,3 +130,24 @@ impl Procs {
 
 pub mod sandbox;
 pub mod server;
+
+/// A loopback port for a server a test starts and may restart on the same port. Ports handed out
+/// by binding `:0` come from the kernel's ephemeral range, where a released one can be taken
+/// again at once by any outgoing connection (the tests make many); these come from below it
+/// (20000–32767 here; Linux's ephemeral range starts at 32768), spread by process id, never twice
+/// in one process, and each is checked free by binding it first.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const BASE: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    for _ in 0..SPAN {
+        let k = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = BASE + (start.wrapping_add(k.wrapping_mul(7))) % SPAN;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {BASE}..{}", BASE + SPAN)
+}

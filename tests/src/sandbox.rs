@@ -42,10 +42,8 @@ impl Sandbox {
 
     /// Starts a coordinator that also serves Prometheus metrics; returns their address.
     pub async fn start_with_metrics() -> (Self, std::net::SocketAddr) {
-        // A free loopback port: bound, read, released (the coordinator binds it right after).
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port");
+        // A free loopback port outside the ephemeral range (the coordinator binds it right after).
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], crate::free_port()));
         (Self::start_with(Some(addr)).await, addr)
     }
 

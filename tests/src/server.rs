@@ -46,10 +46,7 @@ impl ServerProcess {
         );
         let config = root.join("coordinator.toml");
         std::fs::write(&config, "tick_ms = 20\n").expect("writes the config");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::free_port();
         Self {
             data_dir,
             config,

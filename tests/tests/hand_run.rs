@@ -15,11 +15,7 @@ fn a_federation_run_by_hand_with_the_binaries() {
     let coord = d.join("coordinator-data");
     let init = run_ok("coordinator", &["init", "--data-dir", &s(&coord)]);
     assert!(init.contains("-----BEGIN PUBLIC KEY-----"), "{init}");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = yosegi_tests::free_port();
     // TLS from `init`: the operator and the plants pin the CA certificate.
     assert!(init.contains("TLS: CA certificate"), "{init}");
     let url = format!("https://localhost:{port}");
