@@ -410,7 +410,13 @@ fn run_strategy(
     // The server's rules on an in-memory federation: `round start --rounds N` queues the
     // rounds (a relay: N relays, one step per party), each opens, takes the verified updates
     // and closes with the engine's merge.
-    let mut sim = crate::simround::SimFederation::new(TASK, &s.spec, &names, s.initial.clone())?;
+    // Each party reported its training rows in the statistics step.
+    let reported: Vec<(String, u64)> = s
+        .parties
+        .iter()
+        .map(|(n, d)| (n.clone(), d.len() as u64))
+        .collect();
+    let mut sim = crate::simround::SimFederation::new(TASK, &s.spec, &reported, s.initial.clone())?;
     sim.queue(cfg, point.rounds)?;
     let per_pass = if cfg.is_relay() {
         cfg.relay_order(&names).len()

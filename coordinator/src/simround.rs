@@ -41,18 +41,25 @@ pub struct SimFederation {
     spec: ModelSpec,
     model: Model,
     now: i64,
+    /// Rows each party reported in the statistics step (they bound its merge weight).
+    reported: BTreeMap<PartyId, u64>,
 }
 
 impl SimFederation {
-    /// A task over `parties` whose statistics step published `initial` as version 0.
+    /// A task over `parties` (each with the rows it reported in the statistics step) whose
+    /// statistics step published `initial` as version 0.
     pub fn new(
         task: &str,
         spec: &ModelSpec,
-        parties: &[String],
+        parties: &[(String, u64)],
         initial: Weights,
     ) -> anyhow::Result<Self> {
         let task = TaskId::new(task)?;
-        let parties: Vec<PartyId> = parties.iter().map(PartyId::new).collect::<Result<_, _>>()?;
+        let reported: BTreeMap<PartyId, u64> = parties
+            .iter()
+            .map(|(p, rows)| Ok((PartyId::new(p)?, *rows)))
+            .collect::<Result<_, shared_model::ids::IdError>>()?;
+        let parties: Vec<PartyId> = reported.keys().cloned().collect();
         let mut fed = Federation::new();
         for p in &parties {
             let t = decide::enroll(p.as_str(), [0; 32]).map_err(|e| anyhow!("{e}"))?;
@@ -78,6 +85,7 @@ impl SimFederation {
             spec: spec.clone(),
             model,
             now: 0,
+            reported,
         })
     }
 
@@ -199,17 +207,27 @@ impl SimFederation {
         let r = entry.round(round).context("no such round")?;
         let mut updates = updates;
         updates.sort_by(|a, b| a.party().cmp(b.party()));
-        let outcomes = updates
+        let most = self.reported.values().copied().max().unwrap_or(u64::MAX);
+        let outcomes: Vec<Outcome> = updates
             .iter()
             .map(|v| Outcome {
                 party: v.party().clone(),
                 verdict: Ok(Candidate {
                     blob_sha256: r.updates[v.party()].blob_sha256,
                     sample_count: v.sample_count(),
+                    weight: close::merge_weight(
+                        v.sample_count(),
+                        self.reported.get(v.party()).copied(),
+                        most,
+                    ),
                     min_cohort: v.header().min_cohort,
                     local_metrics_json: None,
                 }),
             })
+            .collect();
+        let weights: BTreeMap<PartyId, u64> = outcomes
+            .iter()
+            .filter_map(|o| o.verdict.as_ref().ok().map(|c| (o.party.clone(), c.weight)))
             .collect();
         let t = match close::close(&entry.record, &r.record, &r.parties, outcomes, self.now) {
             CloseDecision::Wait => return Err(anyhow!("round {round} is not due")),
@@ -219,7 +237,8 @@ impl SimFederation {
                 let mut merger = Merger::new(MergePath::of(&plan, &self.spec));
                 let kept: Vec<&PartyId> = closing.kept.iter().map(|(p, _)| p).collect();
                 for v in updates.into_iter().filter(|v| kept.contains(&v.party())) {
-                    merger.add(v);
+                    let weight = weights[v.party()];
+                    merger.add(v, weight);
                 }
                 match merger
                     .finish(&plan, &self.spec, &self.model, rng)
@@ -312,7 +331,12 @@ mod tests {
         let Model::Single(initial) = Model::decode(&v0, &spec, BlobRole::Initial).unwrap() else {
             panic!("v0 is one network")
         };
-        let mut sim = SimFederation::new("t", &spec, &names, initial).unwrap();
+        let reported: Vec<(String, u64)> = names
+            .iter()
+            .zip(&data)
+            .map(|(n, d)| (n.clone(), d.len() as u64))
+            .collect();
+        let mut sim = SimFederation::new("t", &spec, &reported, initial).unwrap();
         sim.queue(&cfg, rounds).unwrap();
 
         let task = TaskId::new("t").unwrap();

@@ -17,6 +17,14 @@ pub fn is_due(round: &RoundRecord, parties: &[RoundParty], now: i64) -> bool {
     parties.iter().all(|p| !p.state.is_awaited()) || now >= round.ends_ms.unwrap_or(i64::MAX)
 }
 
+/// The weight of an update in a sample-weighted merge (FedAvg, FedProx, the ensemble): its
+/// signed sample count, but never more than the rows its party reported in the statistics step
+/// (the rows it trains on), and for a party that reported none, never more than the most any
+/// party reported. A party cannot take a merge over by claiming rows it does not have.
+pub fn merge_weight(claimed: u64, reported: Option<u64>, most_reported: u64) -> u64 {
+    claimed.min(reported.unwrap_or(most_reported)).max(1)
+}
+
 /// One stored update after the shell re-verified it (in party order).
 #[derive(Clone, Debug)]
 pub struct Outcome {
@@ -33,6 +41,8 @@ pub struct Candidate {
     pub blob_sha256: Sha256,
     /// Its signed sample count.
     pub sample_count: u64,
+    /// Its weight in a sample-weighted merge ([`merge_weight`]).
+    pub weight: u64,
     /// Its signed cohort requirement (fewest updates it may be merged with).
     pub min_cohort: u32,
     /// Its local metrics, as JSON.
@@ -214,6 +224,7 @@ impl Closing {
                 party: party.clone(),
                 blob_sha256: c.blob_sha256,
                 sample_count: c.sample_count,
+                weight: c.weight,
             })
             .collect()
     }

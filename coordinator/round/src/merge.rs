@@ -59,7 +59,7 @@ impl MergePath {
 pub struct Merger {
     path: MergePath,
     acc: FedAvg,
-    held: Vec<VerifiedUpdate>,
+    held: Vec<(VerifiedUpdate, u64)>,
     /// The first error folding an update in: the merge fails with it.
     error: Option<String>,
 }
@@ -80,17 +80,19 @@ impl Merger {
         self.path
     }
 
-    /// Adds one verified update (folded in at once on the streaming path).
-    pub fn add(&mut self, update: VerifiedUpdate) {
+    /// Adds one verified update with its merge weight (`close::merge_weight`), folded in at
+    /// once on the streaming path.
+    pub fn add(&mut self, update: VerifiedUpdate, weight: u64) {
         match self.path {
             MergePath::Streaming => {
+                let party = update.party().as_str();
                 if self.error.is_none()
-                    && let Err(e) = self.acc.add(&update)
+                    && let Err(e) = self.acc.add_weights(party, update.weights(), weight)
                 {
-                    self.error = Some(format!("update of {}: {e}", update.party()));
+                    self.error = Some(format!("update of {party}: {e}"));
                 }
             }
-            _ => self.held.push(update),
+            _ => self.held.push((update, weight)),
         }
     }
 
@@ -103,7 +105,7 @@ impl Merger {
                 false
             }
             _ => {
-                self.held.retain(|v| kept.contains(v.party()));
+                self.held.retain(|(v, _)| kept.contains(v.party()));
                 true
             }
         }
@@ -133,7 +135,8 @@ impl Merger {
                 let only = self
                     .held
                     .iter()
-                    .find(|v| v.party() == party)
+                    .find(|(v, _)| v.party() == party)
+                    .map(|(v, _)| v)
                     .ok_or_else(|| {
                         failed(format!("relay step of {party} has no update of {party}"))
                     })?;
@@ -146,7 +149,7 @@ impl Merger {
                         base.kind()
                     )));
                 };
-                let updates: Vec<&Weights> = self.held.iter().map(|v| v.weights()).collect();
+                let updates: Vec<&Weights> = self.held.iter().map(|(v, _)| v.weights()).collect();
                 dp::central_merge(d, b, &updates, rng)
                     .map(Model::Single)
                     .map_err(|e| failed(e.to_string()))
@@ -155,10 +158,10 @@ impl Merger {
                 let contributions: Vec<Contribution<'_>> = self
                     .held
                     .iter()
-                    .map(|v| Contribution {
+                    .map(|(v, weight)| Contribution {
                         party: v.party().as_str(),
                         weights: v.weights(),
-                        samples: v.sample_count(),
+                        samples: *weight,
                     })
                     .collect();
                 cfg.merge(base, &contributions)

@@ -211,6 +211,8 @@ pub struct Merged {
     pub blob_sha256: Sha256,
     /// Its signed sample count.
     pub sample_count: u64,
+    /// The weight the merge gave it (`close::merge_weight`: the claim capped by reported rows).
+    pub weight: u64,
 }
 
 /// A signed, stored model ready to publish (its blob already durable).

@@ -244,6 +244,7 @@ impl Sim {
                         Ok(Candidate {
                             blob_sha256: u.blob_sha256,
                             sample_count: u.sample_count,
+                            weight: u.sample_count,
                             min_cohort: u
                                 .local_metrics_json
                                 .as_deref()
@@ -484,6 +485,7 @@ impl Sim {
                             Candidate {
                                 blob_sha256: u.blob_sha256,
                                 sample_count: u.sample_count,
+                                weight: u.sample_count,
                                 min_cohort: 0,
                                 local_metrics_json: None,
                             },

@@ -220,19 +220,30 @@ impl Engine {
         }
         let (base_sha, base) = self.base_model(spec, r)?;
         let rows = self.store.updates(name, r.round.0)?;
+        // The rows each party reported in the statistics step bound its merge weight.
+        let mut reported = std::collections::BTreeMap::new();
+        for (party, json) in self.store.sums(name)? {
+            let s: FeatureSums = serde_json::from_str(&json)
+                .map_err(|e| EngineError::Invalid(format!("stored sums of {party}: {e}")))?;
+            reported.insert(party, s.count);
+        }
+        let most = reported.values().copied().max().unwrap_or(u64::MAX);
         // Streaming merges fold each update in as soon as it verifies, so the close holds one
         // update at a time (O(model) memory); the other paths hold all of them.
         let mut merger = Merger::new(MergePath::of(&r.plan, spec));
         let mut outcomes = Vec::with_capacity(rows.len());
         for u in &rows {
             let verdict = self.reverify(spec, r, (base_sha, &base), u).map(|v| {
+                let weight =
+                    close::merge_weight(v.sample_count(), reported.get(&u.party).copied(), most);
                 let c = Candidate {
                     blob_sha256: u.blob_sha256,
                     sample_count: v.sample_count(),
+                    weight,
                     min_cohort: v.header().min_cohort,
                     local_metrics_json: u.local_metrics_json.clone(),
                 };
-                merger.add(v);
+                merger.add(v, weight);
                 c
             });
             outcomes.push(Outcome {
@@ -251,9 +262,13 @@ impl Engine {
         let kept: Vec<PartyId> = closing.kept.iter().map(|(p, _)| p.clone()).collect();
         if closing.cohort_changed && !merger.retain(&kept) {
             // Rare: the streaming sum holds updates now left out. Fold the kept ones in again.
-            for u in rows.iter().filter(|u| kept.contains(&u.party)) {
+            for (u, (_, c)) in rows
+                .iter()
+                .filter(|u| kept.contains(&u.party))
+                .zip(&closing.kept)
+            {
                 match self.reverify(spec, r, (base_sha, &base), u) {
-                    Ok(v) => merger.add(v),
+                    Ok(v) => merger.add(v, c.weight),
                     Err(e) => {
                         let why = format!(
                             "{} merge failed: update of {}: {e}",
@@ -278,7 +293,8 @@ impl Engine {
             .map(|m| Contributor {
                 party: m.party,
                 update_sha256: m.blob_sha256,
-                sample_count: m.sample_count,
+                // What the merge weighted it by: its claim, capped by the rows it reported.
+                sample_count: m.weight,
             })
             .collect();
         let metrics = closing.local_metrics().map(|m| m.metrics());

@@ -32,6 +32,8 @@ pub(super) struct Fixture {
     pub(super) spec: String,
     /// Signed cohort requirement of each party's uploads (0 = none).
     pub(super) min_cohort: Vec<u32>,
+    /// Sample count each party claims (0 or absent = [`samples`]).
+    pub(super) claims: Vec<u64>,
 }
 
 pub(super) fn sums() -> FeatureSums {
@@ -66,6 +68,7 @@ pub(super) fn fixture_with(n: usize, spec: &str) -> Fixture {
         keys,
         spec: spec.to_string(),
         min_cohort: Vec::new(),
+        claims: Vec::new(),
     }
 }
 
@@ -130,7 +133,11 @@ impl Fixture {
             base.blob_sha256,
             PartyId::new(name).unwrap(),
             &bytes,
-            samples(i),
+            self.claims
+                .get(i)
+                .copied()
+                .filter(|&c| c > 0)
+                .unwrap_or(samples(i)),
             key,
         );
         let env = match self.min_cohort.get(i) {

@@ -540,3 +540,65 @@ fn a_close_that_fails_at_publication_writes_nothing_and_its_retry_records_each_c
     assert_eq!(rejections.len(), 1, "{rejections:?}");
     f.engine.store().verify_audit().unwrap();
 }
+
+#[test]
+fn a_huge_claimed_sample_count_cannot_take_over_fedavg() {
+    // Every plant reported 3 rows in the statistics step. plant-2 claims 10^12 samples for an
+    // update of constant weights; the honest plants claim 10 and 40 (more than their rows too).
+    let mut f = fixture(3);
+    f.claims = vec![0, 0, 1_000_000_000_000];
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), 3, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    f.upload(0, 1, 3).unwrap();
+    f.upload(1, 1, 3).unwrap();
+    let spec = ModelSpec::parse(&f.spec, "t").unwrap();
+    let norm = sums().normalization().unwrap();
+    let attack = Weights::initial(&spec, &norm)
+        .map_trainable(|t| vec![5.0; t.data.len()])
+        .unwrap();
+    f.upload_weights(2, 1, 3, &attack).unwrap();
+    assert!(
+        f.engine.tick(4).unwrap(),
+        "everyone answered: the round closes"
+    );
+    let (manifest, bytes) = f.engine.model("t", None).unwrap();
+    let Model::Single(merged) = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap() else {
+        panic!("one network")
+    };
+    // Each update weighs the 3 rows its plant reported: the attacker is one plant of three.
+    let base = Weights::initial(&spec, &norm);
+    for (m, b) in merged.trainable().iter().zip(base.trainable()) {
+        for (&mv, &bv) in m.data.iter().zip(&b.data) {
+            let want = ((bv + 0.01) + (bv + 0.02) + 5.0) / 3.0;
+            assert!(
+                (mv - want).abs() < 1e-5,
+                "merged {mv}, equal weights give {want}"
+            );
+        }
+    }
+    let manifest: shared_model::manifest::Manifest =
+        serde_json::from_slice(&manifest.bytes).unwrap();
+    let weights: Vec<u64> = manifest
+        .contributors
+        .iter()
+        .map(|c| c.sample_count)
+        .collect();
+    assert_eq!(
+        weights,
+        [3, 3, 3],
+        "the manifest names the weights the merge used"
+    );
+    let merged_record = f
+        .engine
+        .store()
+        .audit_records(Some("t"), None)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.kind == "round_merged")
+        .unwrap();
+    let detail: serde_json::Value = serde_json::from_str(&merged_record.detail).unwrap();
+    assert_eq!(detail["updates"][2]["sample_count"], 1_000_000_000_000u64);
+    assert_eq!(detail["updates"][2]["weight"], 3, "{detail}");
+}

@@ -356,6 +356,7 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
                         "party": m.party.as_str(),
                         "blob_sha256": m.blob_sha256.to_string(),
                         "sample_count": m.sample_count,
+                        "weight": m.weight,
                     })
                 })
                 .collect();

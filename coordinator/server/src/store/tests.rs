@@ -216,6 +216,7 @@ fn lived_store(path: &Path) -> Store {
             party: id("plant-a"),
             blob_sha256: update.blob_sha256,
             sample_count: 40,
+            weight: 40,
         }],
         model: model_row(1, 1),
     };
