@@ -440,23 +440,10 @@ pub fn statistics(
             return StatsStep::Wait;
         }
         if (reported.len() as u32) < first.plan.min_parties.max(1) {
-            // Past the deadline with too few reporters: the round cannot run, and the operator
-            // reads who is silent (the step stays open: a late report still counts).
-            let who: Vec<&str> = missing.iter().map(|p| p.as_str()).collect();
-            let reason = format!(
-                "statistics: only {} of {} parties reported feature sums by the round's deadline (no answer from {}), fewer than the round's quorum of {}",
-                reported.len(),
-                task.parties.len(),
-                who.join(", "),
-                first.plan.min_parties
-            );
-            return StatsStep::FailQueued(Transition::FailRound {
-                task: task.name.clone(),
-                round: first.round,
-                reason,
-                left_out: vec![],
-                late: vec![],
-            });
+            // Too few reporters to normalise from, and silent parties may still answer (a
+            // daemon that was down): the step waits for them. Failing here would fail rounds
+            // queued long after the task was created the moment they are queued.
+            return StatsStep::Wait;
         }
     }
     if reported.is_empty() {
