@@ -4,13 +4,8 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    party_client::exit::quiet_on_closed_pipe();
     let cli = coordinator::cli::Cli::parse();
     coordinator::cli::init_tracing(cli.log_format);
-    match coordinator::cli::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    party_client::exit::code(coordinator::cli::run(cli))
 }

@@ -409,3 +409,45 @@ fn predict_works_for_ensembles_and_series() {
         assert_eq!(got, want, "{}", m.kind());
     }
 }
+
+/// `… | head` closes the pipe early: a command ends quietly (status 141, as a Unix tool killed
+/// by SIGPIPE, or 0 if its output fitted before the close), never with a panic or an error line.
+#[test]
+fn a_closed_pipe_ends_commands_quietly() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("c");
+    run_ok(
+        "coordinator",
+        &["init", "--data-dir", data_dir.to_str().unwrap()],
+    );
+    let spec = data("wdbc.toml");
+    let cases: [&[&str]; 2] = [
+        // println! into a closed pipe (the table of a spec)
+        &["spec", "show", spec.to_str().unwrap()],
+        // a writer's io error (the governance log table)
+        &["audit", "show", "--data-dir", data_dir.to_str().unwrap()],
+    ];
+    for args in cases {
+        let mut child = Command::new(yosegi_tests::bin("coordinator"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader goes away at once
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            matches!(out.status.code(), Some(0 | 141)),
+            "{args:?}: {:?}\n{stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked")
+                && !stderr.contains("Broken pipe")
+                && !stderr.contains("error"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
