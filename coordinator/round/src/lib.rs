@@ -9,7 +9,7 @@
 //! This is the split of raft-rs's `RawNode`/`Ready`: no database, no network, no file I/O and no
 //! clock in this crate, so the same rules run in the live coordinator, in `coordinator
 //! experiment` (through [`memory::Federation`]) and under the deterministic simulation test
-//! (`tests/simulation.rs`).
+//! (`tests/simulation/`).
 
 #![forbid(unsafe_code)]
 

@@ -27,6 +27,8 @@ use crate::store::{Applied, RoundRecord, Store, StoreError, Version};
 
 mod close;
 #[cfg(test)]
+mod dp_tests;
+#[cfg(test)]
 mod fixture;
 #[cfg(test)]
 mod simulation;

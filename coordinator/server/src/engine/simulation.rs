@@ -1,5 +1,5 @@
 //! Deterministic simulation of the real engine on a temp store (the pure rules get 10,000
-//! schedules in `coordinator/round/tests/simulation.rs`; this runs fewer, slower ones through
+//! schedules in `coordinator/round/tests/simulation/`; this runs fewer, slower ones through
 //! SQLite, the blob files and the signed manifests): seeded schedules of uploads (valid,
 //! invalid, late, repeated), declines, revocations, new rounds, clock jumps past deadlines and
 //! restarts of the engine on its data dir, with the invariants checked after every step.

@@ -1,0 +1,254 @@
+//! Faults of the upload path: a full disk, a party killed mid-upload, a stalled upload.
+
+use super::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_upload_unacknowledged_and_the_coordinator_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.ignore_sigxfsz = true;
+    server.start();
+    // ~4 MB updates against a 2 MiB file-size limit.
+    let (mut op, spec, [(k0, mut c0), (k1, mut c1)]) = two_sites(&server, "disk").await;
+    let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
+    const LIMIT: u64 = 2 << 20;
+    assert!(blob.len() as u64 > LIMIT + LIMIT / 2);
+    for f in ["yosegi.db", "yosegi.db-wal"] {
+        let len = std::fs::metadata(server.data_dir.join(f)).map_or(0, |m| m.len());
+        assert!(
+            len < LIMIT / 2,
+            "{f} is {len} bytes: the limit would hit it"
+        );
+    }
+    let prlimit = |soft: &str| {
+        let ok = Command::new("prlimit")
+            .args([
+                "--pid",
+                &server.pid().to_string(),
+                &format!("--fsize={soft}:"),
+            ])
+            .status()
+            .expect("runs prlimit (util-linux)");
+        assert!(ok.success(), "prlimit --fsize={soft}:");
+    };
+    prlimit(&LIMIT.to_string());
+    let e = c0
+        .upload(&a0.id, &env, blob.clone(), None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("Unavailable")
+            && e.contains("coordinator storage failed, nothing was stored")
+            && e.contains("File too large"),
+        "{e}"
+    );
+    // Nothing was acknowledged or kept; the coordinator still serves everyone.
+    let rounds = op.status("disk").await.unwrap();
+    assert_eq!(rounds[0].phase, "training");
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(env.header.blob_sha256.to_string()).exists());
+    assert_eq!(std::fs::read_dir(blobs.join("tmp")).unwrap().count(), 0);
+    let a1 = next_work(&mut c1, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob1, env1) = update_for(&mut c1, &a1, &spec, "site-1", &k1).await;
+
+    // Space again: the same upload goes through, the round completes.
+    prlimit("unlimited");
+    assert_eq!(
+        c0.upload(&a0.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    assert_eq!(
+        c1.upload(&a1.id, &env1, blob1, None).await.unwrap(),
+        Ack::Accepted
+    );
+    let rounds = wait_rounds(&server, "disk", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    assert_eq!(rounds[0].version, 1);
+    assert!(
+        server.log_tail().contains("File too large"),
+        "the log names the storage failure"
+    );
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.start();
+    let (mut op, spec, [(k0, mut c0), (k1, mut c1)]) = two_sites(&server, "cut").await;
+    let a0 = next_work(&mut c0, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c0, &a0, &spec, "site-0", &k0).await;
+
+    // site-0 "dies" after sending its envelope and the first two of four 1 MiB chunks: its
+    // connection is dropped with the stream unfinished.
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
+    let h = &env.header;
+    tx.send(upload_start(&a0.id, &env, None, None))
+        .await
+        .unwrap();
+    for (i, c) in blob.chunks(1 << 20).take(2).enumerate() {
+        tx.send(pb::UploadUpdateRequest {
+            part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+                offset: (i << 20) as u64,
+                data: c.to_vec(),
+            })),
+        })
+        .await
+        .unwrap();
+    }
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let key = k0.clone();
+    let upload = tokio::spawn(async move {
+        let mut raw = PartyServiceClient::new(channel);
+        let req = sign(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            "UploadUpdate",
+            "site-0",
+            &key,
+            now_ms(),
+        );
+        raw.upload_update(req).await
+    });
+    // Let the chunks arrive, then kill the sender mid-stream (its connection goes with it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    upload.abort();
+    let _ = upload.await;
+    drop(tx);
+
+    let rounds = op.status("cut").await.unwrap();
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited", "nothing acked");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(h.blob_sha256.to_string()).exists());
+    // The server notices the cut stream on its own time: wait (bounded) for nothing to be left.
+    let tmp_files = || std::fs::read_dir(blobs.join("tmp")).unwrap().count();
+    let waited = std::time::Instant::now();
+    while tmp_files() > 0 && waited.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tmp_files(), 0, "a temp file of the cut upload was left");
+
+    // The restarted party (a new connection, same key) finishes its upload; the round merges
+    // the whole update.
+    let mut again = client(&server, "site-0", &k0).await;
+    assert_eq!(
+        again.upload(&a0.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    let a1 = next_work(&mut c1, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob1, env1) = update_for(&mut c1, &a1, &spec, "site-1", &k1).await;
+    c1.upload(&a1.id, &env1, blob1, None).await.unwrap();
+    let rounds = wait_rounds(&server, "cut", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    assert_eq!(state_of(&rounds[0], "site-0").0, "accepted");
+    server.terminate();
+    // After a clean stop the blob dir holds the base model, two updates and the merge.
+    let files = std::fs::read_dir(&blobs)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_file())
+        .count();
+    assert_eq!(files, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    std::fs::write(&server.config, "tick_ms = 20\nupload_idle_secs = 1\n").unwrap();
+    server.start();
+    let mut op = server.operator().await;
+    let key = shared_model::keys::generate().unwrap();
+    op.enroll("site-0", &key.verifying_key()).await.unwrap();
+    let text = spec_text("stall", 300_000);
+    let spec = ModelSpec::parse(&text, "<stall>").unwrap();
+    op.create_task("stall", &text, &[]).await.unwrap();
+    op.start_round("stall", "fedavg", HashMap::new(), 1, 120_000, 1)
+        .await
+        .unwrap();
+    let mut c = client(&server, "site-0", &key).await;
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 3) as f32).collect();
+    report_sums(&mut c, &rows, 16).await;
+    let a = next_work(&mut c, |a| matches!(a.work, Work::Train { .. })).await;
+    let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
+    // The envelope and one chunk, then silence with the stream still open (a dead link).
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(4);
+    tx.send(upload_start(&a.id, &env, None, None))
+        .await
+        .unwrap();
+    tx.send(pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+            offset: 0,
+            data: blob[..1 << 16].to_vec(),
+        })),
+    })
+    .await
+    .unwrap();
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let mut raw = PartyServiceClient::new(channel);
+    let started = Instant::now();
+    let req = sign(
+        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        "UploadUpdate",
+        "site-0",
+        &key,
+        now_ms(),
+    );
+    let e = tokio::time::timeout(Duration::from_secs(30), raw.upload_update(req))
+        .await
+        .expect("the coordinator drops the stalled stream")
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message()
+            .contains("upload of site-0 sent nothing for 1 s; dropped"),
+        "{}",
+        e.message()
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(tx);
+    let rounds = op.status("stall").await.unwrap();
+    assert_eq!(state_of(&rounds[0], "site-0").0, "invited");
+    let blobs = server.data_dir.join("blobs");
+    assert!(!blobs.join(env.header.blob_sha256.to_string()).exists());
+    // A whole upload afterwards goes through.
+    assert_eq!(
+        c.upload(&a.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    wait_rounds(&server, "stall", Duration::from_secs(60), |r| {
+        r[0].phase == "published"
+    })
+    .await;
+    // The published model damaged on the coordinator's disk: a download is cut short with
+    // DATA_LOSS before its last chunk, never delivered whole.
+    let sha: String = server
+        .db()
+        .query_row(
+            "SELECT blob_sha256 FROM models WHERE task = 'stall' AND version = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let path = blobs.join(&sha);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+    let e = c
+        .download("stall", 1, max_model_blob_bytes(&spec))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DataLoss") && e.contains("is damaged"), "{e}");
+    server.terminate();
+}
