@@ -384,7 +384,7 @@ mod tests {
                     local_metrics: None,
                     membership_audit: None,
                 };
-                engine.accept_upload(&upload, now + 1).unwrap();
+                engine.accept_upload(&upload, None, now + 1).unwrap();
                 let expect = Expectations {
                     task: &task,
                     spec: &spec,

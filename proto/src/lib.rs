@@ -4,6 +4,7 @@
 
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
+pub mod codec;
 pub mod transport;
 
 /// Package `yosegi.v1`.

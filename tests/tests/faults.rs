@@ -2,13 +2,14 @@
 //! dir: a restart in the middle of a round (the deadline holds, the plants' daemons reconnect
 //! by themselves), a party that never answers and one that answers after the deadline, clock
 //! skew within and beyond the bound, a full disk (a file-size limit) while a blob is stored,
-//! and a party killed in the middle of its upload.
+//! a party killed in the middle of its upload, and floods and broken streams (`floods`).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod floods;
 mod uploads;
 
 use coordinator::grpc::client::OperatorClient;

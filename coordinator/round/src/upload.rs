@@ -127,6 +127,34 @@ pub fn reject_upload(
     }
 }
 
+/// An upload whose stream broke before its blob was complete — it stalled, sent more than
+/// its envelope declares, skipped bytes or sent a malformed message — is recorded like a
+/// rejection with `code` when its party was invited to the round: it stays awaited when it
+/// could still upload (the break may be the network's), else its state is unchanged. Nothing
+/// is recorded for a party outside the round (the shell counts it in metrics only).
+pub fn refuse_stream(c: &UploadContext<'_>, code: &str, reason: String) -> Option<Transition> {
+    let (AssignmentKind::Train(round), Some(_), Some(_)) = (c.id.kind, c.round, c.state) else {
+        return None;
+    };
+    let effect = match admit_upload(c) {
+        Admission::Verify { .. } => RejectionEffect::StaysAwaited,
+        Admission::AlreadyAccepted | Admission::Refuse { .. } => RejectionEffect::Unchanged,
+    };
+    let reason = if reason.chars().count() > MAX_REASON {
+        reason.chars().take(MAX_REASON).chain("…".chars()).collect()
+    } else {
+        reason
+    };
+    Some(Transition::RecordRejection {
+        task: c.id.task.clone(),
+        round,
+        party: c.party.clone(),
+        code: code.to_string(),
+        reason,
+        effect,
+    })
+}
+
 /// An admitted upload that verified, its blob stored: accepted.
 pub fn accept_upload(task: &TaskId, round: RoundNo, update: AcceptedUpdate) -> Transition {
     Transition::AcceptUpdate {

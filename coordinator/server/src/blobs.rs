@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest as _, Sha256 as Sha256Hasher};
 use shared_model::ids::Sha256;
 
 /// Errors from the blob store, naming the file.
@@ -106,6 +107,41 @@ impl BlobStore {
         Ok(sha)
     }
 
+    /// Starts receiving a blob into a temp file under `tmp/`, hashed as it is written, so an
+    /// upload is never held in memory while it streams in. The file is removed when the
+    /// [`Staged`] is dropped unless [`Self::adopt`] moved it into place.
+    pub fn stage(&self) -> Result<Staged, BlobStoreError> {
+        let mut nonce = [0u8; 8];
+        getrandom_fill(&mut nonce);
+        let path = self.dir.join("tmp").join(format!("upload.{}", hex(&nonce)));
+        let file = std::fs::File::create(&path).map_err(io(&path))?;
+        Ok(Staged {
+            path,
+            file: Some(file),
+            hasher: Sha256Hasher::new(),
+            len: 0,
+        })
+    }
+
+    /// Moves a fully received staged blob into place under `sha`, the digest its bytes were
+    /// verified against, durably (fsync of the file, rename, fsync of the directory). A
+    /// blob already stored under that name that still hashes to it is kept.
+    pub fn adopt(&self, mut staged: Staged, sha: Sha256) -> Result<Sha256, BlobStoreError> {
+        let dest = self.path(&sha);
+        if let Some(f) = staged.file.take() {
+            f.sync_all().map_err(io(&staged.path))?;
+        }
+        if dest.exists() && self.get(&sha).is_ok() {
+            return Ok(sha);
+        }
+        std::fs::rename(&staged.path, &dest).map_err(io(&dest))?;
+        staged.path = PathBuf::new();
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(sha)
+    }
+
     /// Removes every blob whose name is not in `keep` (sha256 hex); returns how many files and
     /// bytes went. Only for a store nothing else writes meanwhile (the coordinator calls it
     /// while opening its data dir, under the serve lock): a blob written but not yet committed
@@ -153,6 +189,61 @@ impl BlobStore {
             return Err(BlobStoreError::Corrupt { path });
         }
         Ok(bytes)
+    }
+}
+
+/// A blob being received into a temp file: written and hashed chunk by chunk.
+#[derive(Debug)]
+pub struct Staged {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    hasher: Sha256Hasher,
+    len: u64,
+}
+
+impl Staged {
+    /// Appends a chunk (blocking I/O and hashing: call it off the async workers).
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), BlobStoreError> {
+        let f = self
+            .file
+            .as_mut()
+            .expect("a staged blob is open until adopted");
+        f.write_all(chunk).map_err(io(&self.path))?;
+        self.hasher.update(chunk);
+        self.len += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// How many bytes were written.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sha256 of what was written so far.
+    pub fn sha256(&self) -> Sha256 {
+        Sha256::from_bytes(self.hasher.clone().finalize().into())
+    }
+
+    /// Reads the whole staged blob back (for verification, which hashes and parses the same
+    /// in-memory bytes).
+    pub fn read(&mut self) -> Result<Vec<u8>, BlobStoreError> {
+        if let Some(f) = self.file.as_mut() {
+            f.flush().map_err(io(&self.path))?;
+        }
+        std::fs::read(&self.path).map_err(io(&self.path))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -34,6 +34,15 @@ pub struct RawServeConfig {
     pub upload_idle_secs: Option<u64>,
     /// Validity of published manifests, days.
     pub manifest_ttl_days: Option<u64>,
+    /// Upload streams open at once, over all parties.
+    pub upload_streams: Option<u64>,
+    /// Upload streams open at once per party.
+    pub upload_streams_per_party: Option<u64>,
+    /// Connections open at once (TCP, before or after the TLS handshake).
+    pub max_connections: Option<u64>,
+    /// A connection whose TLS handshake (or, in plaintext, first byte) has not come in this
+    /// long is closed, seconds.
+    pub handshake_timeout_secs: Option<u64>,
     /// Serve plain HTTP/2 instead of TLS (loudly logged; tests and private networks only).
     pub plaintext: Option<bool>,
     /// TLS certificate (PEM chain) [default: DATA_DIR/tls/server.pem].
@@ -100,6 +109,12 @@ impl RawServeConfig {
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             upload_idle_secs: over.upload_idle_secs.or(self.upload_idle_secs),
             manifest_ttl_days: over.manifest_ttl_days.or(self.manifest_ttl_days),
+            upload_streams: over.upload_streams.or(self.upload_streams),
+            upload_streams_per_party: over
+                .upload_streams_per_party
+                .or(self.upload_streams_per_party),
+            max_connections: over.max_connections.or(self.max_connections),
+            handshake_timeout_secs: over.handshake_timeout_secs.or(self.handshake_timeout_secs),
             plaintext: over.plaintext.or(self.plaintext),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
@@ -164,6 +179,38 @@ impl RawServeConfig {
                         3_650,
                     )?,
             ),
+            uploads: crate::grpc::UploadLimit {
+                overall: ranged(
+                    "upload_streams",
+                    self.upload_streams,
+                    d.uploads.overall as u64,
+                    1,
+                    100_000,
+                )? as usize,
+                per_party: ranged(
+                    "upload_streams_per_party",
+                    self.upload_streams_per_party,
+                    d.uploads.per_party as u64,
+                    1,
+                    1_000,
+                )? as usize,
+            },
+            connections: crate::grpc::ConnectionLimit {
+                max: ranged(
+                    "max_connections",
+                    self.max_connections,
+                    d.connections.max as u64,
+                    1,
+                    1_000_000,
+                )? as usize,
+                handshake: Duration::from_secs(ranged(
+                    "handshake_timeout_secs",
+                    self.handshake_timeout_secs,
+                    d.connections.handshake.as_secs(),
+                    1,
+                    600,
+                )?),
+            },
             metrics: self.metrics_listen,
             tls: None,
         };

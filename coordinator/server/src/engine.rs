@@ -159,6 +159,11 @@ impl Engine {
         &self.store
     }
 
+    /// The blob store (uploads stage their bytes in it before the engine decides).
+    pub fn blobs(&self) -> &BlobStore {
+        &self.blobs
+    }
+
     /// Writes a decision taken on the state at `at`.
     fn commit(&mut self, at: Version, now: i64, t: &Transition) -> Result<Applied> {
         Ok(self.store.apply(at, now, t)?)

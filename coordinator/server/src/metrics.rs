@@ -5,7 +5,10 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `yosegi_uploads_total` | counter | `outcome` (accepted, already_accepted, rejected, refused), `reason` (the failed check for `rejected`: signature, hash, round, …) |
+//! | `yosegi_uploads_total` | counter | `outcome` (accepted, already_accepted, rejected, refused, broken, limited), `reason` (the failed check for `rejected`: signature, hash, round, …; how the stream broke for `broken`: stalled, too_long, chunk_gap, not_a_chunk, malformed, broken, storage; the limit for `limited`: per_assignment, per_party, overall; too_large for `refused`) |
+//! | `yosegi_uploads_in_flight` | gauge | — upload streams open now |
+//! | `yosegi_connections_open` | gauge | — connections open now |
+//! | `yosegi_connections_refused_total` | counter | — connections closed at accept over `max_connections` |
 //! | `yosegi_upload_bytes_total` | counter | — blob bytes received |
 //! | `yosegi_download_bytes_total` | counter | — blob bytes sent to parties and operators |
 //! | `yosegi_verification_seconds` | histogram | — time to verify and store one upload |
@@ -84,6 +87,12 @@ pub struct Gauges {
     pub connected: u64,
     /// Tasks.
     pub tasks: u64,
+    /// Upload streams open now (set by the server, not read from the database).
+    pub uploads_in_flight: u64,
+    /// Connections open now (set by the server).
+    pub connections_open: u64,
+    /// Connections closed at accept over `max_connections` since start (set by the server).
+    pub connections_refused: u64,
 }
 
 impl Metrics {
@@ -99,6 +108,17 @@ impl Metrics {
                 .or_default() += 1;
             s.upload_bytes += bytes;
             s.verification.observe(seconds);
+        });
+    }
+
+    /// Counts an upload that never reached verification: its stream broke or a limit refused
+    /// it (`outcome` broken or limited, `reason` how), with the bytes it sent.
+    pub fn upload_unverified(&self, outcome: &str, reason: &str, bytes: u64) {
+        self.with(|s| {
+            *s.uploads
+                .entry((outcome.to_string(), reason.to_string()))
+                .or_default() += 1;
+            s.upload_bytes += bytes;
         });
     }
 
@@ -163,6 +183,21 @@ impl Metrics {
             out,
             "# HELP yosegi_tasks Tasks.\n# TYPE yosegi_tasks gauge\nyosegi_tasks {}",
             g.tasks
+        );
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_uploads_in_flight Upload streams open now.\n# TYPE yosegi_uploads_in_flight gauge\nyosegi_uploads_in_flight {}",
+            g.uploads_in_flight
+        );
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_connections_open Connections open now.\n# TYPE yosegi_connections_open gauge\nyosegi_connections_open {}",
+            g.connections_open
+        );
+        let _ = writeln!(
+            out,
+            "# HELP yosegi_connections_refused_total Connections closed at accept because max_connections were open.\n# TYPE yosegi_connections_refused_total counter\nyosegi_connections_refused_total {}",
+            g.connections_refused
         );
         out
     }
@@ -276,12 +311,20 @@ mod tests {
             revoked: 1,
             connected: 2,
             tasks: 1,
+            uploads_in_flight: 2,
+            connections_open: 5,
+            connections_refused: 1,
         };
+        m.upload_unverified("broken", "stalled", 7);
         let text = m.render(&g);
         for line in [
             "yosegi_uploads_total{outcome=\"accepted\",reason=\"\"} 1",
             "yosegi_uploads_total{outcome=\"rejected\",reason=\"signature\"} 1",
-            "yosegi_upload_bytes_total 150",
+            "yosegi_uploads_total{outcome=\"broken\",reason=\"stalled\"} 1",
+            "yosegi_uploads_in_flight 2",
+            "yosegi_connections_open 5",
+            "yosegi_connections_refused_total 1",
+            "yosegi_upload_bytes_total 157",
             "yosegi_download_bytes_total 10",
             "yosegi_verification_seconds_bucket{le=\"0.0025\"} 0",
             "yosegi_verification_seconds_bucket{le=\"0.005\"} 1",

@@ -160,7 +160,7 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept() {
+async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing_is_kept() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::init(dir.path());
     std::fs::write(&server.config, "tick_ms = 20\nupload_idle_secs = 1\n").unwrap();
@@ -211,14 +211,26 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_and_nothing_is_kept(
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
     assert!(
         e.message()
-            .contains("upload of site-0 sent nothing for 1 s; dropped"),
+            .contains("upload of site-0 sent nothing for 1 s after 65536 bytes; dropped"),
         "{}",
         e.message()
     );
     assert!(started.elapsed() < Duration::from_secs(10));
     drop(tx);
+    // The operator sees why: the stall is the party's last rejection, and it is logged.
     let rounds = op.status("stall").await.unwrap();
-    assert_eq!(state_of(&rounds[0], "site-0").0, "invited");
+    let (state, reason) = state_of(&rounds[0], "site-0");
+    assert_eq!(state, "invited");
+    assert!(reason.contains("sent nothing for 1 s"), "{reason}");
+    let logged: String = server
+        .db()
+        .query_row(
+            "SELECT detail FROM audit_log WHERE kind = 'update_rejected' AND party = 'site-0'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(logged.contains("\"code\":\"stalled\""), "{logged}");
     let blobs = server.data_dir.join("blobs");
     assert!(!blobs.join(env.header.blob_sha256.to_string()).exists());
     // A whole upload afterwards goes through.

@@ -339,6 +339,36 @@ impl Sim {
             revoked,
             now: self.now,
         };
+        if self.rng.random_bool(0.1) {
+            // A stream that broke before its blob was complete: recorded only for a party in
+            // the round, and it never changes the state of one that is not awaited.
+            let before = state.cloned();
+            let Some(t) = decide::refuse_stream(&c, "stalled", "sent nothing".into()) else {
+                if before.is_some() {
+                    return Err(format!(
+                        "a broken stream of {party}, in round {round}, was not recorded"
+                    ));
+                }
+                return Ok(());
+            };
+            apply(&mut self.fed, &t)?;
+            let after = self
+                .entry()
+                .round(round)
+                .and_then(|r| r.parties.iter().find(|p| p.party == party))
+                .map(|p| p.state.clone());
+            let awaited = |s: &Option<PartyState>| s.as_ref().is_some_and(PartyState::is_awaited);
+            if awaited(&before) != awaited(&after)
+                || (!awaited(&before)
+                    && before.as_ref().map(PartyState::name)
+                        != after.as_ref().map(PartyState::name))
+            {
+                return Err(format!(
+                    "a broken stream of {party} changed its state in round {round}: {before:?} -> {after:?}"
+                ));
+            }
+            return Ok(());
+        }
         match decide::admit_upload(&c) {
             Admission::AlreadyAccepted => {
                 if accepted != Some(claimed) {

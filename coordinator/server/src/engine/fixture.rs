@@ -155,6 +155,7 @@ impl Fixture {
                 local_metrics: None,
                 membership_audit: None,
             },
+            None,
             now,
         )
     }

@@ -6,6 +6,7 @@
 use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use shared_model::eval::MetricStats;
+use shared_model::ids::Sha256;
 use shared_model::membership::MembershipAudit;
 use shared_model::model::Model;
 use shared_model::spec::{DpMode, ModelSpec};
@@ -15,6 +16,7 @@ use yosegi_round::decide::{self, Admission};
 use yosegi_round::transition::AcceptedUpdate;
 
 use super::{Engine, EngineError, Result, parse_id, party_id};
+use crate::blobs::Staged;
 
 /// How an accepted upload was taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,12 +74,38 @@ pub(super) fn load_envelope(s: &str) -> Option<SignedUpdate> {
     })
 }
 
+/// What an upload's admission is decided on, read at one version of the store.
+struct Admitting {
+    at: crate::store::Version,
+    id: yosegi_round::AssignmentId,
+    party: shared_model::ids::PartyId,
+    spec: ModelSpec,
+    round: Option<decide::RoundRecord>,
+    state: Option<yosegi_round::PartyState>,
+    accepted: Option<Sha256>,
+    revoked: bool,
+}
+
+impl Admitting {
+    fn context(&self, claimed: Sha256, now: i64) -> decide::UploadContext<'_> {
+        decide::UploadContext {
+            id: &self.id,
+            party: &self.party,
+            round: self.round.as_ref(),
+            state: self.state.as_ref(),
+            accepted: self.accepted,
+            claimed,
+            revoked: self.revoked,
+            now,
+        }
+    }
+}
+
 impl Engine {
-    /// Verifies, stores and records an upload; a failed check is recorded as a rejection.
-    pub fn accept_upload(&mut self, upload: &Upload<'_>, now: i64) -> Result<UploadOutcome> {
+    fn admitting(&self, party: &str, assignment: &str) -> Result<Admitting> {
         let at = self.store.version()?;
-        let id = parse_id(upload.assignment)?;
-        let party = party_id(upload.party)?;
+        let id = parse_id(assignment)?;
+        let party = party_id(party)?;
         let (_, spec) = self.task(id.task.as_str())?;
         let task = id.task.as_str();
         let round = match id.kind {
@@ -94,17 +122,77 @@ impl Engine {
             .update(task, n, party.as_str())?
             .map(|u| u.blob_sha256);
         let revoked = self.store.party(party.as_str())?.is_some_and(|p| p.revoked);
-        let ctx = decide::UploadContext {
-            id: &id,
-            party: &party,
-            round: round.as_ref(),
-            state: state.as_ref(),
+        Ok(Admitting {
+            at,
+            id,
+            party,
+            spec,
+            round,
+            state,
             accepted,
-            claimed: upload.envelope.header.blob_sha256,
             revoked,
-            now,
-        };
-        let step = match decide::admit_upload(&ctx) {
+        })
+    }
+
+    /// Decides whether an upload announced by its envelope may send its bytes, before they
+    /// are received: `Some(AlreadyAccepted)` when the same update was accepted before (no
+    /// bytes needed), `None` to receive them, an error (recorded where the rules say so) when
+    /// it is refused. [`Self::accept_upload`] decides again once the bytes are in.
+    pub fn admit_upload(
+        &mut self,
+        party: &str,
+        assignment: &str,
+        envelope: &SignedUpdate,
+        now: i64,
+    ) -> Result<Option<UploadOutcome>> {
+        let a = self.admitting(party, assignment)?;
+        match decide::admit_upload(&a.context(envelope.header.blob_sha256, now)) {
+            Admission::AlreadyAccepted => Ok(Some(UploadOutcome::AlreadyAccepted)),
+            Admission::Verify { .. } => Ok(None),
+            Admission::Refuse { record, refusal } => {
+                if let Some(t) = record {
+                    self.commit(a.at, now, &t)?;
+                }
+                Err(refusal.into())
+            }
+        }
+    }
+
+    /// Records an upload whose stream broke before its blob was complete (it stalled, sent
+    /// more than declared, skipped bytes or sent a malformed message) as a rejection with
+    /// `code`, when its party is in the round; returns whether anything was recorded.
+    pub fn refuse_stream(
+        &mut self,
+        party: &str,
+        assignment: &str,
+        envelope: &SignedUpdate,
+        code: &str,
+        reason: String,
+        now: i64,
+    ) -> Result<bool> {
+        let a = self.admitting(party, assignment)?;
+        let ctx = a.context(envelope.header.blob_sha256, now);
+        match decide::refuse_stream(&ctx, code, reason) {
+            Some(t) => {
+                self.commit(a.at, now, &t)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Verifies, stores and records an upload; a failed check is recorded as a rejection.
+    /// `staged` is the temp file the bytes were received into, moved into the blob store
+    /// on acceptance (else the bytes are written).
+    pub fn accept_upload(
+        &mut self,
+        upload: &Upload<'_>,
+        staged: Option<Staged>,
+        now: i64,
+    ) -> Result<UploadOutcome> {
+        let a = self.admitting(upload.party, upload.assignment)?;
+        let (at, id, party, spec) = (a.at, &a.id, &a.party, &a.spec);
+        let step = match decide::admit_upload(&a.context(upload.envelope.header.blob_sha256, now)) {
             Admission::AlreadyAccepted => return Ok(UploadOutcome::AlreadyAccepted),
             Admission::Refuse { record, refusal } => {
                 if let Some(t) = record {
@@ -114,15 +202,15 @@ impl Engine {
             }
             Admission::Verify { step } => step,
         };
-        let r = round.expect("an admitted upload has a round");
-        let (base_sha, base) = self.base_model(&spec, &r)?;
+        let r = a.round.as_ref().expect("an admitted upload has a round");
+        let (base_sha, base) = self.base_model(spec, r)?;
         let expect = Expectations {
             task: &id.task,
-            spec: &spec,
+            spec,
             round: r.round,
             step,
             base_model: base_sha,
-            party: &party,
+            party,
             stage: r.plan.strategy.expected_stage(&base),
         };
         let checked = verify(upload.envelope, upload.bytes, upload.party_key, &expect)
@@ -134,21 +222,23 @@ impl Engine {
                     .map_err(|why| ("normalisation", format!("update of {party}: {why}")))
             })
             .and_then(|v| {
-                check_dp_clip(&spec, &base, v.weights())
+                check_dp_clip(spec, &base, v.weights())
                     .map(|()| v)
                     .map_err(|why| ("dp_clip", format!("update of {party}: {why}")))
             });
         if let Err((code, reason)) = checked {
             // The party stays awaited: the bad upload may have been damaged in transit, so it
             // may send a good update until the deadline (and is named with its last rejection).
-            let t = decide::reject_upload(&id.task, r.round, &party, code, reason.clone());
+            let t = decide::reject_upload(&id.task, r.round, party, code, reason.clone());
             self.commit(at, now, &t)?;
             return Err(EngineError::Rejected { code, reason });
         }
         // `verify` checked the bytes hash to the signed header's digest: no second hash.
-        let sha = self
-            .blobs
-            .put_hashed(upload.bytes, upload.envelope.header.blob_sha256)?;
+        let claimed = upload.envelope.header.blob_sha256;
+        let sha = match staged {
+            Some(s) => self.blobs.adopt(s, claimed)?,
+            None => self.blobs.put_hashed(upload.bytes, claimed)?,
+        };
         let update = AcceptedUpdate {
             party: party.clone(),
             blob_sha256: sha,
@@ -161,7 +251,8 @@ impl Engine {
                 .membership_audit
                 .map(|a| serde_json::to_string(a).expect("audits serialise")),
         };
-        self.commit(at, now, &decide::accept_upload(&id.task, r.round, update))?;
+        let (task, round) = (id.task.clone(), r.round);
+        self.commit(at, now, &decide::accept_upload(&task, round, update))?;
         Ok(UploadOutcome::Accepted)
     }
 }

@@ -5,8 +5,12 @@
 
 pub mod client;
 pub mod convert;
+mod listen;
 mod operator;
 mod party;
+mod receive;
 pub mod server;
 
+pub use listen::ConnectionLimit;
+pub use receive::UploadLimit;
 pub use server::{ServeConfig, serve};

@@ -17,6 +17,7 @@ use crate::blobs::BlobStore;
 use crate::engine::{EngineError, Upload, UploadOutcome};
 use crate::state::now_ms;
 
+use super::receive::{StreamFault, receive};
 use super::server::{CHUNK, PARTY, PartySvc, change_engine, with_engine};
 
 /// Reads a published model's blob on a blocking thread (never under the engine lock).
@@ -83,6 +84,51 @@ pub(super) fn stream_model<M: Send + 'static>(
         }
     });
     ReceiverStream::new(rx)
+}
+
+impl PartySvc {
+    /// Counts a broken upload stream, records it against its party (rate-limited) when it is
+    /// the party's doing, and returns what the party reads.
+    async fn stream_fault(
+        &self,
+        party: &str,
+        assignment: &str,
+        env: &shared_model::update::SignedUpdate,
+        fault: StreamFault,
+    ) -> Status {
+        let code = fault.code();
+        self.0.metrics.upload_unverified("broken", code, 0);
+        let reason = fault.reason(party);
+        if fault.is_party_fault() {
+            tracing::warn!(%party, %assignment, code, "{reason}");
+        } else {
+            tracing::error!(%party, %assignment, "{reason}");
+        }
+        let record = fault.is_party_fault()
+            && match self.0.faults.admit(party, std::time::Instant::now()) {
+                Ok(record) => record,
+                Err(limit) => {
+                    tracing::warn!(%party, "more than {limit} broken uploads of {party} in a minute; the rest of this minute's are counted in metrics only");
+                    false
+                }
+            };
+        if record {
+            let (p, a, e2, r) = (
+                party.to_string(),
+                assignment.to_string(),
+                env.clone(),
+                reason,
+            );
+            if let Err(s) = change_engine(&self.0, move |e| {
+                e.refuse_stream(&p, &a, &e2, code, r, now_ms())
+            })
+            .await
+            {
+                tracing::error!(%party, error = %s.message(), "recording a broken upload failed");
+            }
+        }
+        fault.status(party)
+    }
 }
 
 #[tonic::async_trait]
@@ -208,38 +254,46 @@ impl PartyService for PartySvc {
                 env.header.blob_len
             )));
         }
-        let declared = env.header.blob_len as usize;
-        // Grow with what arrives rather than trusting the declared length up front.
-        let mut bytes = Vec::with_capacity(declared.min(4 << 20));
-        let idle = self.0.config.upload_idle;
-        while let Some(msg) = tokio::time::timeout(idle, stream.message())
+        let assignment = start.assignment_id.clone();
+        let _slot = self
+            .0
+            .uploads
+            .admit(&party, &assignment)
+            .map_err(|(status, limit)| {
+                self.0.metrics.upload_unverified("limited", limit, 0);
+                tracing::warn!(%party, %assignment, limit, "upload stream refused: {}", status.message());
+                status
+            })?;
+        // Decided before a byte is received: a refused upload sends none, a retry of an
+        // accepted one needs none.
+        let (p, a, e2) = (party.clone(), assignment.clone(), env.clone());
+        let early = change_engine(&self.0, move |e| e.admit_upload(&p, &a, &e2, now_ms()))
             .await
-            .map_err(|_| {
-                Status::deadline_exceeded(format!(
-                    "upload of {party} sent nothing for {} s; dropped",
-                    idle.as_secs()
-                ))
-            })??
-        {
-            let Some(pb::upload_update_request::Part::Chunk(c)) = msg.part else {
-                return Err(Status::invalid_argument(
-                    "only chunks may follow the envelope",
-                ));
-            };
-            if c.offset != bytes.len() as u64 {
-                return Err(Status::invalid_argument(format!(
-                    "chunk at offset {} does not follow byte {}",
-                    c.offset,
-                    bytes.len()
-                )));
-            }
-            if bytes.len() + c.data.len() > declared {
-                return Err(Status::invalid_argument(format!(
-                    "rejected: upload of {party} sends more than the {declared} bytes its envelope declares"
-                )));
-            }
-            bytes.extend_from_slice(&c.data);
+            .inspect_err(|s| {
+                self.0.metrics.upload("refused", "", 0, 0.0);
+                tracing::warn!(%party, reason = %s.message(), "upload refused");
+            })?;
+        let sha = env.header.blob_sha256.to_string();
+        if let Some(UploadOutcome::AlreadyAccepted) = early {
+            self.0.metrics.upload("already_accepted", "", 0, 0.0);
+            tracing::info!(%party, blob = %sha, "upload already accepted; no bytes needed");
+            return Ok(Response::new(pb::UploadUpdateResponse {
+                status: pb::UploadStatus::AlreadyAccepted as i32,
+                blob_sha256: sha,
+            }));
         }
+        let staged = with_engine(&self.0, |e| Ok(e.blobs().stage()?)).await?;
+        let received = match receive(
+            &mut stream,
+            staged,
+            env.header.blob_len,
+            self.0.config.upload_idle,
+        )
+        .await
+        {
+            Ok(staged) => staged,
+            Err(fault) => return Err(self.stream_fault(&party, &assignment, &env, fault).await),
+        };
         let metrics: Option<MetricStats> = start
             .local_metrics
             .as_ref()
@@ -254,11 +308,13 @@ impl PartyService for PartySvc {
             .get(&party)
             .map(|(k, _)| *k)
             .ok_or_else(|| Status::unauthenticated("party vanished"))?;
-        let sha = env.header.blob_sha256.to_string();
-        let (p, assignment) = (party.clone(), start.assignment_id.clone());
-        let received = bytes.len() as u64;
+        let p = party.clone();
+        let bytes_in = received.len();
         let started = std::time::Instant::now();
         let outcome = change_engine(&self.0, move |e| {
+            let mut staged = received;
+            // Read back under the engine lock: one upload's bytes in memory at a time.
+            let bytes = staged.read()?;
             let upload = Upload {
                 party: &p,
                 party_key: &key,
@@ -268,7 +324,7 @@ impl PartyService for PartySvc {
                 local_metrics: metrics.as_ref(),
                 membership_audit: audit.as_ref(),
             };
-            Ok(e.accept_upload(&upload, now_ms()))
+            Ok(e.accept_upload(&upload, Some(staged), now_ms()))
         })
         .await?;
         let seconds = started.elapsed().as_secs_f64();
@@ -278,7 +334,7 @@ impl PartyService for PartySvc {
             Err(EngineError::Rejected { code, .. }) => ("rejected", *code),
             Err(_) => ("refused", ""),
         };
-        self.0.metrics.upload(label, reason, received, seconds);
+        self.0.metrics.upload(label, reason, bytes_in, seconds);
         let outcome = outcome.map_err(convert::status);
         match &outcome {
             Ok(o) => tracing::info!(%party, outcome = ?o, blob = %sha, "upload"),

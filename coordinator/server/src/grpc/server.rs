@@ -11,7 +11,6 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use shared_model::auth::{CallProof, NonceCache, OPERATOR};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Status};
 use yosegi_proto::v1::operator_service_server::OperatorServiceServer;
 use yosegi_proto::v1::party_service_server::PartyServiceServer;
@@ -38,6 +37,10 @@ pub struct ServeConfig {
     pub upload_idle: Duration,
     /// How long a published manifest stays valid.
     pub manifest_ttl: Duration,
+    /// How many upload streams may be open at once.
+    pub uploads: super::receive::UploadLimit,
+    /// How many connections may be open at once, and how soon each must start its handshake.
+    pub connections: super::listen::ConnectionLimit,
     /// Where to serve Prometheus metrics (`GET /metrics`); off when `None`.
     pub metrics: Option<std::net::SocketAddr>,
     /// TLS certificate and key (and client CA for mutual TLS); `None` serves plain HTTP/2,
@@ -54,6 +57,8 @@ impl Default for ServeConfig {
             grace: Duration::from_secs(10),
             upload_idle: Duration::from_secs(60),
             manifest_ttl: Duration::from_secs(30 * 86_400),
+            uploads: super::receive::UploadLimit::default(),
+            connections: super::listen::ConnectionLimit::default(),
             metrics: None,
             tls: None,
         }
@@ -75,6 +80,9 @@ pub(super) struct Shared {
     pub(super) notify: Notify,
     pub(super) config: ServeConfig,
     pub(super) metrics: crate::metrics::Metrics,
+    pub(super) uploads: Arc<super::receive::UploadSlots>,
+    pub(super) faults: super::receive::FaultRecords,
+    pub(super) connections: Arc<super::listen::Connections>,
 }
 
 /// Runs `f` on the engine on a blocking thread.
@@ -269,6 +277,9 @@ pub async fn serve(
         notify: Notify::new(),
         config: config.clone(),
         metrics: crate::metrics::Metrics::default(),
+        uploads: super::receive::UploadSlots::new(config.uploads),
+        faults: super::receive::FaultRecords::default(),
+        connections: super::listen::Connections::new(config.connections),
     });
     {
         let s = shared.clone();
@@ -327,11 +338,14 @@ pub async fn serve(
             let scrape = move || {
                 let shared = shared.clone();
                 async move {
-                    let g = with_engine(&shared, |e| {
+                    let mut g = with_engine(&shared, |e| {
                         Ok(crate::metrics::gauges(e.store(), now_ms())?)
                     })
                     .await
                     .map_err(|s| format!("reading the database failed: {}", s.message()))?;
+                    g.uploads_in_flight = shared.uploads.in_flight() as u64;
+                    g.connections_open = shared.connections.open();
+                    g.connections_refused = shared.connections.refused();
                     Ok(shared.metrics.render(&g))
                 }
             };
@@ -345,11 +359,14 @@ pub async fn serve(
         }
     };
     let addr = listener.local_addr()?;
-    let mut builder = tonic::transport::Server::builder();
+    // Keepalive pings find dead peers of long-lived connections (a long poll holds one).
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     match &config.tls {
         Some(tls) => {
             builder = builder
-                .tls_config(tls.config())
+                .tls_config(tls.config().timeout(config.connections.handshake))
                 .context("TLS configuration (certificate and key)")?;
             tracing::info!(%addr, data_dir = %path.display(), mutual_tls = tls.client_ca_pem.is_some(), "coordinator serving over TLS");
         }
@@ -362,7 +379,7 @@ pub async fn serve(
         .add_service(reflection)
         .add_service(PartyServiceServer::new(PartySvc(shared.clone())))
         .add_service(OperatorServiceServer::new(OperatorSvc(shared.clone())))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(shared.connections.incoming(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
