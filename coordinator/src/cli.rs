@@ -384,6 +384,21 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("blob {}\nmanifest {}", out.display(), mpath.display());
             anyhow::Ok(())
         })?,
+        Command::Model(ModelCommand::Restore {
+            task,
+            version,
+            blob,
+            remote,
+        }) => runtime()?.block_on(async move {
+            let bytes = std::fs::read(&blob).with_context(|| format!("reading {}", blob.display()))?;
+            let mut c = connect(&remote).await?;
+            let sha = c
+                .restore(&task, version, bytes)
+                .await
+                .with_context(|| format!("restoring version {version} of {task} from {}", blob.display()))?;
+            println!("task {task} version {version}: blob {sha} restored from {}", blob.display());
+            anyhow::Ok(())
+        })?,
     }
     Ok(())
 }

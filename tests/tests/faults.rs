@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod floods;
+mod repair;
 mod uploads;
 
 use coordinator::grpc::client::OperatorClient;
@@ -128,6 +129,34 @@ async fn two_sites(
     report_sums(&mut c0, &rows, 16).await;
     report_sums(&mut c1, &rows, 16).await;
     (op, spec, [(k0, c0), (k1, c1)])
+}
+
+/// One simulated site, `site-0`, enrolled in a FedAvg task over ~300k parameters that needs
+/// only it, past its statistics step, with the first round's training assignment in hand.
+async fn one_site(
+    server: &ServerProcess,
+    task: &str,
+) -> (
+    OperatorClient,
+    ModelSpec,
+    SigningKey,
+    PartyClient,
+    Assignment,
+) {
+    let mut op = server.operator().await;
+    let key = shared_model::keys::generate().unwrap();
+    op.enroll("site-0", &key.verifying_key()).await.unwrap();
+    let text = spec_text(task, 300_000);
+    let spec = ModelSpec::parse(&text, task).unwrap();
+    op.create_task(task, &text, &[]).await.unwrap();
+    op.start_round(task, "fedavg", HashMap::new(), 1, 120_000, 1)
+        .await
+        .unwrap();
+    let mut c = client(server, "site-0", &key).await;
+    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 3) as f32).collect();
+    report_sums(&mut c, &rows, 16).await;
+    let a = next_work(&mut c, |a| matches!(a.work, Work::Train { .. })).await;
+    (op, spec, key, c, a)
 }
 
 async fn wait_rounds(

@@ -156,6 +156,39 @@ pub fn close(
     CloseDecision::Merge(Box::new(closing))
 }
 
+/// A round whose base model cannot be read (its blob damaged or lost on the coordinator's
+/// disk) fails with `reason`: nothing can be verified or merged against it. Every accepted
+/// update is left out and every awaited party is late, each named with the reason. For a
+/// queued round (never opened: `parties` is empty) it fails before it opens.
+pub fn fail_without_base(
+    round: &RoundRecord,
+    parties: &[RoundParty],
+    reason: String,
+) -> Transition {
+    let mut left_out = Vec::new();
+    let mut late = Vec::new();
+    for p in parties {
+        match &p.state {
+            PartyState::Accepted => left_out.push(LeftOut {
+                party: p.party.clone(),
+                reason: format!("update left out of the merge: {reason}"),
+            }),
+            PartyState::Invited { .. } => late.push(Late {
+                party: p.party.clone(),
+                reason: format!("not merged: {reason}"),
+            }),
+            _ => {}
+        }
+    }
+    Transition::FailRound {
+        task: round.task.clone(),
+        round: round.round,
+        reason,
+        left_out,
+        late,
+    }
+}
+
 impl Closing {
     /// Why the quorum is not met, naming every party that is not merged.
     fn quorum_failure(&self, parties: &[RoundParty]) -> String {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use shared_model::dp;
-use shared_model::ids::{ModelVersion, PartyId, RoundNo, TaskId};
+use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, TaskId};
 use shared_model::model::MAX_PARTS;
 use shared_model::spec::ModelSpec;
 use shared_model::strategy::{Strategy, StrategyConfig};
@@ -450,6 +450,40 @@ pub fn statistics(
         return StatsStep::Wait;
     }
     StatsStep::Fix { reported, missing }
+}
+
+// ---- models ----------------------------------------------------------------------------------
+
+/// A copy of a published model offered to restore the coordinator's damaged or lost blob: it
+/// must be of a published version (`published` = its recorded sha256), hash to it (`copy`),
+/// and the stored blob must be damaged or missing (`intact` false).
+pub fn restore_model(
+    task: &TaskId,
+    version: ModelVersion,
+    published: Option<Sha256>,
+    copy: Sha256,
+    intact: bool,
+) -> Decided<Transition> {
+    let Some(sha) = published else {
+        return Err(Refusal::not_found(format!(
+            "task {task} has no published model version {version}"
+        )));
+    };
+    if copy != sha {
+        return Err(Refusal::invalid(format!(
+            "the copy hashes to {copy}, but version {version} of {task} was published as {sha}: it is not that model"
+        )));
+    }
+    if intact {
+        return Err(Refusal::precondition(format!(
+            "version {version} of {task} is intact on the coordinator's disk; nothing to restore"
+        )));
+    }
+    Ok(Transition::RestoreModel {
+        task: task.clone(),
+        version,
+        blob_sha256: sha,
+    })
 }
 
 // ---- rounds -----------------------------------------------------------------------------------

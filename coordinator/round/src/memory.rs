@@ -262,6 +262,19 @@ impl Federation {
                     );
                 }
             }
+            Transition::RestoreModel {
+                task,
+                version,
+                blob_sha256,
+            } => {
+                self.log(
+                    "model_restored",
+                    Some(task),
+                    None,
+                    None,
+                    format!("version {version}: {blob_sha256}"),
+                );
+            }
             Transition::OpenRound {
                 task,
                 round,
@@ -506,6 +519,7 @@ impl Federation {
                 }
                 Ok(())
             }
+            Transition::RestoreModel { task: id, .. } => task(id).map(drop),
             Transition::OpenRound {
                 task: id, round: n, ..
             } => {

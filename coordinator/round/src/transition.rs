@@ -66,6 +66,16 @@ pub enum Transition {
         /// One plan per round, in order.
         plans: Vec<RoundPlan>,
     },
+    /// A published model's blob, damaged or lost on the coordinator's disk, was restored from a
+    /// copy whose sha256 is the one recorded at publication (nothing else changes; logged).
+    RestoreModel {
+        /// The task.
+        task: TaskId,
+        /// The version restored.
+        version: ModelVersion,
+        /// Its blob's sha256, as published.
+        blob_sha256: Sha256,
+    },
     /// A queued round opens: its parties are invited until `ends_ms`.
     OpenRound {
         /// The task.
@@ -240,6 +250,7 @@ impl Transition {
             | Self::FixNormalization { task, .. }
             | Self::QueueRounds { task, .. }
             | Self::OpenRound { task, .. }
+            | Self::RestoreModel { task, .. }
             | Self::AcceptUpdate { task, .. }
             | Self::RecordRejection { task, .. }
             | Self::RecordEvaluation { task, .. }

@@ -48,11 +48,13 @@ pub enum AuditKind {
     ModelPublished,
     /// A round closed without a merge.
     RoundFailed,
+    /// A published model's damaged or lost blob was restored from a copy with its hash.
+    ModelRestored,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 13] = [
+    pub const ALL: [AuditKind; 14] = [
         Self::PartyEnrolled,
         Self::PartyRevoked,
         Self::TaskCreated,
@@ -66,6 +68,7 @@ impl AuditKind {
         Self::RoundMerged,
         Self::ModelPublished,
         Self::RoundFailed,
+        Self::ModelRestored,
     ];
 
     /// The stored name.
@@ -84,6 +87,7 @@ impl AuditKind {
             Self::RoundMerged => "round_merged",
             Self::ModelPublished => "model_published",
             Self::RoundFailed => "round_failed",
+            Self::ModelRestored => "model_restored",
         }
     }
 }

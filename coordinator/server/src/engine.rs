@@ -30,6 +30,7 @@ mod close;
 mod dp_tests;
 #[cfg(test)]
 mod fixture;
+mod repair;
 #[cfg(test)]
 mod simulation;
 #[cfg(test)]
@@ -249,12 +250,22 @@ impl Engine {
     ) -> Result<u64> {
         let at = self.store.version()?;
         let (t, spec) = self.task(task)?;
-        let series_stages = match self.stored_model(task, &spec, None)? {
-            Some((_, m)) => match &*m {
+        let series_stages = match self.stored_model(task, &spec, None) {
+            Ok(Some((_, m))) => match &*m {
                 Model::Series(stages) => stages.len(),
                 _ => 0,
             },
-            None => 0,
+            Ok(None) => 0,
+            Err(EngineError::Blobs(e)) => {
+                let latest = self.store.latest_version(task)?;
+                let why = self
+                    .base_damage(&t.name, latest.0)?
+                    .unwrap_or(e.to_string());
+                return Err(EngineError::Precondition(format!(
+                    "no round can start on task {task}: {why}"
+                )));
+            }
+            Err(e) => return Err(e),
         };
         let series_pending = self
             .store

@@ -215,6 +215,23 @@ pub enum ModelCommand {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Write a published model's blob again on the coordinator from a copy, when its own copy
+    /// is damaged or lost (a round on it fails naming this command). The copy must hash to the
+    /// sha256 recorded at publication: `model pull` saved one, and each plant keeps the models
+    /// it accepted in its state dir.
+    Restore {
+        /// The task.
+        #[arg(long)]
+        task: String,
+        /// The published version the copy is of.
+        #[arg(long)]
+        version: u64,
+        /// The copy (a safetensors blob).
+        #[arg(long)]
+        blob: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
 }
 
 /// `coordinator audit …`

@@ -165,19 +165,7 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing
     let mut server = ServerProcess::init(dir.path());
     std::fs::write(&server.config, "tick_ms = 20\nupload_idle_secs = 1\n").unwrap();
     server.start();
-    let mut op = server.operator().await;
-    let key = shared_model::keys::generate().unwrap();
-    op.enroll("site-0", &key.verifying_key()).await.unwrap();
-    let text = spec_text("stall", 300_000);
-    let spec = ModelSpec::parse(&text, "<stall>").unwrap();
-    op.create_task("stall", &text, &[]).await.unwrap();
-    op.start_round("stall", "fedavg", HashMap::new(), 1, 120_000, 1)
-        .await
-        .unwrap();
-    let mut c = client(&server, "site-0", &key).await;
-    let rows: Vec<f32> = (0..16 * 8).map(|i| (i % 3) as f32).collect();
-    report_sums(&mut c, &rows, 16).await;
-    let a = next_work(&mut c, |a| matches!(a.work, Work::Train { .. })).await;
+    let (mut op, spec, key, mut c, a) = one_site(&server, "stall").await;
     let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
     // The envelope and one chunk, then silence with the stream still open (a dead link).
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(4);

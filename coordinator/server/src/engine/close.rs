@@ -87,6 +87,12 @@ impl Engine {
         }
         if let Some(r) = rounds.iter().find(|r| r.phase == RoundPhase::Queued) {
             let latest = self.store.latest_version(name)?;
+            // A round is never opened on a base it could not verify or merge against.
+            if let Some(why) = self.base_damage(&t.name, latest.0)? {
+                tracing::error!(task = %name, round = r.round.0, "round failed before opening: {why}");
+                self.commit(at, now, &close::fail_without_base(r, &[], why))?;
+                return Ok(true);
+            }
             let revoked = self.store.revoked()?;
             let decision = decide::open_round(t, r, &revoked, latest, now);
             self.commit(at, now, &decision)?;
@@ -217,6 +223,13 @@ impl Engine {
         let parties = self.store.round_parties(name, r.round.0)?;
         if !close::is_due(r, &parties, now) {
             return Ok(false);
+        }
+        // A base damaged since the round opened fails the round with the reason (before, the
+        // close failed at every tick and the round stayed open past its deadline).
+        if let Some(why) = self.base_damage(&r.task, r.base_version.map_or(0, |v| v.0))? {
+            tracing::error!(task = %name, round = r.round.0, "round failed: {why}");
+            self.commit(at, now, &close::fail_without_base(r, &parties, why))?;
+            return Ok(true);
         }
         let (base_sha, base) = self.base_model(spec, r)?;
         let rows = self.store.updates(name, r.round.0)?;

@@ -339,6 +339,44 @@ impl OperatorClient {
         manifest.check_blob(&blob)?;
         Ok((manifest, blob, signed_manifest))
     }
+
+    /// Sends a copy of a published model to restore the coordinator's damaged or lost blob;
+    /// returns the restored sha256.
+    pub async fn restore(
+        &mut self,
+        task: &str,
+        version: u64,
+        blob: Vec<u8>,
+    ) -> anyhow::Result<String> {
+        let start = pb::RestoreModelRequest {
+            part: Some(pb::restore_model_request::Part::Start(
+                pb::RestoreModelStart {
+                    task: task.into(),
+                    version,
+                    blob_len: blob.len() as u64,
+                },
+            )),
+        };
+        let chunks: Vec<pb::RestoreModelRequest> = blob
+            .chunks(super::server::CHUNK)
+            .enumerate()
+            .map(|(i, c)| pb::RestoreModelRequest {
+                part: Some(pb::restore_model_request::Part::Chunk(pb::BlobChunk {
+                    offset: (i * super::server::CHUNK) as u64,
+                    data: c.to_vec(),
+                })),
+            })
+            .collect();
+        let messages = tokio_stream::iter(std::iter::once(start).chain(chunks));
+        let req = signed(messages, "RestoreModel", &self.key);
+        Ok(self
+            .inner
+            .restore_model(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?
+            .into_inner()
+            .blob_sha256)
+    }
 }
 
 /// Reads the operator key file.

@@ -1,4 +1,5 @@
-//! `OperatorService`: the operator's calls — parties, tasks, rounds, status, model pulls.
+//! `OperatorService`: the operator's calls — parties, tasks, rounds, status, model pulls and
+//! restores.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +13,7 @@ use super::convert;
 use crate::state::now_ms;
 
 use super::party::{read_blob, stream_model};
+use super::receive::receive;
 use super::server::{OPERATOR_SVC, OperatorSvc, change_engine, with_engine};
 
 #[tonic::async_trait]
@@ -198,5 +200,52 @@ impl OperatorService for OperatorSvc {
                 part: Some(pb::pull_model_response::Part::Chunk(c)),
             },
         )))
+    }
+
+    async fn restore_model(
+        &self,
+        req: Request<tonic::Streaming<pb::RestoreModelRequest>>,
+    ) -> Result<Response<pb::RestoreModelResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RestoreModel"))?;
+        let mut stream = req.into_inner();
+        let Some(pb::restore_model_request::Part::Start(start)) =
+            stream.message().await?.and_then(|m| m.part)
+        else {
+            return Err(Status::invalid_argument(
+                "a restore must start with RestoreModelStart",
+            ));
+        };
+        let task = start.task.clone();
+        let cap = with_engine(&self.0, move |e| e.max_blob_bytes(&task)).await?;
+        if start.blob_len > cap {
+            return Err(Status::invalid_argument(format!(
+                "the copy declares {} bytes; task {}'s spec allows at most {cap}",
+                start.blob_len, start.task
+            )));
+        }
+        let staged = with_engine(&self.0, |e| Ok(e.blobs().stage()?)).await?;
+        let copy = receive(
+            &mut stream,
+            staged,
+            start.blob_len,
+            self.0.config.upload_idle,
+        )
+        .await
+        .map_err(|f| f.status("the operator"))?;
+        if copy.len() != start.blob_len {
+            return Err(Status::invalid_argument(format!(
+                "the copy sent {} of the {} bytes it declared",
+                copy.len(),
+                start.blob_len
+            )));
+        }
+        let sha = change_engine(&self.0, move |e| {
+            e.restore_model(&start.task, start.version, copy, now_ms())
+        })
+        .await?;
+        Ok(Response::new(pb::RestoreModelResponse {
+            blob_sha256: sha.to_string(),
+        }))
     }
 }

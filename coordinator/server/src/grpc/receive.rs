@@ -203,10 +203,34 @@ impl StreamFault {
     }
 }
 
-/// Receives the chunks after the envelope into `staged` until the stream ends, at most
+/// A streamed message that carries either a start or a chunk of a blob.
+pub(super) trait ChunkPart {
+    /// The chunk, or `None` for anything else.
+    fn chunk(self) -> Option<pb::BlobChunk>;
+}
+
+impl ChunkPart for pb::UploadUpdateRequest {
+    fn chunk(self) -> Option<pb::BlobChunk> {
+        match self.part {
+            Some(pb::upload_update_request::Part::Chunk(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+impl ChunkPart for pb::RestoreModelRequest {
+    fn chunk(self) -> Option<pb::BlobChunk> {
+        match self.part {
+            Some(pb::restore_model_request::Part::Chunk(c)) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+/// Receives the chunks after the first message into `staged` until the stream ends, at most
 /// `declared` bytes, each chunk written and hashed on a blocking thread.
-pub(super) async fn receive(
-    stream: &mut Streaming<pb::UploadUpdateRequest>,
+pub(super) async fn receive<M: ChunkPart>(
+    stream: &mut Streaming<M>,
     mut staged: Staged,
     declared: u64,
     idle: Duration,
@@ -228,7 +252,7 @@ pub(super) async fn receive(
                 });
             }
         };
-        let Some(pb::upload_update_request::Part::Chunk(c)) = msg.part else {
+        let Some(c) = msg.chunk() else {
             return Err(StreamFault::NotAChunk);
         };
         if c.offset != staged.len() {

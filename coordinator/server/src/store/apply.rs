@@ -184,6 +184,15 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             }
             return Ok(Applied::Queued(RoundNo(last as u64 + 1)));
         }
+        Transition::RestoreModel {
+            task,
+            version,
+            blob_sha256,
+        } => {
+            let detail = json!({"version": version.0, "blob_sha256": blob_sha256.to_string()});
+            let event = AuditEvent::new(AuditKind::ModelRestored, detail).task(task.as_str());
+            audit::append(tx, now, &event)?;
+        }
         Transition::OpenRound {
             task,
             round,
