@@ -2,7 +2,7 @@
 //! call is signed with the party key; results come back as domain types.
 
 use anyhow::Context as _;
-use shared_model::auth::CallProof;
+use shared_model::auth::{CallProof, PROOF_VERSION};
 use shared_model::eval::MetricStats;
 use shared_model::ids::Sha256;
 use shared_model::manifest::SignedManifest;
@@ -122,16 +122,24 @@ pub fn upload_start(
     }
 }
 
-/// Adds the call-authentication metadata to a request.
+/// Adds the call-authentication metadata to a request whose first message hashes to `body`
+/// ([`digest_of`]).
 pub fn sign<T>(
     mut req: Request<T>,
     method: &str,
     caller: &str,
     key: &SigningKey,
     now_ms: i64,
+    body: [u8; 32],
 ) -> Request<T> {
-    let proof = CallProof::new(&format!("/yosegi.v1.PartyService/{method}"), caller, now_ms);
+    let proof = CallProof::new(
+        &format!("/yosegi.v1.PartyService/{method}"),
+        caller,
+        now_ms,
+        body,
+    );
     let md = req.metadata_mut();
+    md.insert("x-yosegi-proof", PROOF_VERSION.parse().expect("digits"));
     md.insert(
         "x-yosegi-caller",
         caller.parse().expect("party names are ASCII"),
@@ -149,6 +157,12 @@ pub fn sign<T>(
         BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
     );
     req
+}
+
+/// What a call proof's `body` is for a message: the sha256 of its bytes as sent (prost's
+/// encoding is the one tonic sends).
+pub fn digest_of(msg: &impl prost::Message) -> [u8; 32] {
+    shared_model::auth::body_sha256(&msg.encode_to_vec())
 }
 
 fn now_ms() -> i64 {
@@ -183,8 +197,16 @@ impl PartyClient {
         })
     }
 
-    fn req<T>(&self, msg: T, method: &str) -> Request<T> {
-        sign(Request::new(msg), method, &self.name, &self.key, now_ms())
+    fn req<T: prost::Message>(&self, msg: T, method: &str) -> Request<T> {
+        let body = digest_of(&msg);
+        sign(
+            Request::new(msg),
+            method,
+            &self.name,
+            &self.key,
+            now_ms(),
+            body,
+        )
     }
 
     /// Long-polls for work.
@@ -329,8 +351,16 @@ impl PartyClient {
                 })),
             }
         });
+        let body = digest_of(&start);
         let msgs = std::iter::once(start).chain(chunks);
-        let req = self.req(tokio_stream::iter(msgs), "UploadUpdate");
+        let req = sign(
+            Request::new(tokio_stream::iter(msgs)),
+            "UploadUpdate",
+            &self.name,
+            &self.key,
+            now_ms(),
+            body,
+        );
         let r = self
             .inner
             .upload_update(req)

@@ -1,14 +1,24 @@
 //! Call authentication, the pure part. Every gRPC call carries the caller's name, a timestamp,
-//! a random nonce and an ed25519 signature over a digest of those and the method path. The
-//! server checks the signature against the caller's enrolled key, the timestamp against its
-//! skew bound, and that the nonce is new ([`NonceCache`]).
+//! a random nonce and an ed25519 signature over a digest of those, the method path and the
+//! sha256 of the call's first message as sent (the unary request, or a stream's first message;
+//! [`body_sha256`]). The server checks the signature against the caller's enrolled key, the
+//! timestamp against its skew bound, and that the nonce is new ([`NonceCache`]).
 
 use std::collections::{HashMap, VecDeque};
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use sha2::{Digest, Sha256 as Sha256Hasher};
 
-const CALL_TAG: &[u8] = b"yosegi.v1.call\0";
+const CALL_TAG: &[u8] = b"yosegi.v1.call.v2\0";
+
+/// The version of the call proof, sent as metadata `x-yosegi-proof`. Version 1 (no body
+/// digest) is refused by name.
+pub const PROOF_VERSION: &str = "2";
+
+/// The sha256 of a message's bytes as sent: what a call proof's `body` is.
+pub fn body_sha256(encoded: &[u8]) -> [u8; 32] {
+    Sha256Hasher::digest(encoded).into()
+}
 
 /// The caller name the operator uses.
 pub const OPERATOR: &str = "operator";
@@ -24,11 +34,13 @@ pub struct CallProof {
     pub timestamp_ms: i64,
     /// 16 random bytes.
     pub nonce: [u8; 16],
+    /// sha256 of the call's first message as sent ([`body_sha256`]).
+    pub body: [u8; 32],
 }
 
 impl CallProof {
-    /// A fresh proof for a call made now.
-    pub fn new(method: &str, caller: &str, now_ms: i64) -> Self {
+    /// A fresh proof for a call made now whose first message hashes to `body`.
+    pub fn new(method: &str, caller: &str, now_ms: i64, body: [u8; 32]) -> Self {
         let mut nonce = [0u8; 16];
         getrandom::fill(&mut nonce).expect("the system random source works");
         Self {
@@ -36,6 +48,7 @@ impl CallProof {
             caller: caller.to_string(),
             timestamp_ms: now_ms,
             nonce,
+            body,
         }
     }
 
@@ -49,6 +62,7 @@ impl CallProof {
         h.update(self.caller.as_bytes());
         h.update(self.timestamp_ms.to_le_bytes());
         h.update(self.nonce);
+        h.update(self.body);
         h.finalize().into()
     }
 
@@ -179,11 +193,25 @@ mod tests {
     #[test]
     fn a_signed_call_verifies_and_tampering_fails() {
         let key = generate().unwrap();
-        let p = CallProof::new("/yosegi.v1.PartyService/NextAssignment", "plant-a", 10_000);
+        let p = CallProof::new(
+            "/yosegi.v1.PartyService/NextAssignment",
+            "plant-a",
+            10_000,
+            body_sha256(b"x"),
+        );
         let sig = p.sign(&key);
         p.verify(&sig, &key.verifying_key(), 10_500, 1_000).unwrap();
         let other = CallProof {
             method: "/yosegi.v1.OperatorService/RevokeParty".into(),
+            ..p.clone()
+        };
+        assert!(matches!(
+            other.verify(&sig, &key.verifying_key(), 10_500, 1_000),
+            Err(AuthError::BadSignature { .. })
+        ));
+        // A changed body fails too.
+        let other = CallProof {
+            body: body_sha256(b"y"),
             ..p.clone()
         };
         assert!(matches!(
@@ -199,13 +227,39 @@ mod tests {
         );
         // Extreme timestamps are refused, not an arithmetic overflow.
         for ts in [i64::MIN, i64::MAX] {
-            let p = CallProof::new("/m", "plant-a", ts);
+            let p = CallProof::new("/m", "plant-a", ts, [0; 32]);
             let sig = p.sign(&key);
             assert!(matches!(
                 p.verify(&sig, &key.verifying_key(), 10_500, 1_000),
                 Err(AuthError::Skew { .. })
             ));
         }
+    }
+
+    /// The vector in docs/PROTOCOL.md ("Call authentication"): another implementation checks
+    /// its proofs against it.
+    #[test]
+    fn the_documented_call_proof_vector() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let p = CallProof {
+            method: "/yosegi.v1.OperatorService/EnrollParty".into(),
+            caller: OPERATOR.into(),
+            timestamp_ms: 1_767_225_600_000,
+            nonce: [0xab; 16],
+            body: body_sha256(b"\x0a\x07plant-a"),
+        };
+        assert_eq!(
+            hex::encode(p.body),
+            "be06fbf30e02c588e7562622fd23ab5efefe82bea58d57dcca2a3df4a496bf2a"
+        );
+        assert_eq!(
+            hex::encode(p.digest()),
+            "ecd8d52cee0c7b9ffb76ebb0b23ad20d7de09848cb63582aeaa8262ebf45c5ef"
+        );
+        assert_eq!(
+            hex::encode(p.sign(&key).to_bytes()),
+            "cee66271d33dbcc76fa8861ed703fa5f111de027fa158aad5b2b39659783259c8c6805f654977bd7dafbe7e7d1c5022f42ccad307e3dba5b82ed5f7b1539dc09"
+        );
     }
 
     #[test]

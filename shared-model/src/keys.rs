@@ -95,7 +95,14 @@ fn create_new(path: &Path, mode: u32) -> Result<std::fs::File, KeyError> {
 
 /// Writes a private key as PKCS#8 PEM, mode 0600; refuses to overwrite.
 pub fn write_private(path: &Path, key: &SigningKey) -> Result<(), KeyError> {
-    let pem = key
+    // PKCS#8 v1 (RFC 5208: the secret key alone), which every common tool reads — OpenSSL 3.0
+    // and Python's `cryptography` refuse the v2 form with the public key inside that
+    // `SigningKey::to_pkcs8_pem` writes. Both forms are read.
+    let v1 = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    };
+    let pem = v1
         .to_pkcs8_pem(LineEnding::LF)
         .map_err(|e| KeyError::Format {
             path: path.to_path_buf(),
@@ -184,6 +191,37 @@ mod tests {
         ));
         assert_eq!(fingerprint(&key.verifying_key()).len(), 16);
         assert_ne!(generate().unwrap().to_bytes(), key.to_bytes());
+    }
+
+    /// Regression: keygen wrote PKCS#8 v2 (with the public key inside), which Python's
+    /// `cryptography` and OpenSSL 3.0 refuse. The file is now RFC 8410's v1 form exactly, and a
+    /// v2 file written by an earlier release is still read.
+    #[test]
+    fn private_keys_are_written_as_pkcs8_v1_and_v2_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let sk = dir.path().join("k.pem");
+        write_private(&sk, &key).unwrap();
+        let pem = std::fs::read_to_string(&sk).unwrap();
+        let (label, der) =
+            ed25519_dalek::pkcs8::spki::der::pem::decode_vec(pem.as_bytes()).unwrap();
+        assert_eq!(label, "PRIVATE KEY");
+        let mut want = vec![
+            0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22,
+            0x04, 0x20,
+        ];
+        want.extend_from_slice(&[9; 32]);
+        assert_eq!(der, want, "version 0 (v1), no public key");
+        let v2 = dir.path().join("v2.pem");
+        let text = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        assert!(
+            text.len() > pem.len(),
+            "the v2 form carries the public key too"
+        );
+        let mut f = create_new(&v2, 0o600).unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        drop(f);
+        assert_eq!(read_private(&v2).unwrap().to_bytes(), key.to_bytes());
     }
 
     #[cfg(unix)]

@@ -141,12 +141,14 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
         .await
         .unwrap();
     let mut raw = PartyServiceClient::new(channel);
+    let poll = pb::NextAssignmentRequest { wait_ms: 0 };
     let first = sign(
-        tonic::Request::new(pb::NextAssignmentRequest { wait_ms: 0 }),
+        tonic::Request::new(poll),
         "NextAssignment",
         "plant-a",
         &ka,
         now_ms(),
+        party_client::grpc::digest_of(&poll),
     );
     let md = first.metadata().clone();
     raw.next_assignment(first).await.unwrap();
@@ -225,4 +227,100 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
         trained
     );
     sb.stop().await;
+}
+
+/// Signs `proof` into the metadata of `req` as the operator would (`x-yosegi-proof` given).
+fn operator_proof<T>(
+    mut req: tonic::Request<T>,
+    proof: &shared_model::auth::CallProof,
+    key: &shared_model::SigningKey,
+    version: Option<&str>,
+) -> tonic::Request<T> {
+    let md = req.metadata_mut();
+    if let Some(v) = version {
+        md.insert("x-yosegi-proof", v.parse().unwrap());
+    }
+    md.insert("x-yosegi-caller", proof.caller.parse().unwrap());
+    md.insert(
+        "x-yosegi-timestamp",
+        proof.timestamp_ms.to_string().parse().unwrap(),
+    );
+    md.insert("x-yosegi-nonce", hex(&proof.nonce).parse().unwrap());
+    md.insert_bin(
+        "x-yosegi-signature-bin",
+        tonic::metadata::BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+    );
+    req
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_call_whose_body_was_changed_fails_verification() {
+    use prost::Message as _;
+    use shared_model::auth::{CallProof, OPERATOR, body_sha256};
+    use yosegi_proto::v1::operator_service_client::OperatorServiceClient;
+    let sb = Sandbox::start().await;
+    let op_key = sb.operator_key.clone();
+    let channel = yosegi_proto::transport::channel(&sb.url, &sb.client_tls())
+        .await
+        .unwrap();
+    let mut raw = OperatorServiceClient::new(channel);
+    let meant = shared_model::keys::generate().unwrap().verifying_key();
+    let swapped = shared_model::keys::generate().unwrap().verifying_key();
+    let signed_for = pb::EnrollPartyRequest {
+        name: "plant-x".into(),
+        public_key: meant.as_bytes().to_vec(),
+    };
+    let method = "/yosegi.v1.OperatorService/EnrollParty";
+    // An attacker on the path swaps the key: the proof was made over the other body.
+    let proof = CallProof::new(
+        method,
+        OPERATOR,
+        now_ms(),
+        body_sha256(&signed_for.encode_to_vec()),
+    );
+    let tampered = pb::EnrollPartyRequest {
+        public_key: swapped.as_bytes().to_vec(),
+        ..signed_for.clone()
+    };
+    let req = operator_proof(tonic::Request::new(tampered), &proof, &op_key, Some("2"));
+    let e = raw.enroll_party(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("signature"), "{}", e.message());
+    // A proof of the previous version (no body digest) is refused naming both versions.
+    let proof = CallProof::new(
+        method,
+        OPERATOR,
+        now_ms(),
+        body_sha256(&signed_for.encode_to_vec()),
+    );
+    let req = operator_proof(
+        tonic::Request::new(signed_for.clone()),
+        &proof,
+        &op_key,
+        None,
+    );
+    let e = raw.enroll_party(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    assert!(
+        e.message().contains("call proof version 1") && e.message().contains("needs version 2"),
+        "{}",
+        e.message()
+    );
+    // The untouched call goes through, and nobody was enrolled with the swapped key.
+    let proof = CallProof::new(
+        method,
+        OPERATOR,
+        now_ms(),
+        body_sha256(&signed_for.encode_to_vec()),
+    );
+    let req = operator_proof(tonic::Request::new(signed_for), &proof, &op_key, Some("2"));
+    raw.enroll_party(req).await.unwrap();
+    let mut op = sb.operator().await;
+    let parties = op.parties().await.unwrap();
+    let x = parties.iter().find(|p| p.name == "plant-x").unwrap();
+    assert_eq!(x.fingerprint, shared_model::keys::fingerprint(&meant));
 }

@@ -16,7 +16,7 @@ mod uploads;
 use coordinator::grpc::client::OperatorClient;
 use coordinator::swarm::{RandomUpdate, random_update, spec_text};
 use coordinator::views::RoundView;
-use party_client::grpc::{Ack, Assignment, PartyClient, Work, sign, upload_start};
+use party_client::grpc::{Ack, Assignment, PartyClient, Work, digest_of, sign, upload_start};
 use shared_model::SigningKey;
 use shared_model::data::load_csv;
 use shared_model::ids::{PartyId, TaskId};
@@ -368,12 +368,14 @@ async fn clock_skew_inside_the_bound_is_accepted_and_beyond_it_refused_naming_th
         .unwrap();
     let mut raw = PartyServiceClient::new(channel);
     let call = |offset_ms: i64| {
+        let poll = pb::NextAssignmentRequest { wait_ms: 0 };
         sign(
-            tonic::Request::new(pb::NextAssignmentRequest { wait_ms: 0 }),
+            tonic::Request::new(poll),
             "NextAssignment",
             "plant-a",
             &key,
             now_ms() + offset_ms,
+            digest_of(&poll),
         )
     };
     // 50 s either way: inside the 60 s bound.

@@ -71,12 +71,14 @@ async fn raw_upload(
         .unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
+    let body = shared_model::auth::body_sha256(&messages[0]);
     let req = sign(
         tonic::Request::new(tokio_stream::iter(messages)),
         "UploadUpdate",
         party,
         key,
         now_ms(),
+        body,
     );
     grpc.client_streaming(
         req,
@@ -127,6 +129,7 @@ async fn an_upload_flood_of_one_party_is_refused_past_one_stream_per_assignment_
             .await
             .unwrap();
         let key = k0.clone();
+        let body = digest_of(&upload_start(&a0.id, &env, None, None));
         calls.push(tokio::spawn(async move {
             let req = sign(
                 tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
@@ -134,6 +137,7 @@ async fn an_upload_flood_of_one_party_is_refused_past_one_stream_per_assignment_
                 "site-0",
                 &key,
                 now_ms(),
+                body,
             );
             PartyServiceClient::new(channel).upload_update(req).await
         }));

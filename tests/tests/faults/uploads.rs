@@ -106,6 +106,7 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
         .await
         .unwrap();
     let key = k0.clone();
+    let body = digest_of(&upload_start(&a0.id, &env, None, None));
     let upload = tokio::spawn(async move {
         let mut raw = PartyServiceClient::new(channel);
         let req = sign(
@@ -114,6 +115,7 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
             "site-0",
             &key,
             now_ms(),
+            body,
         );
         raw.upload_update(req).await
     });
@@ -191,6 +193,7 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing
         "site-0",
         &key,
         now_ms(),
+        digest_of(&upload_start(&a.id, &env, None, None)),
     );
     let e = tokio::time::timeout(Duration::from_secs(30), raw.upload_update(req))
         .await

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use shared_model::SigningKey;
 use shared_model::VerifyingKey;
-use shared_model::auth::{CallProof, OPERATOR};
+use shared_model::auth::{CallProof, OPERATOR, PROOF_VERSION, body_sha256};
 use shared_model::ids::{ModelVersion, TaskId};
 use shared_model::manifest::Manifest;
 use tonic::Request;
@@ -27,14 +27,22 @@ pub struct OperatorClient {
     server: String,
 }
 
-fn signed<T>(msg: T, method: &str, key: &SigningKey) -> Request<T> {
+fn signed<T: prost::Message>(msg: T, method: &str, key: &SigningKey) -> Request<T> {
+    let body = body_sha256(&msg.encode_to_vec());
+    signed_stream(msg, method, key, body)
+}
+
+/// A request whose first message hashes to `body` (a stream's first message), signed.
+fn signed_stream<T>(msg: T, method: &str, key: &SigningKey, body: [u8; 32]) -> Request<T> {
     let proof = CallProof::new(
         &format!("/yosegi.v1.OperatorService/{method}"),
         OPERATOR,
         now_ms(),
+        body,
     );
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
+    md.insert("x-yosegi-proof", MetadataValue::from_static(PROOF_VERSION));
     md.insert("x-yosegi-caller", MetadataValue::from_static(OPERATOR));
     md.insert(
         "x-yosegi-timestamp",
@@ -367,8 +375,9 @@ impl OperatorClient {
                 })),
             })
             .collect();
+        let body = body_sha256(&prost::Message::encode_to_vec(&start));
         let messages = tokio_stream::iter(std::iter::once(start).chain(chunks));
-        let req = signed(messages, "RestoreModel", &self.key);
+        let req = signed_stream(messages, "RestoreModel", &self.key, body);
         Ok(self
             .inner
             .restore_model(req)

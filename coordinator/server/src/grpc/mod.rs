@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod convert;
+mod digest;
 mod listen;
 mod operator;
 mod party;

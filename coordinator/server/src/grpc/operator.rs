@@ -206,12 +206,14 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<tonic::Streaming<pb::RestoreModelRequest>>,
     ) -> Result<Response<pb::RestoreModelResponse>, Status> {
-        self.0
-            .operator(&req, &format!("{OPERATOR_SVC}RestoreModel"))?;
-        let mut stream = req.into_inner();
-        let Some(pb::restore_model_request::Part::Start(start)) =
-            stream.message().await?.and_then(|m| m.part)
-        else {
+        // The proof covers the first message: authenticate once it is in.
+        let (md, ext, mut stream) = req.into_parts();
+        let first = stream.message().await?;
+        self.0.operator(
+            &Request::from_parts(md, ext, ()),
+            &format!("{OPERATOR_SVC}RestoreModel"),
+        )?;
+        let Some(pb::restore_model_request::Part::Start(start)) = first.and_then(|m| m.part) else {
             return Err(Status::invalid_argument(
                 "a restore must start with RestoreModelStart",
             ));

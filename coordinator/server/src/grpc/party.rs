@@ -214,11 +214,14 @@ impl PartyService for PartySvc {
         &self,
         req: Request<Streaming<pb::UploadUpdateRequest>>,
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
-        let party = self.0.party(&req, &format!("{PARTY}UploadUpdate"))?;
-        let mut stream = req.into_inner();
-        let first = stream
-            .message()
-            .await?
+        // The proof covers the first message: authenticate once it is in.
+        let (md, ext, mut stream) = req.into_parts();
+        let first = stream.message().await?;
+        let party = self.0.party(
+            &Request::from_parts(md, ext, ()),
+            &format!("{PARTY}UploadUpdate"),
+        )?;
+        let first = first
             .and_then(|m| m.part)
             .ok_or_else(|| Status::invalid_argument("upload must start with the envelope"))?;
         let pb::upload_update_request::Part::Start(start) = first else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use ed25519_dalek::{Signature, VerifyingKey};
-use shared_model::auth::{CallProof, NonceCache, OPERATOR};
+use shared_model::auth::{CallProof, NonceCache, OPERATOR, PROOF_VERSION};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tonic::{Request, Status};
@@ -154,6 +154,26 @@ impl Shared {
                 ))
             })
         };
+        match md.get("x-yosegi-proof").and_then(|v| v.to_str().ok()) {
+            Some(PROOF_VERSION) => {}
+            other => {
+                return Err(Status::unauthenticated(format!(
+                    "call proof version {} is not accepted: this coordinator needs version {PROOF_VERSION} (metadata x-yosegi-proof; the signature covers the request body, docs/PROTOCOL.md): upgrade the caller",
+                    other.unwrap_or("1 (no x-yosegi-proof)")
+                )));
+            }
+        }
+        // The unary request, or a stream's first message, must have arrived whole: handlers of
+        // client streams authenticate after reading it.
+        let body = req
+            .extensions()
+            .get::<super::digest::FirstMessage>()
+            .and_then(super::digest::FirstMessage::digest)
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "call is not authenticated: its first message has not arrived",
+                )
+            })?;
         let caller = text("x-yosegi-caller")?.to_string();
         let timestamp_ms: i64 = text("x-yosegi-timestamp")?
             .parse()
@@ -195,6 +215,7 @@ impl Shared {
             caller,
             timestamp_ms,
             nonce,
+            body,
         };
         let now = now_ms();
         let max = self.config.max_skew.as_millis() as i64;
@@ -375,6 +396,7 @@ pub async fn serve(
         }
     }
     let server = builder
+        .layer(super::digest::DigestLayer)
         .add_service(health_svc)
         .add_service(reflection)
         .add_service(PartyServiceServer::new(PartySvc(shared.clone())))

@@ -1,0 +1,182 @@
+//! The sha256 of each call's first message exactly as it arrived (the bytes after the 5-byte
+//! gRPC frame prefix: the unary request, or a stream's first message), computed by a layer
+//! beneath tonic while the body passes through, so the call proof can cover the body: protobuf
+//! has no canonical encoding across languages, so the proof signs the bytes sent, not a
+//! re-encoding. Handlers read it from the request's extensions ([`FirstMessage`]) once the
+//! first message has been decoded.
+
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use bytes::{Buf as _, Bytes};
+use http_body::{Body as HttpBody, Frame};
+use sha2::{Digest as _, Sha256};
+use tonic::body::Body;
+
+/// The digest of the call's first message, set once its last byte has passed.
+#[derive(Clone, Debug, Default)]
+pub(super) struct FirstMessage(Arc<OnceLock<[u8; 32]>>);
+
+impl FirstMessage {
+    /// The digest, once the whole first message has arrived.
+    pub(super) fn digest(&self) -> Option<[u8; 32]> {
+        self.0.get().copied()
+    }
+}
+
+/// Puts a [`FirstMessage`] in every request and hashes the body into it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct DigestLayer;
+
+impl<S> tower::Layer<S> for DigestLayer {
+    type Service = DigestService<S>;
+    fn layer(&self, inner: S) -> DigestService<S> {
+        DigestService { inner }
+    }
+}
+
+/// See [`DigestLayer`].
+#[derive(Clone, Debug)]
+pub(super) struct DigestService<S> {
+    inner: S,
+}
+
+impl<S> tower::Service<http::Request<Body>> for DigestService<S>
+where
+    S: tower::Service<http::Request<Body>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> S::Future {
+        let slot = FirstMessage::default();
+        let (mut parts, body) = req.into_parts();
+        parts.extensions.insert(slot.clone());
+        let body = Body::new(DigestBody {
+            inner: body,
+            state: State::Prefix {
+                buf: [0; 5],
+                have: 0,
+            },
+            slot,
+        });
+        self.inner.call(http::Request::from_parts(parts, body))
+    }
+}
+
+enum State {
+    /// Reading the 5-byte prefix: compression flag, u32 big-endian length.
+    Prefix { buf: [u8; 5], have: usize },
+    /// Hashing the message; `left` bytes to go.
+    Message { hasher: Sha256, left: u64 },
+    /// The digest is set; the rest passes untouched.
+    Done,
+}
+
+struct DigestBody {
+    inner: Body,
+    state: State,
+    slot: FirstMessage,
+}
+
+impl DigestBody {
+    fn feed(&mut self, mut data: &[u8]) {
+        loop {
+            match &mut self.state {
+                State::Done => return,
+                State::Prefix { buf, have } => {
+                    let n = (5 - *have).min(data.len());
+                    buf[*have..*have + n].copy_from_slice(&data[..n]);
+                    *have += n;
+                    data = &data[n..];
+                    if *have < 5 {
+                        return;
+                    }
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]);
+                    self.state = State::Message {
+                        hasher: Sha256::new(),
+                        left: u64::from(len),
+                    };
+                }
+                State::Message { hasher, left } => {
+                    let n = (*left).min(data.len() as u64) as usize;
+                    hasher.update(&data[..n]);
+                    *left -= n as u64;
+                    if *left > 0 {
+                        return;
+                    }
+                    let State::Message { hasher, .. } =
+                        std::mem::replace(&mut self.state, State::Done)
+                    else {
+                        unreachable!("matched above")
+                    };
+                    let _ = self.slot.0.set(hasher.finalize().into());
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl HttpBody for DigestBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+            && !matches!(self.state, State::Done)
+        {
+            let data = data.clone();
+            self.feed(data.chunk());
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_frame_is_hashed_however_it_is_split() {
+        let msg = b"hello, first message";
+        let mut wire = vec![0u8];
+        wire.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        wire.extend_from_slice(msg);
+        wire.extend_from_slice(&[0, 0, 0, 0, 3, 1, 2, 3]);
+        let want: [u8; 32] = Sha256::digest(msg).into();
+        for split in 1..wire.len() {
+            let mut b = DigestBody {
+                inner: Body::default(),
+                state: State::Prefix {
+                    buf: [0; 5],
+                    have: 0,
+                },
+                slot: FirstMessage::default(),
+            };
+            for part in wire.chunks(split) {
+                b.feed(part);
+            }
+            assert_eq!(b.slot.digest(), Some(want), "split {split}");
+        }
+    }
+}
