@@ -318,12 +318,12 @@ async fn broken_upload_streams_are_recorded_against_their_party_and_malformed_by
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn idle_connections_that_never_start_a_handshake_are_closed_and_limited() {
+async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::init(dir.path());
     std::fs::write(
         &server.config,
-        "handshake_timeout_secs = 1\nmax_connections = 8\n",
+        "handshake_timeout_secs = 1\nmax_connections = 8\nupload_idle_secs = 1\n",
     )
     .unwrap();
     server.start();
@@ -345,6 +345,25 @@ async fn idle_connections_that_never_start_a_handshake_are_closed_and_limited() 
     }
     assert_eq!(closed, 20);
     assert!(started.elapsed() < Duration::from_secs(15));
+    // A stream that never sends its first message (which its proof covers, so its caller is
+    // not yet known) is dropped after the idle limit too.
+    let (_tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(1);
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let held = Instant::now();
+    let e = tokio::time::timeout(
+        Duration::from_secs(20),
+        PartyServiceClient::new(channel).upload_update(tonic::Request::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )),
+    )
+    .await
+    .expect("the coordinator drops the silent stream")
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(e.message().contains("no first message"), "{}", e.message());
+    assert!(held.elapsed() < Duration::from_secs(10));
     // The coordinator still serves.
     let mut op = server.operator().await;
     op.enroll(

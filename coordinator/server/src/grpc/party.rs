@@ -17,7 +17,7 @@ use crate::blobs::BlobStore;
 use crate::engine::{EngineError, Upload, UploadOutcome};
 use crate::state::now_ms;
 
-use super::receive::{StreamFault, receive};
+use super::receive::{StreamFault, first_message, receive};
 use super::server::{CHUNK, PARTY, PartySvc, change_engine, with_engine};
 
 /// Reads a published model's blob on a blocking thread (never under the engine lock).
@@ -216,7 +216,7 @@ impl PartyService for PartySvc {
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
         // The proof covers the first message: authenticate once it is in.
         let (md, ext, mut stream) = req.into_parts();
-        let first = stream.message().await?;
+        let first = first_message(&mut stream, self.0.config.upload_idle).await?;
         let party = self.0.party(
             &Request::from_parts(md, ext, ()),
             &format!("{PARTY}UploadUpdate"),
