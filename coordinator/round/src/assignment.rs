@@ -90,8 +90,11 @@ impl FromStr for AssignmentId {
             return Err(malformed());
         };
         let task = TaskId::new(task).map_err(|_| malformed())?;
-        // Digits only: no sign, no spaces, so one id has one spelling.
-        if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits only, no leading zero: no sign, no spaces, so one id has one spelling.
+        if number.is_empty()
+            || !number.bytes().all(|b| b.is_ascii_digit())
+            || (number.len() > 1 && number.starts_with('0'))
+        {
             return Err(malformed());
         }
         let n: u64 = number.parse().map_err(|_| malformed())?;
@@ -139,6 +142,8 @@ mod tests {
             "wdbc/stats/1",
             "a b/train/1",
             "wdbc/train/1/2",
+            "wdbc/train/01",
+            "wdbc/stats/00",
         ] {
             assert!(bad.parse::<AssignmentId>().is_err(), "{bad}");
         }

@@ -27,6 +27,16 @@ pub enum BlobStoreError {
     },
 }
 
+impl BlobStoreError {
+    /// Whether the blob is damaged or gone (rather than unreadable for a passing reason).
+    pub fn is_damage(&self) -> bool {
+        match self {
+            Self::Corrupt { .. } => true,
+            Self::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+}
+
 /// The blob directory.
 #[derive(Clone, Debug)]
 pub struct BlobStore {
@@ -132,6 +142,14 @@ impl BlobStore {
             f.sync_all().map_err(io(&staged.path))?;
         }
         if dest.exists() && self.get(&sha).is_ok() {
+            // Kept; made durable again (a crash may have come between its rename and the
+            // directory sync), as `put_hashed` does.
+            std::fs::File::open(&dest)
+                .and_then(|f| f.sync_all())
+                .map_err(io(&dest))?;
+            std::fs::File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(&self.dir))?;
             return Ok(sha);
         }
         std::fs::rename(&staged.path, &dest).map_err(io(&dest))?;

@@ -5,7 +5,7 @@
 //!
 //! | metric | type | labels |
 //! |---|---|---|
-//! | `yosegi_uploads_total` | counter | `outcome` (accepted, already_accepted, rejected, refused, broken, limited), `reason` (the failed check for `rejected`: signature, hash, round, …; how the stream broke for `broken`: stalled, too_long, chunk_gap, not_a_chunk, malformed, broken, storage; the limit for `limited`: per_assignment, per_party, overall; too_large for `refused`) |
+//! | `yosegi_uploads_total` | counter | `outcome` (accepted, already_accepted, rejected, refused, broken, limited), `reason` (the failed check for `rejected`: signature, hash, round, …; how the stream broke for `broken`: stalled, too_long, chunk_gap, not_a_chunk, empty_chunk, malformed, broken, storage; the limit for `limited`: per_assignment, per_party, overall; too_large for `refused`) |
 //! | `yosegi_uploads_in_flight` | gauge | — upload streams open now |
 //! | `yosegi_connections_open` | gauge | — connections open now |
 //! | `yosegi_connections_refused_total` | counter | — connections closed at accept over `max_connections` |

@@ -91,6 +91,20 @@ async fn raw_upload(
     .map(tonic::Response::into_inner)
 }
 
+/// The value of an unlabelled metric, scraped from the coordinator.
+fn metric(port: u16, name: &str) -> u64 {
+    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    sock.read_to_string(&mut text).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"));
+    line[name.len() + 1..].parse().unwrap()
+}
+
 fn vm_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
@@ -321,9 +335,10 @@ async fn broken_upload_streams_are_recorded_against_their_party_and_malformed_by
 async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = ServerProcess::init(dir.path());
+    let metrics_port = yosegi_tests::free_port();
     std::fs::write(
         &server.config,
-        "handshake_timeout_secs = 1\nmax_connections = 8\nupload_idle_secs = 1\n",
+        format!("handshake_timeout_secs = 1\nmax_connections = 8\nupload_idle_secs = 1\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
     )
     .unwrap();
     server.start();
@@ -345,6 +360,17 @@ async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     }
     assert_eq!(closed, 20);
     assert!(started.elapsed() < Duration::from_secs(15));
+    // A connection that finishes its TLS and HTTP/2 handshakes but makes no call is closed too.
+    let idle = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    assert!(metric(metrics_port, "yosegi_connections_open") >= 1);
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(metrics_port, "yosegi_connections_open") > 0 {
+        assert!(Instant::now() < until, "the idle connection stayed open");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(idle);
     // A stream that never sends its first message (which its proof covers, so its caller is
     // not yet known) is dropped after the idle limit too.
     let (_tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(1);
@@ -362,7 +388,7 @@ async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     .expect("the coordinator drops the silent stream")
     .unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
-    assert!(e.message().contains("no first message"), "{}", e.message());
+    assert!(e.message().contains("first message"), "{}", e.message());
     assert!(held.elapsed() < Duration::from_secs(10));
     // The coordinator still serves.
     let mut op = server.operator().await;

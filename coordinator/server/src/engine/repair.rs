@@ -21,11 +21,15 @@ impl Engine {
                 "the base model (version {version} of {task}) is not in the database"
             )));
         };
-        Ok(self.blobs.get(&row.blob_sha256).err().map(|e| {
-            format!(
+        match self.blobs.get(&row.blob_sha256) {
+            Ok(_) => Ok(None),
+            // Damage: the blob no longer hashes to its name, or is gone. Any other I/O error
+            // (too many open files, a failing read) may pass: the next tick tries again.
+            Err(e) if e.is_damage() => Ok(Some(format!(
                 "the base model (version {version} of {task}) is unreadable on the coordinator's disk ({e}); {restore}"
-            )
-        }))
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Writes a published model's blob again from `copy` (received into a staged file), when
@@ -41,7 +45,12 @@ impl Engine {
         let (t, _) = self.task(task)?;
         let row = self.store.model(task, Some(version))?;
         let published = row.as_ref().map(|r| r.blob_sha256);
-        let intact = published.is_some_and(|sha| self.blobs.get(&sha).is_ok());
+        let intact = match published.map(|sha| self.blobs.get(&sha)) {
+            None => false,
+            Some(Ok(_)) => true,
+            Some(Err(e)) if e.is_damage() => false,
+            Some(Err(e)) => return Err(e.into()),
+        };
         let decision = yosegi_round::decide::restore_model(
             &t.name,
             ModelVersion(version),

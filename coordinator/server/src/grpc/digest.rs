@@ -8,11 +8,16 @@
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf as _, Bytes};
 use http_body::{Body as HttpBody, Frame};
 use sha2::{Digest as _, Sha256};
+use tokio::time::Sleep;
 use tonic::body::Body;
+use tonic::transport::server::TlsConnectInfo;
+
+use super::listen::ConnInfo;
 
 /// The digest of the call's first message, set once its last byte has passed.
 #[derive(Clone, Debug, Default)]
@@ -25,14 +30,21 @@ impl FirstMessage {
     }
 }
 
-/// Puts a [`FirstMessage`] in every request and hashes the body into it.
-#[derive(Clone, Copy, Debug, Default)]
-pub(super) struct DigestLayer;
+/// Puts a [`FirstMessage`] in every request and hashes the body into it; a call whose first
+/// message has not arrived whole within `first_message` is ended (before it is authenticated,
+/// a caller must not hold a half-sent message in the coordinator's memory).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DigestLayer {
+    pub(super) first_message: Duration,
+}
 
 impl<S> tower::Layer<S> for DigestLayer {
     type Service = DigestService<S>;
     fn layer(&self, inner: S) -> DigestService<S> {
-        DigestService { inner }
+        DigestService {
+            inner,
+            first_message: self.first_message,
+        }
     }
 }
 
@@ -40,6 +52,7 @@ impl<S> tower::Layer<S> for DigestLayer {
 #[derive(Clone, Debug)]
 pub(super) struct DigestService<S> {
     inner: S,
+    first_message: Duration,
 }
 
 impl<S> tower::Service<http::Request<Body>> for DigestService<S>
@@ -57,6 +70,12 @@ where
     fn call(&mut self, req: http::Request<Body>) -> S::Future {
         let slot = FirstMessage::default();
         let (mut parts, body) = req.into_parts();
+        // The connection has made a call: its first-call deadline is met.
+        if let Some(c) = parts.extensions.get::<ConnInfo>() {
+            c.started.set();
+        } else if let Some(c) = parts.extensions.get::<TlsConnectInfo<ConnInfo>>() {
+            c.get_ref().started.set();
+        }
         parts.extensions.insert(slot.clone());
         let body = Body::new(DigestBody {
             inner: body,
@@ -65,6 +84,8 @@ where
                 have: 0,
             },
             slot,
+            deadline: Some(Box::pin(tokio::time::sleep(self.first_message))),
+            within: self.first_message,
         });
         self.inner.call(http::Request::from_parts(parts, body))
     }
@@ -83,6 +104,9 @@ struct DigestBody {
     inner: Body,
     state: State,
     slot: FirstMessage,
+    /// Until the first message is whole.
+    deadline: Option<Pin<Box<Sleep>>>,
+    within: Duration,
 }
 
 impl DigestBody {
@@ -140,6 +164,17 @@ impl HttpBody for DigestBody {
             let data = data.clone();
             self.feed(data.chunk());
         }
+        if matches!(self.state, State::Done) {
+            self.deadline = None;
+        } else if let Some(d) = self.deadline.as_mut()
+            && polled.is_pending()
+            && d.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
+                "the call's first message did not arrive whole within {} s (handshake_timeout_secs)",
+                self.within.as_secs()
+            )))));
+        }
         polled
     }
 
@@ -172,6 +207,8 @@ mod tests {
                     have: 0,
                 },
                 slot: FirstMessage::default(),
+                deadline: None,
+                within: Duration::from_secs(1),
             };
             for part in wire.chunks(split) {
                 b.feed(part);

@@ -1,12 +1,13 @@
 //! The accepted connections: at most `max_connections` open at once (one over is closed at
-//! accept), and a connection that sends nothing within `handshake_timeout_secs` is closed (with
-//! TLS, tonic also bounds the whole handshake by the same time), so idle sockets that never
-//! start a handshake cannot pile up.
+//! accept), and a connection that has not made its first call within `handshake_timeout_secs`
+//! is closed (with TLS, tonic also bounds the TLS handshake by the same time), so idle sockets
+//! — silent, or stopped after a handshake — cannot pile up. The first call is seen by the
+//! digest layer, which sets the connection's [`Started`] flag.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_stream::{Stream, StreamExt as _};
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// How many connections may be open, and how soon one must start talking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,7 +79,8 @@ impl Connections {
                 Ok(permit) => Some(Ok(Limited {
                     inner: stream,
                     _permit: permit,
-                    first_byte: Some(Box::pin(tokio::time::sleep(this.limit.handshake))),
+                    started: Started::default(),
+                    first_call: Some(Box::pin(tokio::time::sleep(this.limit.handshake))),
                 })),
                 Err(_) => {
                     let n = this.refused.fetch_add(1, Ordering::Relaxed) + 1;
@@ -97,20 +99,45 @@ impl Connections {
     }
 }
 
+/// Set once a connection has made its first call (its deadline then no longer applies).
+#[derive(Clone, Debug, Default)]
+pub(super) struct Started(Arc<AtomicBool>);
+
+impl Started {
+    /// Marks the connection as having made a call.
+    pub(super) fn set(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    fn is_set(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// What a request learns of its connection: its [`Started`] flag.
+#[derive(Clone, Debug)]
+pub(super) struct ConnInfo {
+    /// The connection's first-call flag.
+    pub(super) started: Started,
+}
+
 /// An accepted connection holding its place under the limit until it is dropped.
 #[derive(Debug)]
 pub(super) struct Limited {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
-    /// Until the first byte has come in.
-    first_byte: Option<Pin<Box<Sleep>>>,
+    started: Started,
+    /// Until the first call has come in.
+    first_call: Option<Pin<Box<Sleep>>>,
 }
 
 impl Connected for Limited {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = ConnInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.inner.connect_info()
+    fn connect_info(&self) -> ConnInfo {
+        ConnInfo {
+            started: self.started.clone(),
+        }
     }
 }
 
@@ -120,19 +147,18 @@ impl AsyncRead for Limited {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
         let read = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Some(deadline) = self.first_byte.as_mut() {
-            match &read {
-                Poll::Ready(Ok(())) if buf.filled().len() > before => self.first_byte = None,
-                Poll::Pending if deadline.as_mut().poll(cx).is_ready() => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "no handshake within handshake_timeout_secs",
-                    )));
-                }
-                _ => {}
-            }
+        if self.first_call.is_some() && self.started.is_set() {
+            self.first_call = None;
+        }
+        if let Some(deadline) = self.first_call.as_mut()
+            && read.is_pending()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no call within handshake_timeout_secs",
+            )));
         }
         read
     }

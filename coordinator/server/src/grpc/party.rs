@@ -257,8 +257,13 @@ impl PartyService for PartySvc {
                 env.header.blob_len
             )));
         }
-        let assignment = start.assignment_id.clone();
-        let _slot = self
+        // One spelling per assignment (the per-assignment limit is keyed on it).
+        let assignment = start
+            .assignment_id
+            .parse::<yosegi_round::AssignmentId>()
+            .map_err(|e| Status::invalid_argument(format!("field assignment_id: {e}")))?
+            .to_string();
+        let slot = self
             .0
             .uploads
             .admit(&party, &assignment)
@@ -315,6 +320,9 @@ impl PartyService for PartySvc {
         let bytes_in = received.len();
         let started = std::time::Instant::now();
         let outcome = change_engine(&self.0, move |e| {
+            // The stream's place is held until its verification ends, even if the caller
+            // hangs up meanwhile: a reset cannot queue uploads past the limits.
+            let _slot = slot;
             let mut staged = received;
             // Read back under the engine lock: one upload's bytes in memory at a time.
             let bytes = staged.read()?;

@@ -134,6 +134,8 @@ pub(super) enum StreamFault {
     Gap { offset: u64, expected: u64 },
     /// A second envelope, or an empty message, after the first.
     NotAChunk,
+    /// A chunk without bytes (it would only keep the stream alive).
+    EmptyChunk,
     /// A message that does not decode, or a broken transport.
     Broken {
         status: tonic::Code,
@@ -151,6 +153,7 @@ impl StreamFault {
             Self::TooLong { .. } => "too_long",
             Self::Gap { .. } => "chunk_gap",
             Self::NotAChunk => "not_a_chunk",
+            Self::EmptyChunk => "empty_chunk",
             Self::Broken {
                 status: tonic::Code::InvalidArgument,
                 ..
@@ -180,6 +183,7 @@ impl StreamFault {
             Self::NotAChunk => {
                 format!("upload of {party}: only chunks may follow the envelope")
             }
+            Self::EmptyChunk => format!("upload of {party}: a chunk carries no bytes"),
             Self::Broken { message, .. } => {
                 format!("upload of {party} broke off: {message}")
             }
@@ -272,6 +276,9 @@ pub(super) async fn receive<M: ChunkPart>(
         let Some(c) = msg.chunk() else {
             return Err(StreamFault::NotAChunk);
         };
+        if c.data.is_empty() {
+            return Err(StreamFault::EmptyChunk);
+        }
         if c.offset != staged.len() {
             return Err(StreamFault::Gap {
                 offset: c.offset,

@@ -22,6 +22,10 @@ use crate::state::{DataDir, now_ms};
 /// Chunk size of streamed blobs.
 pub const CHUNK: usize = 1 << 20;
 
+/// The largest message a caller may send (a chunk and its framing fit with room to spare);
+/// tonic's default is 4 MiB.
+pub const MAX_MESSAGE: usize = 2 << 20;
+
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -381,7 +385,9 @@ pub async fn serve(
     };
     let addr = listener.local_addr()?;
     // Keepalive pings find dead peers of long-lived connections (a long poll holds one).
+    // At most 64 calls at once per connection (tonic would lift hyper's default to unlimited).
     let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(Some(64))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     match &config.tls {
@@ -396,11 +402,19 @@ pub async fn serve(
         }
     }
     let server = builder
-        .layer(super::digest::DigestLayer)
+        .layer(super::digest::DigestLayer {
+            first_message: config.connections.handshake,
+        })
         .add_service(health_svc)
         .add_service(reflection)
-        .add_service(PartyServiceServer::new(PartySvc(shared.clone())))
-        .add_service(OperatorServiceServer::new(OperatorSvc(shared.clone())))
+        .add_service(
+            PartyServiceServer::new(PartySvc(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+        .add_service(
+            OperatorServiceServer::new(OperatorSvc(shared.clone()))
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
         .serve_with_incoming_shutdown(shared.connections.incoming(listener), async move {
             shutdown.await;
             let _ = stop_tx.send(true);
