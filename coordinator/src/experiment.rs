@@ -7,29 +7,30 @@
 //! no party trained on, next to the **local-only** and **data-sharing** baselines, and writes
 //! `results.json`, `results.csv`, a Markdown table (mean ± std over seeds) and SVG plots.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 pub use crate::results::{Point, Summary, mean_std};
 
 mod output;
+mod setup;
 use output::write_report;
 pub use output::{summarize, table};
+pub use setup::derive_spec;
+use setup::{Setup, grid, setup};
 
 use anyhow::Context as _;
 use serde::Serialize;
 use shared_model::blob::{BlobMeta, BlobRole, encode};
-use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
+use shared_model::data::Dataset;
 use shared_model::dp;
 use shared_model::eval::Metrics;
 use shared_model::ids::{PartyId, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::model::{MAX_PARTS, Model};
 use shared_model::network::CpuBackend;
-use shared_model::partition::{Partition, partition};
-use shared_model::spec::{DpMode, ModelSpec};
+use shared_model::spec::DpMode;
 use shared_model::stats::FeatureSums;
 use shared_model::strategy::{NAMES, StrategyConfig, local_update, options_for, runs_with};
-use shared_model::synthetic::{self, Friedman1};
 use shared_model::train::{TrainOptions, train};
 use shared_model::update::{Expectations, SignedUpdate, VerifiedUpdate, verify};
 use shared_model::weights::Weights;
@@ -127,168 +128,6 @@ fn parse_attack(s: &str) -> anyhow::Result<Attack> {
         }
         _ => anyhow::bail!("--attack must be sign-flip:SCALE, found {s:?}"),
     }
-}
-
-/// Reads the data and the spec.
-fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)> {
-    if args.data == "synthetic" {
-        let spec = synthetic::spec(10)?;
-        let data = Friedman1 {
-            rows: args.synthetic_rows,
-            dim: 10,
-            noise: 1.0,
-            seed,
-        }
-        .generate();
-        return Ok((spec, data));
-    }
-    let path = Path::new(&args.data);
-    let spec = match (&args.spec, &args.target) {
-        (Some(s), _) => ModelSpec::from_file(s)?,
-        (None, Some(target)) => derive_spec(path, target)?,
-        (None, None) => anyhow::bail!("--data {} needs --spec or --target", path.display()),
-    };
-    let data = load_csv(path, &spec)?;
-    Ok((spec, data))
-}
-
-/// A spec for a CSV from its header and target column: every other column is a feature; the
-/// task is binary if the target only holds 0 and 1, multiclass if it holds small non-negative
-/// integers, regression otherwise.
-pub fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
-    let header = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
-    anyhow::ensure!(
-        columns.iter().any(|c| c == target),
-        "{}: line 1: no column named {target:?} (columns: {})",
-        path.display(),
-        columns.join(", ")
-    );
-    let features: Vec<String> = columns.into_iter().filter(|c| c != target).collect();
-    let table = read_columns(path, &[], Some(target))?;
-    let mut values = Vec::with_capacity(table.targets.len());
-    for (i, v) in table.targets.iter().enumerate() {
-        values.push(v.parse::<f64>().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: line {}: column {target:?}: expected a number, found {v:?}",
-                path.display(),
-                table.line(i)
-            )
-        })?);
-    }
-    let integral = values.iter().all(|v| v.fract() == 0.0 && *v >= 0.0);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    let kind = if integral && max <= 1.0 {
-        "kind = \"binary\"".to_string()
-    } else if integral && max < 100.0 {
-        format!("kind = \"multiclass\"\nclasses = {}", max as u64 + 1)
-    } else {
-        "kind = \"regression\"".to_string()
-    };
-    let quoted: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
-    let text = format!(
-        "format = 1\nname = \"derived\"\n\n[task]\n{kind}\ntarget = {target:?}\nfeatures = [{}]\n\n[model]\nhidden = [16, 8]\n\n[training]\nlearning_rate = 0.01\nlocal_epochs = 5\nbatch_size = 32\nseed = 1\n",
-        quoted.join(", ")
-    );
-    Ok(ModelSpec::parse(
-        &text,
-        &format!("spec derived from {}", path.display()),
-    )?)
-}
-
-fn grid(args: &ExperimentArgs) -> anyhow::Result<Vec<Point>> {
-    let mut points = vec![Point {
-        parties: args.parties,
-        partition: args.partition.clone(),
-        rounds: args.rounds,
-    }];
-    for axis in &args.sweep {
-        let (key, values) = axis
-            .split_once('=')
-            .with_context(|| format!("--sweep must be KEY=V1,V2,…, found {axis:?}"))?;
-        let values: Vec<&str> = values.split(',').map(str::trim).collect();
-        let mut next = Vec::new();
-        for p in &points {
-            for v in &values {
-                let bad = || format!("--sweep {key}: bad value {v:?}");
-                let mut q = p.clone();
-                match key {
-                    "parties" => {
-                        q.parties = v.parse().ok().filter(|n| *n >= 1).with_context(bad)?
-                    }
-                    "rounds" => q.rounds = v.parse().ok().filter(|n| *n >= 1).with_context(bad)?,
-                    "alpha" => {
-                        let a: f64 = v
-                            .parse()
-                            .ok()
-                            .filter(|a: &f64| *a > 0.0)
-                            .with_context(bad)?;
-                        q.partition = format!("dirichlet:{a}");
-                    }
-                    "quantity" => {
-                        let a: f64 = v
-                            .parse()
-                            .ok()
-                            .filter(|a: &f64| *a > 0.0)
-                            .with_context(bad)?;
-                        q.partition = format!("quantity:{a}");
-                    }
-                    other => anyhow::bail!(
-                        "--sweep {other}: unknown axis; use parties, alpha, quantity or rounds"
-                    ),
-                }
-                next.push(q);
-            }
-        }
-        points = next;
-    }
-    Ok(points)
-}
-
-/// The parties' data of one run.
-struct Setup {
-    spec: ModelSpec,
-    holdout: Dataset,
-    parties: Vec<(String, Dataset)>,
-    initial: Weights,
-}
-
-fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::Result<Setup> {
-    let (mut spec, all) = load(args, seed)?;
-    // Every seed changes the initial weights and the batch order too.
-    spec.training.seed = spec.training.seed.wrapping_add(seed);
-    let split = all.split(
-        spec.task.kind,
-        SplitFractions {
-            validation: 0.0,
-            holdout: 0.2,
-        },
-        seed,
-    );
-    let how: Partition = point.partition.parse()?;
-    let parts = partition(&split.train, &spec, &how, point.parties, 5, seed)?;
-    let parties: Vec<(String, Dataset)> = parts
-        .iter()
-        .enumerate()
-        .map(|(i, idx)| (format!("party-{i:02}"), split.train.subset(idx)))
-        .collect();
-    // The statistics step: normalisation from every party's feature sums.
-    let mut sums = FeatureSums::zeros(spec.input_width());
-    for (_, d) in &parties {
-        sums.merge(&FeatureSums::of_rows(&d.features, spec.input_width()))?;
-    }
-    let initial = Weights::initial(&spec, &sums.normalization()?);
-    Ok(Setup {
-        spec,
-        holdout: split.holdout,
-        parties,
-        initial,
-    })
 }
 
 /// The party side and the coordinator side of one update, in memory: train, (poison,) encode,
