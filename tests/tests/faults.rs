@@ -159,6 +159,69 @@ async fn one_site(
     (op, spec, key, c, a)
 }
 
+/// A chunk message of an upload stream.
+fn chunk(offset: usize, data: &[u8]) -> pb::UploadUpdateRequest {
+    pb::UploadUpdateRequest {
+        part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
+            offset: offset as u64,
+            data: data.to_vec(),
+        })),
+    }
+}
+
+/// The upload call's answer, once the coordinator gives one.
+type UploadCall =
+    tokio::task::JoinHandle<Result<tonic::Response<pb::UploadUpdateResponse>, tonic::Status>>;
+
+/// Opens a signed upload stream of `site-0` answering `assignment` on a connection of its own
+/// and sends its `UploadStart`; the chunks are the caller's to send (or not) on the sender.
+async fn open_upload(
+    server: &ServerProcess,
+    key: &SigningKey,
+    assignment: &str,
+    env: &SignedUpdate,
+) -> (
+    tokio::sync::mpsc::Sender<pb::UploadUpdateRequest>,
+    UploadCall,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
+    let start = upload_start(assignment, env, None, None);
+    let body = digest_of(&start);
+    tx.send(start).await.unwrap();
+    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
+        .await
+        .unwrap();
+    let key = key.clone();
+    let call = tokio::spawn(async move {
+        let req = sign(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            "UploadUpdate",
+            "site-0",
+            &key,
+            now_ms(),
+            body,
+        );
+        PartyServiceClient::new(channel).upload_update(req).await
+    });
+    (tx, call)
+}
+
+/// Flips one byte of the stored blob of `version` of `task`.
+fn damage(server: &ServerProcess, task: &str, version: u64) {
+    let sha: String = server
+        .db()
+        .query_row(
+            "SELECT blob_sha256 FROM models WHERE task = ?1 AND version = ?2",
+            rusqlite::params![task, version as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let path = server.data_dir.join("blobs").join(sha);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+}
+
 async fn wait_rounds(
     server: &ServerProcess,
     task: &str,

@@ -81,19 +81,8 @@ impl BlobStore {
     pub fn put_hashed(&self, bytes: &[u8], sha: Sha256) -> Result<Sha256, BlobStoreError> {
         debug_assert_eq!(Sha256::of(bytes), sha, "put_hashed given a wrong digest");
         let dest = self.path(&sha);
-        if dest.exists() {
-            match self.get(&sha) {
-                Ok(_) => {
-                    std::fs::File::open(&dest)
-                        .and_then(|f| f.sync_all())
-                        .map_err(io(&dest))?;
-                    std::fs::File::open(&self.dir)
-                        .and_then(|d| d.sync_all())
-                        .map_err(io(&self.dir))?;
-                    return Ok(sha);
-                }
-                Err(e) => tracing::warn!(error = %e, "replacing a damaged blob"),
-            }
+        if self.keep_intact(&sha)? {
+            return Ok(sha);
         }
         let mut nonce = [0u8; 8];
         getrandom_fill(&mut nonce);
@@ -115,6 +104,27 @@ impl BlobStore {
             .and_then(|d| d.sync_all())
             .map_err(io(&self.dir))?;
         Ok(sha)
+    }
+
+    /// Whether a blob is already stored under `sha` and still hashes to it; if so it is made
+    /// durable again (a crash may have come between its rename and the directory sync). A
+    /// damaged one is reported as absent, to be replaced.
+    fn keep_intact(&self, sha: &Sha256) -> Result<bool, BlobStoreError> {
+        let dest = self.path(sha);
+        if !dest.exists() {
+            return Ok(false);
+        }
+        if let Err(e) = self.get(sha) {
+            tracing::warn!(error = %e, "replacing a damaged blob");
+            return Ok(false);
+        }
+        std::fs::File::open(&dest)
+            .and_then(|f| f.sync_all())
+            .map_err(io(&dest))?;
+        std::fs::File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(true)
     }
 
     /// Starts receiving a blob into a temp file under `tmp/`, hashed as it is written, so an
@@ -141,15 +151,7 @@ impl BlobStore {
         if let Some(f) = staged.file.take() {
             f.sync_all().map_err(io(&staged.path))?;
         }
-        if dest.exists() && self.get(&sha).is_ok() {
-            // Kept; made durable again (a crash may have come between its rename and the
-            // directory sync), as `put_hashed` does.
-            std::fs::File::open(&dest)
-                .and_then(|f| f.sync_all())
-                .map_err(io(&dest))?;
-            std::fs::File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io(&self.dir))?;
+        if self.keep_intact(&sha)? {
             return Ok(sha);
         }
         std::fs::rename(&staged.path, &dest).map_err(io(&dest))?;

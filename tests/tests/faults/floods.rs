@@ -49,15 +49,6 @@ impl<R: prost::Message + Default + Send + 'static> Codec for RawCodec<R> {
     }
 }
 
-fn chunk(offset: usize, data: &[u8]) -> pb::UploadUpdateRequest {
-    pb::UploadUpdateRequest {
-        part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
-            offset: offset as u64,
-            data: data.to_vec(),
-        })),
-    }
-}
-
 /// Sends `messages` (encoded protobuf or raw bytes) as one signed upload stream of `party`
 /// and returns the coordinator's answer.
 async fn raw_upload(
@@ -138,26 +129,10 @@ async fn an_upload_flood_of_one_party_is_refused_past_one_stream_per_assignment_
     let mut senders = Vec::new();
     let mut calls = Vec::new();
     for _ in 0..40 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
-        let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
-            .await
-            .unwrap();
-        let key = k0.clone();
-        let body = digest_of(&upload_start(&a0.id, &env, None, None));
-        calls.push(tokio::spawn(async move {
-            let req = sign(
-                tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-                "UploadUpdate",
-                "site-0",
-                &key,
-                now_ms(),
-                body,
-            );
-            PartyServiceClient::new(channel).upload_update(req).await
-        }));
-        let (a, e, b) = (a0.id.clone(), env.clone(), blob.clone());
+        let (tx, call) = open_upload(&server, &k0, &a0.id, &env).await;
+        calls.push(call);
+        let b = blob.clone();
         senders.push(tokio::spawn(async move {
-            tx.send(upload_start(&a, &e, None, None)).await.ok()?;
             for (i, c) in b[..held].chunks(1 << 20).enumerate() {
                 tx.send(chunk(i << 20, c)).await.ok()?;
             }

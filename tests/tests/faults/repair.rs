@@ -4,22 +4,6 @@
 
 use super::*;
 
-/// Flips one byte of the stored blob of `version` of `task`.
-fn damage(server: &ServerProcess, task: &str, version: u64) {
-    let sha: String = server
-        .db()
-        .query_row(
-            "SELECT blob_sha256 FROM models WHERE task = ?1 AND version = ?2",
-            rusqlite::params![task, version as i64],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let path = server.data_dir.join("blobs").join(sha);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_stored_model_fails_its_rounds_with_the_reason_and_is_restored_from_a_copy() {
     let dir = tempfile::tempdir().unwrap();

@@ -87,38 +87,11 @@ async fn a_party_killed_mid_upload_leaves_nothing_and_finishes_after_its_restart
 
     // site-0 "dies" after sending its envelope and the first two of four 1 MiB chunks: its
     // connection is dropped with the stream unfinished.
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(8);
     let h = &env.header;
-    tx.send(upload_start(&a0.id, &env, None, None))
-        .await
-        .unwrap();
+    let (tx, upload) = open_upload(&server, &k0, &a0.id, &env).await;
     for (i, c) in blob.chunks(1 << 20).take(2).enumerate() {
-        tx.send(pb::UploadUpdateRequest {
-            part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
-                offset: (i << 20) as u64,
-                data: c.to_vec(),
-            })),
-        })
-        .await
-        .unwrap();
+        tx.send(chunk(i << 20, c)).await.unwrap();
     }
-    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
-        .await
-        .unwrap();
-    let key = k0.clone();
-    let body = digest_of(&upload_start(&a0.id, &env, None, None));
-    let upload = tokio::spawn(async move {
-        let mut raw = PartyServiceClient::new(channel);
-        let req = sign(
-            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-            "UploadUpdate",
-            "site-0",
-            &key,
-            now_ms(),
-            body,
-        );
-        raw.upload_update(req).await
-    });
     // Let the chunks arrive, then kill the sender mid-stream (its connection goes with it).
     tokio::time::sleep(Duration::from_millis(500)).await;
     upload.abort();
@@ -170,34 +143,13 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing
     let (mut op, spec, key, mut c, a) = one_site(&server, "stall").await;
     let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
     // The envelope and one chunk, then silence with the stream still open (a dead link).
-    let (tx, rx) = tokio::sync::mpsc::channel::<pb::UploadUpdateRequest>(4);
-    tx.send(upload_start(&a.id, &env, None, None))
-        .await
-        .unwrap();
-    tx.send(pb::UploadUpdateRequest {
-        part: Some(pb::upload_update_request::Part::Chunk(pb::BlobChunk {
-            offset: 0,
-            data: blob[..1 << 16].to_vec(),
-        })),
-    })
-    .await
-    .unwrap();
-    let channel = yosegi_proto::transport::channel(&server.url, &server.tls())
-        .await
-        .unwrap();
-    let mut raw = PartyServiceClient::new(channel);
     let started = Instant::now();
-    let req = sign(
-        tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
-        "UploadUpdate",
-        "site-0",
-        &key,
-        now_ms(),
-        digest_of(&upload_start(&a.id, &env, None, None)),
-    );
-    let e = tokio::time::timeout(Duration::from_secs(30), raw.upload_update(req))
+    let (tx, upload) = open_upload(&server, &key, &a.id, &env).await;
+    tx.send(chunk(0, &blob[..1 << 16])).await.unwrap();
+    let e = tokio::time::timeout(Duration::from_secs(30), upload)
         .await
         .expect("the coordinator drops the stalled stream")
+        .unwrap()
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
     assert!(
@@ -235,18 +187,7 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing
     .await;
     // The published model damaged on the coordinator's disk: a download is cut short with
     // DATA_LOSS before its last chunk, never delivered whole.
-    let sha: String = server
-        .db()
-        .query_row(
-            "SELECT blob_sha256 FROM models WHERE task = 'stall' AND version = 1",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    let path = blobs.join(&sha);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0x40;
-    std::fs::write(&path, bytes).unwrap();
+    damage(&server, "stall", 1);
     let e = c
         .download("stall", 1, max_model_blob_bytes(&spec))
         .await

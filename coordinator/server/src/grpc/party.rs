@@ -17,7 +17,7 @@ use crate::blobs::BlobStore;
 use crate::engine::{EngineError, Upload, UploadOutcome};
 use crate::state::now_ms;
 
-use super::receive::{StreamFault, first_message, receive};
+use super::receive::{StreamFault, receive};
 use super::server::{CHUNK, PARTY, PartySvc, change_engine, with_engine};
 
 /// Reads a published model's blob on a blocking thread (never under the engine lock).
@@ -216,7 +216,8 @@ impl PartyService for PartySvc {
     ) -> Result<Response<pb::UploadUpdateResponse>, Status> {
         // The proof covers the first message: authenticate once it is in.
         let (md, ext, mut stream) = req.into_parts();
-        let first = first_message(&mut stream, self.0.config.upload_idle).await?;
+        // (The digest layer ends a call whose first message is late.)
+        let first = stream.message().await?;
         let party = self.0.party(
             &Request::from_parts(md, ext, ()),
             &format!("{PARTY}UploadUpdate"),
@@ -235,14 +236,15 @@ impl PartyService for PartySvc {
                 .as_ref()
                 .ok_or_else(|| Status::invalid_argument("field envelope is missing"))?,
         )?;
+        // One spelling per assignment (the per-assignment limit is keyed on it).
+        let id = start
+            .assignment_id
+            .parse::<yosegi_round::AssignmentId>()
+            .map_err(|e| Status::invalid_argument(format!("field assignment_id: {e}")))?;
+        let assignment = id.to_string();
         // The cap comes from the task named by the assignment (what the coordinator asked for),
         // not from the envelope, whose task must then match it.
-        let task = start
-            .assignment_id
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
+        let task = id.task.to_string();
         if env.header.task.as_str() != task {
             return Err(Status::invalid_argument(format!(
                 "rejected: update of {party} names task {} but answers assignment {}",
@@ -257,12 +259,6 @@ impl PartyService for PartySvc {
                 env.header.blob_len
             )));
         }
-        // One spelling per assignment (the per-assignment limit is keyed on it).
-        let assignment = start
-            .assignment_id
-            .parse::<yosegi_round::AssignmentId>()
-            .map_err(|e| Status::invalid_argument(format!("field assignment_id: {e}")))?
-            .to_string();
         let slot = self
             .0
             .uploads

@@ -231,23 +231,6 @@ impl ChunkPart for pb::RestoreModelRequest {
     }
 }
 
-/// The first message of a client stream, which its call proof covers (so the caller is not
-/// authenticated yet): a stream that sends none within `idle` is dropped, so unauthenticated
-/// streams cannot be held open.
-pub(super) async fn first_message<M>(
-    stream: &mut Streaming<M>,
-    idle: Duration,
-) -> Result<Option<M>, Status> {
-    tokio::time::timeout(idle, stream.message())
-        .await
-        .map_err(|_| {
-            Status::deadline_exceeded(format!(
-                "the stream sent no first message within {} s; dropped",
-                idle.as_secs()
-            ))
-        })?
-}
-
 /// Receives the chunks after the first message into `staged` until the stream ends, at most
 /// `declared` bytes, each chunk written and hashed on a blocking thread.
 pub(super) async fn receive<M: ChunkPart>(
