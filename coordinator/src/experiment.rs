@@ -34,6 +34,7 @@ use shared_model::strategy::{NAMES, StrategyConfig, local_update, options_for, r
 use shared_model::train::{TrainOptions, train};
 use shared_model::update::{Expectations, SignedUpdate, VerifiedUpdate, verify};
 use shared_model::weights::Weights;
+use yosegi_round::Limits;
 
 /// What a task with differential privacy runs, for the notes on skipped strategies.
 /// The task name the simulated federation signs its updates for.
@@ -257,7 +258,13 @@ fn run_strategy(
         .iter()
         .map(|(n, d)| (n.clone(), d.len() as u64))
         .collect();
-    let mut sim = crate::simround::SimFederation::new(TASK, &s.spec, &reported, s.initial.clone())?;
+    let mut sim = crate::simround::SimFederation::new(
+        TASK,
+        &s.spec,
+        &reported,
+        Limits::default(),
+        s.initial.clone(),
+    )?;
     sim.queue(cfg, point.rounds)?;
     let per_pass = if cfg.is_relay() {
         cfg.relay_order(&names).len()

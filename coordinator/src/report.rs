@@ -356,6 +356,7 @@ mod tests {
             spec_name: "s".into(),
             parties: vec!["a".into(), "b".into()],
             latest_version: 2,
+            limits_toml: String::new(),
         };
         let round = |n: u64, parties: Vec<PartyRoundView>, version: u64| RoundView {
             round: n,

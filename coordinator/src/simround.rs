@@ -20,7 +20,7 @@ use yosegi_round::decide::{self, Admission, QueueContext, RoundRequest, UploadCo
 use yosegi_round::memory::Federation;
 use yosegi_round::merge::{MergePath, Merger};
 use yosegi_round::transition::{AcceptedUpdate, PublishedModel};
-use yosegi_round::{AssignmentId, RoundPhase, Transition};
+use yosegi_round::{AssignmentId, Limits, RoundPhase, Transition};
 
 /// A round opened for training: who trains, from which model, at which relay step.
 #[derive(Clone, Debug)]
@@ -46,12 +46,13 @@ pub struct SimFederation {
 }
 
 impl SimFederation {
-    /// A task over `parties` (each with the rows it reported in the statistics step) whose
-    /// statistics step published `initial` as version 0.
+    /// A task over `parties` (each with the rows it reported in the statistics step) with the
+    /// contribution `limits`, whose statistics step published `initial` as version 0.
     pub fn new(
         task: &str,
         spec: &ModelSpec,
         parties: &[(String, u64)],
+        limits: Limits,
         initial: Weights,
     ) -> anyhow::Result<Self> {
         let task = TaskId::new(task)?;
@@ -70,6 +71,7 @@ impl SimFederation {
             spec_toml: String::new(),
             spec_id: spec.id().to_string(),
             parties: parties.clone(),
+            limits,
         })?;
         let model = Model::Single(initial);
         let sha = Sha256::of(&model.encode(spec.id(), BlobRole::Initial));
@@ -207,7 +209,6 @@ impl SimFederation {
         let r = entry.round(round).context("no such round")?;
         let mut updates = updates;
         updates.sort_by(|a, b| a.party().cmp(b.party()));
-        let most = self.reported.values().copied().max().unwrap_or(u64::MAX);
         let outcomes: Vec<Outcome> = updates
             .iter()
             .map(|v| Outcome {
@@ -215,28 +216,33 @@ impl SimFederation {
                 verdict: Ok(Candidate {
                     blob_sha256: r.updates[v.party()].blob_sha256,
                     sample_count: v.sample_count(),
-                    weight: close::merge_weight(
-                        v.sample_count(),
-                        self.reported.get(v.party()).copied(),
-                        most,
-                    ),
+                    // The close decides the weights (the merge happens after it here).
+                    weight: 0,
                     min_cohort: v.header().min_cohort,
                     local_metrics_json: None,
                 }),
             })
             .collect();
-        let weights: BTreeMap<PartyId, u64> = outcomes
-            .iter()
-            .filter_map(|o| o.verdict.as_ref().ok().map(|c| (o.party.clone(), c.weight)))
-            .collect();
-        let t = match close::close(&entry.record, &r.record, &r.parties, outcomes, self.now) {
+        let reported = &self.reported;
+        let t = match close::close(
+            &entry.record,
+            &r.record,
+            &r.parties,
+            outcomes,
+            reported,
+            self.now,
+        ) {
             CloseDecision::Wait => return Err(anyhow!("round {round} is not due")),
             CloseDecision::Fail(t) => *t,
             CloseDecision::Merge(closing) => {
                 let plan = r.record.plan.clone();
                 let mut merger = Merger::new(MergePath::of(&plan, &self.spec));
-                let kept: Vec<&PartyId> = closing.kept.iter().map(|(p, _)| p).collect();
-                for v in updates.into_iter().filter(|v| kept.contains(&v.party())) {
+                let weights: BTreeMap<&PartyId, u64> =
+                    closing.kept.iter().map(|(p, c)| (p, c.weight)).collect();
+                for v in updates
+                    .into_iter()
+                    .filter(|v| weights.contains_key(v.party()))
+                {
                     let weight = weights[v.party()];
                     merger.add(v, weight);
                 }
@@ -281,6 +287,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
+    use yosegi_round::Limits;
+
     use shared_model::blob::{BlobMeta, BlobRole, encode};
     use shared_model::data::load_csv;
     use shared_model::ids::{Sha256, TaskId};
@@ -319,7 +327,7 @@ mod tests {
         engine.create_task("t", &spec_toml, &[], 0).unwrap();
         for (n, d) in names.iter().zip(&data) {
             let sums = FeatureSums::of_rows(&d.features, spec.input_width());
-            engine.submit_sums(n, "t/stats/0", &sums).unwrap();
+            engine.submit_sums(n, "t/stats/0", &sums, 0).unwrap();
         }
         assert!(engine.tick(1).unwrap());
         let cfg = StrategyConfig::parse(strategy, &BTreeMap::new()).unwrap();
@@ -336,7 +344,8 @@ mod tests {
             .zip(&data)
             .map(|(n, d)| (n.clone(), d.len() as u64))
             .collect();
-        let mut sim = SimFederation::new("t", &spec, &reported, initial).unwrap();
+        let mut sim =
+            SimFederation::new("t", &spec, &reported, Limits::default(), initial).unwrap();
         sim.queue(&cfg, rounds).unwrap();
 
         let task = TaskId::new("t").unwrap();

@@ -508,6 +508,8 @@ pub fn evaluate_stats(
     MetricStats::from_predictions(spec.task.kind, &preds, &data.targets)
 }
 
+mod check;
+
 #[cfg(test)]
 mod tests {
     use super::*;

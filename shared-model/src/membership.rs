@@ -230,6 +230,34 @@ pub fn chance_advantage(members: usize, non_members: usize) -> f64 {
     (1.358 * ((m + n) / (m * n)).sqrt()).min(1.0)
 }
 
+impl MembershipAudit {
+    /// Checks an audit received from a party: rows on both sides (at most
+    /// [`crate::stats::MAX_ROWS`]), and AUC, advantage and TPR finite numbers in [0, 1]; errors
+    /// name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, n) in [("members", self.members), ("non_members", self.non_members)] {
+            if n == 0 || n as u64 > crate::stats::MAX_ROWS {
+                return Err(format!(
+                    "membership audit: `{name}` is {n}, expected 1 to {}",
+                    crate::stats::MAX_ROWS
+                ));
+            }
+        }
+        for (name, v) in [
+            ("auc", self.auc),
+            ("advantage", self.advantage),
+            ("tpr_at_1pct_fpr", self.tpr_at_1pct_fpr),
+        ] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                return Err(format!(
+                    "membership audit: `{name}` is {v}, expected a number in [0, 1]"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The gate: `Ok` when the audit had at least [`MIN_AUDIT_ROWS`] rows on each side and its
 /// advantage is at most `max_advantage` (which must be in (0, 1]); otherwise the upload is
 /// refused with the reason.

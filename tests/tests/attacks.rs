@@ -27,31 +27,41 @@ async fn next_train(c: &mut PartyClient) -> party_client::grpc::Assignment {
     panic!("no training assignment arrived");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
-    let sb = Sandbox::start().await;
-    let (spec, _, slices) = wdbc_split(2);
+/// WDBC cut into one slice per name, each name enrolled with its key, task `wdbc` created, and a
+/// party client per name (with its key) connected to the sandbox.
+async fn wdbc_parties(
+    sb: &Sandbox,
+    names: &[&str],
+) -> (
+    shared_model::spec::ModelSpec,
+    Vec<shared_model::data::Dataset>,
+    coordinator::grpc::client::OperatorClient,
+    Vec<(PartyClient, ed25519_dalek::SigningKey)>,
+) {
+    let (spec, _, slices) = wdbc_split(names.len());
     let mut op = sb.operator().await;
-    let fa = sb.party_files("plant-a", &spec, &slices[0]);
-    let fb = sb.party_files("plant-b", &spec, &slices[1]);
-    for f in [&fa, &fb] {
-        op.enroll(
-            &f.name,
-            &shared_model::keys::read_public(&f.public_key).unwrap(),
-        )
-        .await
-        .unwrap();
+    let mut clients = Vec::new();
+    for (name, rows) in names.iter().zip(&slices) {
+        let f = sb.party_files(name, &spec, rows);
+        let public = shared_model::keys::read_public(&f.public_key).unwrap();
+        op.enroll(&f.name, &public).await.unwrap();
+        let key = shared_model::keys::read_private(&f.key).unwrap();
+        let c = PartyClient::connect_with(&sb.url, &sb.client_tls(), name, key.clone())
+            .await
+            .unwrap();
+        clients.push((c, key));
     }
     let text = std::fs::read_to_string(yosegi_tests::data("wdbc.toml")).unwrap();
     op.create_task("wdbc", &text, &[]).await.unwrap();
-    let ka = shared_model::keys::read_private(&fa.key).unwrap();
-    let kb = shared_model::keys::read_private(&fb.key).unwrap();
-    let mut a = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-a", ka.clone())
-        .await
-        .unwrap();
-    let mut b = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-b", kb.clone())
-        .await
-        .unwrap();
+    (spec, slices, op, clients)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
+    let sb = Sandbox::start().await;
+    let (spec, slices, mut op, mut clients) = wdbc_parties(&sb, &["plant-a", "plant-b"]).await;
+    let (mut b, _) = clients.pop().unwrap();
+    let (mut a, ka) = clients.pop().unwrap();
 
     // statistics step, by hand
     for (c, rows) in [(&mut a, &slices[0]), (&mut b, &slices[1])] {
@@ -323,4 +333,112 @@ async fn an_operator_call_whose_body_was_changed_fails_verification() {
     let parties = op.parties().await.unwrap();
     let x = parties.iter().find(|p| p.name == "plant-x").unwrap();
     assert_eq!(x.fingerprint, shared_model::keys::fingerprint(&meant));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn absurd_reports_beside_an_update_or_an_evaluation_are_refused() {
+    use shared_model::eval::MetricStats;
+    use shared_model::membership::MembershipAudit;
+    use shared_model::spec::TaskKind;
+
+    let sb = Sandbox::start().await;
+    let (spec, slices, mut op, mut clients) = wdbc_parties(&sb, &["plant-a"]).await;
+    let (mut a, ka) = clients.pop().unwrap();
+    let asg = a.next_assignment(5_000).await.unwrap().unwrap();
+    a.submit_sums(&asg.id, &FeatureSums::of_rows(&slices[0].features, 30))
+        .await
+        .unwrap();
+    op.start_round("wdbc", "fedavg", Default::default(), 1, 60_000, 1)
+        .await
+        .unwrap();
+    let asg = next_train(&mut a).await;
+    let (signed, base_bytes) = a.download("wdbc", 0, spec.max_blob_bytes()).await.unwrap();
+    let base_manifest = signed.verify(&sb.coordinator_key, now_ms()).unwrap();
+    let base = blob::decode(&base_bytes, &spec, BlobRole::Initial).unwrap();
+    let meta = BlobMeta {
+        spec_id: spec.id(),
+        role: BlobRole::Update,
+    };
+    let good = blob::encode(&base, &meta);
+    let env = SignedUpdate::for_blob(
+        TaskId::new("wdbc").unwrap(),
+        spec.id(),
+        RoundNo(1),
+        StepNo(0),
+        base_manifest.blob_sha256,
+        PartyId::new("plant-a").unwrap(),
+        &good,
+        slices[0].len() as u64,
+        &ka,
+    );
+    // Local metrics of another task kind, then counts that do not add up.
+    let regression = MetricStats::from_predictions(TaskKind::Regression, &[0.5, 1.0], &[0.0, 1.0]);
+    let e = a
+        .upload(&asg.id, &env, good.clone(), Some(&regression))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "local metrics of plant-a: statistics of a regression task, this task is binary"
+        ),
+        "{e}"
+    );
+    let mut inflated = MetricStats::from_predictions(TaskKind::Binary, &[0.9, 0.1], &[1.0, 0.0]);
+    if let MetricStats::Binary { tp, .. } = &mut inflated {
+        *tp = 1_000_000;
+    }
+    let e = a
+        .upload(&asg.id, &env, good.clone(), Some(&inflated))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`pos_hist` does not match `tp` 1000000"), "{e}");
+    // Audit numbers outside [0, 1].
+    let audit = MembershipAudit {
+        members: 100,
+        non_members: 30,
+        auc: 0.5,
+        advantage: 7.0,
+        tpr_at_1pct_fpr: 0.0,
+    };
+    let e = a
+        .upload_with_audit(&asg.id, &env, good.clone(), None, Some(&audit))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("membership audit: `advantage` is 7"), "{e}");
+    // Recorded against the party (its last rejection shows); a sound upload is still accepted.
+    let status = op.status("wdbc").await.unwrap();
+    let reason = &status[0].parties[0].reason;
+    assert!(reason.contains("`advantage` is 7"), "{status:?}");
+    let honest = MetricStats::from_predictions(TaskKind::Binary, &[0.9, 0.1], &[1.0, 0.0]);
+    assert_eq!(
+        a.upload(&asg.id, &env, good.clone(), Some(&honest))
+            .await
+            .unwrap(),
+        Ack::Accepted
+    );
+
+    // An evaluation report with no rows, then a sound one.
+    let eval = loop {
+        let w = a.next_assignment(1_000).await.unwrap();
+        if let Some(w) = w
+            && matches!(w.work, Work::Evaluate { .. })
+        {
+            break w;
+        }
+    };
+    let empty = MetricStats::from_predictions(TaskKind::Binary, &[], &[]);
+    let e = a
+        .report_evaluation(&eval.id, &empty)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("InvalidArgument") || e.contains("invalid argument"),
+        "{e}"
+    );
+    assert!(e.contains("no rows were evaluated"), "{e}");
+    a.report_evaluation(&eval.id, &honest).await.unwrap();
 }

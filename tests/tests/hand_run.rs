@@ -224,5 +224,63 @@ fn a_federation_run_by_hand_with_the_binaries() {
             .unwrap()
             .starts_with("<svg")
     );
+    contribution_limits_from_the_command_line(d, &s(&data("wdbc.toml")), &remote);
     procs.terminate();
+}
+
+/// `task create --limits FILE`: a bad file is refused naming it and the field; the limits show
+/// in `task list`; sums outside a declared feature range show in `round status` as the plants
+/// declining the statistics step with the coordinator's reason.
+fn contribution_limits_from_the_command_line(d: &Path, spec: &str, remote: &[&str]) {
+    let bad = d.join("bad-limits.toml");
+    std::fs::write(&bad, "max_share = 2.0\n").unwrap();
+    let bad_s = bad.to_str().unwrap();
+    let mut args = vec!["task", "create", "--spec", spec, "--name", "ranged"];
+    args.extend(["--limits", bad_s]);
+    args.extend(remote);
+    let out = yosegi_tests::run("coordinator", &args);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("bad-limits.toml") && err.contains("`max_share`"),
+        "{err}"
+    );
+
+    let limits = d.join("limits.toml");
+    std::fs::write(
+        &limits,
+        "[party.plant-a]\nmax_share = 0.9\n[feature.mean_radius]\nmin = 0.0\nmax = 1.0\n",
+    )
+    .unwrap();
+    let limits_s = limits.to_str().unwrap();
+    let mut args = vec!["task", "create", "--spec", spec, "--name", "ranged"];
+    args.extend(["--limits", limits_s]);
+    args.extend(remote);
+    run_ok("coordinator", &args);
+    let mut list = vec!["task", "list"];
+    list.extend(remote);
+    let listed = run_ok("coordinator", &list);
+    assert!(
+        listed.contains("limits: max share 0.5, max weight none, own limits for plant-a, 1 declared feature ranges"),
+        "{listed}"
+    );
+    let mut status = vec!["round", "status", "--task", "ranged"];
+    status.extend(remote);
+    let started = Instant::now();
+    loop {
+        let text = run_ok("coordinator", &status);
+        let refused = text
+            .lines()
+            .filter(|l| {
+                l.contains("declined the statistics step: its feature sums were refused")
+                    && l.contains("\"mean_radius\"")
+                    && l.contains("declared range [0, 1]")
+            })
+            .count();
+        if refused == 3 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

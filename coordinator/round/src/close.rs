@@ -3,6 +3,8 @@
 //! transition that fails or publishes it. The merge itself is [`crate::merge`]; the shell
 //! re-verifies the stored updates and hands the outcomes in.
 
+use std::collections::BTreeMap;
+
 use shared_model::eval::MetricStats;
 use shared_model::ids::{PartyId, Sha256};
 use shared_model::model::{MAX_PARTS, Model};
@@ -17,12 +19,18 @@ pub fn is_due(round: &RoundRecord, parties: &[RoundParty], now: i64) -> bool {
     parties.iter().all(|p| !p.state.is_awaited()) || now >= round.ends_ms.unwrap_or(i64::MAX)
 }
 
-/// The weight of an update in a sample-weighted merge (FedAvg, FedProx, the ensemble): its
-/// signed sample count, but never more than the rows its party reported in the statistics step
-/// (the rows it trains on), and for a party that reported none, never more than the most any
-/// party reported. A party cannot take a merge over by claiming rows it does not have.
-pub fn merge_weight(claimed: u64, reported: Option<u64>, most_reported: u64) -> u64 {
-    claimed.min(reported.unwrap_or(most_reported)).max(1)
+/// The weights of updates in a sample-weighted merge (FedAvg, FedProx, the ensemble), given
+/// as `(party, signed sample count)`: each claim capped by the rows its party reported in the
+/// statistics step (`reported`) and by the task's contribution limits, no party above its share
+/// of the total ([`crate::limits::Limits::weights`]). A party cannot take a merge over by
+/// claiming rows it does not have. A streaming merge folds updates in with the weights of all
+/// accepted ones; the close recomputes them over the kept ones ([`Closing::refold`]).
+pub fn merge_weights(
+    task: &TaskRecord,
+    claims: &[(&PartyId, u64)],
+    reported: &BTreeMap<PartyId, u64>,
+) -> Vec<u64> {
+    task.limits.weights(claims, reported)
 }
 
 /// One stored update after the shell re-verified it (in party order).
@@ -41,7 +49,8 @@ pub struct Candidate {
     pub blob_sha256: Sha256,
     /// Its signed sample count.
     pub sample_count: u64,
-    /// Its weight in a sample-weighted merge ([`merge_weight`]).
+    /// Its weight in a sample-weighted merge ([`merge_weights`]): as folded in before the
+    /// close, then as the close decided over the kept updates.
     pub weight: u64,
     /// Its signed cohort requirement (fewest updates it may be merged with).
     pub min_cohort: u32,
@@ -73,17 +82,20 @@ pub struct Closing {
     pub left_out: Vec<LeftOut>,
     /// Parties still awaited, now late.
     pub late: Vec<Late>,
-    /// True if the cohort rule left out updates after they verified (a streaming sum must be
-    /// folded again from the kept ones).
-    pub cohort_changed: bool,
+    /// True if the merge must be folded again from the kept updates with their weights: the
+    /// cohort rule left out updates after they verified, or the weights changed (a left-out
+    /// update changed the total the shares are taken of).
+    pub refold: bool,
 }
 
-/// Decides the close of a training round from the re-verification outcomes.
+/// Decides the close of a training round from the re-verification outcomes; `reported` holds
+/// the rows each party reported in the statistics step.
 pub fn close(
     task: &TaskRecord,
     round: &RoundRecord,
     parties: &[RoundParty],
     outcomes: Vec<Outcome>,
+    reported: &BTreeMap<PartyId, u64>,
     now: i64,
 ) -> CloseDecision {
     if !is_due(round, parties, now) {
@@ -110,7 +122,7 @@ pub fn close(
         .relay
         .as_ref()
         .map(|r| r.parties.unwrap_or(task.parties.len()));
-    let mut cohort_changed = false;
+    let mut refold = false;
     loop {
         let cohort = relay_cohort.unwrap_or(kept.len());
         let (keep, short): (Vec<_>, Vec<_>) = kept
@@ -120,7 +132,7 @@ pub fn close(
         if short.is_empty() {
             break;
         }
-        cohort_changed = true;
+        refold = true;
         for (party, c) in short {
             left_out.push(LeftOut {
                 party,
@@ -129,6 +141,15 @@ pub fn close(
                     c.min_cohort
                 ),
             });
+        }
+    }
+    // The weights over the updates kept (the shares are of their total).
+    let claims: Vec<(&PartyId, u64)> = kept.iter().map(|(p, c)| (p, c.sample_count)).collect();
+    let weights = merge_weights(task, &claims, reported);
+    for ((_, c), w) in kept.iter_mut().zip(weights) {
+        if c.weight != w {
+            refold = true;
+            c.weight = w;
         }
     }
     let late: Vec<Late> = parties
@@ -147,7 +168,7 @@ pub fn close(
         kept,
         left_out,
         late,
-        cohort_changed,
+        refold,
     };
     if (closing.kept.len() as u32) < round.plan.min_parties {
         let reason = closing.quorum_failure(parties);

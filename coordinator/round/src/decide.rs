@@ -11,6 +11,7 @@ use shared_model::model::MAX_PARTS;
 use shared_model::spec::ModelSpec;
 use shared_model::strategy::{Strategy, StrategyConfig};
 
+use crate::limits::Limits;
 use crate::plan::{RelayStep, RoundPlan};
 use crate::state::{PartyState, RoundPhase};
 use crate::transition::Transition;
@@ -84,6 +85,8 @@ pub struct TaskRecord {
     pub parties: Vec<PartyId>,
     /// The normalisation (JSON) once the statistics step is complete.
     pub normalization: Option<String>,
+    /// How much one party can weigh in its merges and normalisation.
+    pub limits: Limits,
     /// Creation time.
     pub created_ms: i64,
 }
@@ -166,11 +169,13 @@ pub fn revoke(name: &str, known: bool, awaited: Vec<(TaskId, RoundNo)>) -> Decid
 }
 
 /// Creates a task; no `parties` means every enrolled party not revoked. `known` lists every
-/// enrolled party and whether it is revoked.
+/// enrolled party and whether it is revoked. `limits_toml` is the operator's contribution
+/// limits ([`Limits`]; empty = the defaults).
 pub fn create_task(
     name: &str,
     spec_toml: &str,
     parties: &[String],
+    limits_toml: &str,
     known: &[(PartyId, bool)],
 ) -> Decided<Transition> {
     let task = TaskId::new(name).map_err(|e| Refusal::invalid(e.to_string()))?;
@@ -200,11 +205,14 @@ pub fn create_task(
             "a task needs at least one enrolled party",
         ));
     }
+    let limits = Limits::parse(limits_toml, &spec, &parties)
+        .map_err(|e| Refusal::invalid(format!("task {name}: {e}")))?;
     Ok(Transition::CreateTask {
         task,
         spec_toml: spec_toml.to_string(),
         spec_id: spec.id().to_string(),
         parties,
+        limits,
     })
 }
 

@@ -16,6 +16,7 @@
 pub mod assignment;
 pub mod close;
 pub mod decide;
+pub mod limits;
 pub mod memory;
 pub mod merge;
 pub mod plan;
@@ -27,6 +28,7 @@ pub mod work;
 pub use assignment::{AssignmentId, AssignmentKind};
 pub use close::{CloseDecision, Outcome};
 pub use decide::{Refusal, RefusalKind};
+pub use limits::Limits;
 pub use plan::{RelayStep, RoundPlan};
 pub use state::{PartyState, RoundPhase};
 pub use transition::Transition;

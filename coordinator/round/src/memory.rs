@@ -176,6 +176,7 @@ impl Federation {
                 spec_toml,
                 spec_id,
                 parties,
+                limits,
             } => {
                 self.tasks.insert(
                     task.clone(),
@@ -186,6 +187,7 @@ impl Federation {
                             spec_id: spec_id.clone(),
                             parties: parties.clone(),
                             normalization: None,
+                            limits: limits.clone(),
                             created_ms: 0,
                         },
                         sums: BTreeMap::new(),

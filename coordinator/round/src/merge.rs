@@ -80,7 +80,7 @@ impl Merger {
         self.path
     }
 
-    /// Adds one verified update with its merge weight (`close::merge_weight`), folded in at
+    /// Adds one verified update with its merge weight (`close::merge_weights`), folded in at
     /// once on the streaming path.
     pub fn add(&mut self, update: VerifiedUpdate, weight: u64) {
         match self.path {
@@ -96,16 +96,25 @@ impl Merger {
         }
     }
 
-    /// Keeps only the updates of `kept`. Returns false if the updates must be added again
-    /// (the streaming sum cannot take one out): the merge is then empty.
-    pub fn retain(&mut self, kept: &[PartyId]) -> bool {
+    /// Keeps only the updates of `kept`, with the weights given there. Returns false if the
+    /// updates must be added again (the streaming sum cannot take one out or reweigh one): the
+    /// merge is then empty.
+    pub fn retain(&mut self, kept: &[(PartyId, u64)]) -> bool {
         match self.path {
             MergePath::Streaming => {
                 *self = Self::new(self.path);
                 false
             }
             _ => {
-                self.held.retain(|(v, _)| kept.contains(v.party()));
+                self.held.retain_mut(|(v, weight)| {
+                    match kept.iter().find(|(p, _)| p == v.party()) {
+                        Some((_, w)) => {
+                            *weight = *w;
+                            true
+                        }
+                        None => false,
+                    }
+                });
                 true
             }
         }

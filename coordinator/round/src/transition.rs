@@ -5,6 +5,7 @@
 use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, TaskId};
 
 use crate::assignment::AssignmentId;
+use crate::limits::Limits;
 use crate::plan::RoundPlan;
 
 /// A change of durable state. Each variant names everything its write needs: the store
@@ -38,6 +39,8 @@ pub enum Transition {
         spec_id: String,
         /// Its parties.
         parties: Vec<PartyId>,
+        /// Its contribution limits.
+        limits: Limits,
     },
     /// A party's feature sums for the statistics step (not a governance change: not logged).
     RecordSums {
@@ -221,7 +224,7 @@ pub struct Merged {
     pub blob_sha256: Sha256,
     /// Its signed sample count.
     pub sample_count: u64,
-    /// The weight the merge gave it (`close::merge_weight`: the claim capped by reported rows).
+    /// The weight the merge gave it (`close::merge_weights`: the claim capped by reported rows and the task's limits).
     pub weight: u64,
 }
 

@@ -6,7 +6,7 @@ use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
 
 use crate::assignment::{AssignmentId, AssignmentKind};
-use crate::decide::{Refusal, RoundRecord, TaskRecord, WORK_TTL_MS};
+use crate::decide::{MAX_REASON, Refusal, RoundRecord, TaskRecord, WORK_TTL_MS};
 use crate::transition::Transition;
 
 type Decided<T> = Result<T, Refusal>;
@@ -171,17 +171,36 @@ pub fn record_sums(
             task.name
         )));
     }
-    sums.validate(spec.input_width()).map_err(|e| {
-        Refusal::invalid(format!(
-            "feature sums of {party} for task {}: {e}",
-            task.name
-        ))
-    })?;
+    sums.validate(spec.input_width())
+        .map_err(|e| e.to_string())
+        .and_then(|()| task.limits.check_sums(spec, sums))
+        .map_err(|e| {
+            Refusal::invalid(format!(
+                "feature sums of {party} for task {}: {e}",
+                task.name
+            ))
+        })?;
     Ok(Transition::RecordSums {
         task: task.name.clone(),
         party: party.clone(),
         sums_json: serde_json::to_string(sums).expect("sums serialise"),
     })
+}
+
+/// Feature sums refused as invalid (impossible, or outside the declared feature ranges) are
+/// recorded as the party declining the statistics step with the refusal, so the operator sees
+/// the plant's problem; sums it sends later that pass still count.
+pub fn refuse_sums(id: &AssignmentId, party: &PartyId, refusal: &Refusal) -> Transition {
+    let reason = format!("its feature sums were refused: {}", refusal.message);
+    Transition::Decline {
+        assignment: id.clone(),
+        party: party.clone(),
+        reason: if reason.chars().count() > MAX_REASON {
+            reason.chars().take(MAX_REASON).chain("…".chars()).collect()
+        } else {
+            reason
+        },
+    }
 }
 
 /// A party's evaluation of a published version.

@@ -30,6 +30,8 @@ mod close;
 mod dp_tests;
 #[cfg(test)]
 mod fixture;
+#[cfg(test)]
+mod limits_tests;
 mod repair;
 #[cfg(test)]
 mod simulation;
@@ -204,12 +206,26 @@ impl Engine {
         self.commit(at, now, &t).map(drop)
     }
 
-    /// Creates a task; empty `parties` means every enrolled, non-revoked party.
+    /// Creates a task with the default contribution limits; empty `parties` means every
+    /// enrolled, non-revoked party.
     pub fn create_task(
         &mut self,
         name: &str,
         spec_toml: &str,
         parties: &[String],
+        now: i64,
+    ) -> Result<String> {
+        self.create_task_limited(name, spec_toml, parties, "", now)
+    }
+
+    /// Creates a task with the operator's contribution limits (`limits_toml`, empty = the
+    /// defaults; see `yosegi_round::limits`).
+    pub fn create_task_limited(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        parties: &[String],
+        limits_toml: &str,
         now: i64,
     ) -> Result<String> {
         let at = self.store.version()?;
@@ -219,7 +235,7 @@ impl Engine {
             .into_iter()
             .map(|p| (p.name, p.revoked))
             .collect();
-        let t = decide::create_task(name, spec_toml, parties, &known)?;
+        let t = decide::create_task(name, spec_toml, parties, limits_toml, &known)?;
         self.commit(at, now, &t)?;
         let Transition::CreateTask { spec_id, .. } = t else {
             unreachable!("create_task decides a CreateTask")
@@ -302,12 +318,32 @@ impl Engine {
     }
 
     /// Takes a party's feature sums for a task's statistics step.
-    pub fn submit_sums(&mut self, party: &str, assignment: &str, sums: &FeatureSums) -> Result<()> {
+    pub fn submit_sums(
+        &mut self,
+        party: &str,
+        assignment: &str,
+        sums: &FeatureSums,
+        now: i64,
+    ) -> Result<()> {
         let at = self.store.version()?;
         let id = parse_id(assignment)?;
         let (t, spec) = self.task(id.task.as_str())?;
-        let decision = decide::record_sums(&id, &party_id(party)?, &t, &spec, sums)?;
-        self.commit(at, 0, &decision).map(drop)
+        let party = party_id(party)?;
+        match decide::record_sums(&id, &party, &t, &spec, sums) {
+            Ok(decision) => self.commit(at, now, &decision).map(drop),
+            Err(refusal) => {
+                // Sums refused as invalid are recorded (once) as the party declining the
+                // statistics step with the reason, so the operator sees the plant's problem.
+                if refusal.kind == RefusalKind::Invalid
+                    && t.normalization.is_none()
+                    && !self.store.declined(&id, party.as_str())?
+                {
+                    tracing::warn!(task = %t.name, %party, reason = %refusal.message, "feature sums refused");
+                    self.commit(at, now, &decide::refuse_sums(&id, &party, &refusal))?;
+                }
+                Err(refusal.into())
+            }
+        }
     }
 
     /// Fails unless `party` takes part in `task` (parties see only their own tasks' models).
@@ -413,7 +449,10 @@ impl Engine {
     ) -> Result<()> {
         let at = self.store.version()?;
         let id = parse_id(assignment)?;
-        let (t, _) = self.task(id.task.as_str())?;
+        let (t, spec) = self.task(id.task.as_str())?;
+        stats.validate(spec.task.kind).map_err(|e| {
+            EngineError::Invalid(format!("evaluation of {party} for {assignment}: {e}"))
+        })?;
         let exists = match id.kind {
             AssignmentKind::Evaluate(v) => self.store.model(id.task.as_str(), Some(v.0))?.is_some(),
             _ => false,

@@ -32,6 +32,8 @@ pub struct TaskView {
     pub parties: Vec<String>,
     /// Latest published version.
     pub latest_version: u64,
+    /// Contribution limits (TOML, every default written out).
+    pub limits_toml: String,
 }
 
 /// Statistics or evaluation work a party declined (training declines are in the rounds).

@@ -125,6 +125,10 @@ pub enum TaskCommand {
         /// Parties taking part (repeat or comma-separate).
         #[arg(long, value_delimiter = ',')]
         parties: Vec<String>,
+        /// Contribution limits (TOML; docs/CONFIG.md): the largest share and weight of one
+        /// party, per-party exceptions, declared feature ranges. Default: no party above half.
+        #[arg(long)]
+        limits: Option<PathBuf>,
         #[command(flatten)]
         remote: Remote,
     },

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shared_model::spec::ModelSpec;
+use yosegi_round::Limits;
 
 use super::args::{AuditCommand, PartyCommand, RoundCommand, SpecCommand, TaskCommand};
 use crate::remote::connect;
@@ -147,16 +148,31 @@ pub(super) async fn task_command(cmd: TaskCommand) -> anyhow::Result<()> {
             spec,
             name,
             parties,
+            limits,
             remote,
         } => {
             // validate locally first, for an error that names the file
             ModelSpec::from_file(&spec)?;
             let text = std::fs::read_to_string(&spec)
                 .with_context(|| format!("reading {}", spec.display()))?;
+            let limits_text = match &limits {
+                None => String::new(),
+                Some(path) => {
+                    let t = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    Limits::from_toml(&t)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                    t
+                }
+            };
             let id = connect(&remote)
                 .await?
-                .create_task(&name, &text, &parties)
-                .await?;
+                .create_task_limited(&name, &text, &parties, &limits_text)
+                .await
+                .with_context(|| match &limits {
+                    Some(path) => format!("creating task {name} with limits {}", path.display()),
+                    None => format!("creating task {name}"),
+                })?;
             println!("created task {name} (spec {id})");
         }
         TaskCommand::List { remote, json } => {
@@ -173,6 +189,9 @@ pub(super) async fn task_command(cmd: TaskCommand) -> anyhow::Result<()> {
                         t.parties.join(","),
                         t.latest_version
                     );
+                    if let Ok(l) = Limits::from_toml(&t.limits_toml) {
+                        println!("{:<16} {}", "", l.summary());
+                    }
                 }
             }
         }

@@ -7,11 +7,13 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
+use shared_model::ids::PartyId;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
 use shared_model::synthetic::{self, Friedman1};
 use shared_model::weights::Weights;
+use yosegi_round::Limits;
 
 use super::{ExperimentArgs, Point};
 
@@ -163,12 +165,21 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
         .enumerate()
         .map(|(i, idx)| (format!("party-{i:02}"), split.train.subset(idx)))
         .collect();
-    // The statistics step: normalisation from every party's feature sums.
-    let mut sums = FeatureSums::zeros(spec.input_width());
-    for (_, d) in &parties {
-        sums.merge(&FeatureSums::of_rows(&d.features, spec.input_width()))?;
-    }
-    let initial = Weights::initial(&spec, &sums.normalization()?);
+    // The statistics step: normalisation from every party's feature sums, each counted within
+    // the default contribution limits, as a live task does.
+    let sums: Vec<(PartyId, FeatureSums)> = parties
+        .iter()
+        .map(|(n, d)| {
+            Ok((
+                PartyId::new(n)?,
+                FeatureSums::of_rows(&d.features, spec.input_width()),
+            ))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let pooled = Limits::default()
+        .pooled_sums(spec.input_width(), &sums)
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let initial = Weights::initial(&spec, &pooled.normalization()?);
     Ok(Setup {
         spec,
         holdout: split.holdout,

@@ -113,7 +113,7 @@ impl Sim {
             return Err("a second enrolment of one name was applied".into());
         }
         let known: Vec<(PartyId, bool)> = parties.iter().map(|p| (p.clone(), false)).collect();
-        let t = decide::create_task("t", SPEC, &[], &known).map_err(|e| e.to_string())?;
+        let t = decide::create_task("t", SPEC, &[], "", &known).map_err(|e| e.to_string())?;
         apply(&mut fed, &t)?;
         Ok(Self {
             rng,
@@ -256,7 +256,14 @@ impl Sim {
                     },
                 })
                 .collect();
-            let t = match close::close(&e.record, &r.record, &r.parties, outcomes, self.now) {
+            let t = match close::close(
+                &e.record,
+                &r.record,
+                &r.parties,
+                outcomes,
+                &BTreeMap::new(),
+                self.now,
+            ) {
                 CloseDecision::Wait => return Ok(()),
                 CloseDecision::Fail(t) => *t,
                 CloseDecision::Merge(closing) => {

@@ -135,15 +135,17 @@ impl Engine {
         if !missing.is_empty() {
             tracing::warn!(task = %name, missing = ?missing, "statistics deadline passed; normalising with the parties that reported");
         }
-        let mut total = FeatureSums::zeros(spec.input_width());
+        // Each party's sums count only as many rows as the task's limits let it weigh.
+        let mut parts = Vec::new();
         for (party, json) in sums.iter().filter(|(p, _)| reported.contains(p)) {
             let s: FeatureSums = serde_json::from_str(json)
                 .map_err(|e| EngineError::Invalid(format!("stored sums of {party}: {e}")))?;
-            total
-                .merge(&s)
-                .map_err(|e| EngineError::Invalid(format!("sums of {party}: {e}")))?;
+            parts.push((party.clone(), s));
         }
-        let norm = total
+        let norm = t
+            .limits
+            .pooled_sums(spec.input_width(), &parts)
+            .map_err(EngineError::Invalid)?
             .normalization()
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let initial = Model::Single(Weights::initial(spec, &norm));
@@ -240,15 +242,17 @@ impl Engine {
                 .map_err(|e| EngineError::Invalid(format!("stored sums of {party}: {e}")))?;
             reported.insert(party, s.count);
         }
-        let most = reported.values().copied().max().unwrap_or(u64::MAX);
         // Streaming merges fold each update in as soon as it verifies, so the close holds one
-        // update at a time (O(model) memory); the other paths hold all of them.
+        // update at a time (O(model) memory); the other paths hold all of them. Each is folded
+        // in with its weight among all accepted updates; the close recomputes the weights over
+        // the kept ones and asks for a second fold if they changed.
+        let claims: Vec<(&PartyId, u64)> =
+            rows.iter().map(|u| (&u.party, u.sample_count)).collect();
+        let weights = close::merge_weights(t, &claims, &reported);
         let mut merger = Merger::new(MergePath::of(&r.plan, spec));
         let mut outcomes = Vec::with_capacity(rows.len());
-        for u in &rows {
+        for (u, &weight) in rows.iter().zip(&weights) {
             let verdict = self.reverify(spec, r, (base_sha, &base), u).map(|v| {
-                let weight =
-                    close::merge_weight(v.sample_count(), reported.get(&u.party).copied(), most);
                 let c = Candidate {
                     blob_sha256: u.blob_sha256,
                     sample_count: v.sample_count(),
@@ -264,7 +268,7 @@ impl Engine {
                 verdict,
             });
         }
-        let closing = match close::close(t, r, &parties, outcomes, now) {
+        let closing = match close::close(t, r, &parties, outcomes, &reported, now) {
             CloseDecision::Wait => return Ok(false),
             CloseDecision::Fail(decision) => return self.fail(at, r, *decision, now),
             CloseDecision::Merge(closing) => closing,
@@ -272,12 +276,17 @@ impl Engine {
         for l in &closing.left_out {
             tracing::warn!(task = %name, round = r.round.0, party = %l.party, reason = %l.reason);
         }
-        let kept: Vec<PartyId> = closing.kept.iter().map(|(p, _)| p.clone()).collect();
-        if closing.cohort_changed && !merger.retain(&kept) {
-            // Rare: the streaming sum holds updates now left out. Fold the kept ones in again.
+        let kept: Vec<(PartyId, u64)> = closing
+            .kept
+            .iter()
+            .map(|(p, c)| (p.clone(), c.weight))
+            .collect();
+        if closing.refold && !merger.retain(&kept) {
+            // Rare: the streaming sum holds updates now left out, or weights that changed.
+            // Fold the kept ones in again.
             for (u, (_, c)) in rows
                 .iter()
-                .filter(|u| kept.contains(&u.party))
+                .filter(|u| kept.iter().any(|(p, _)| *p == u.party))
                 .zip(&closing.kept)
             {
                 match self.reverify(spec, r, (base_sha, &base), u) {
@@ -306,7 +315,8 @@ impl Engine {
             .map(|m| Contributor {
                 party: m.party,
                 update_sha256: m.blob_sha256,
-                // What the merge weighted it by: its claim, capped by the rows it reported.
+                // What the merge weighted it by: its claim, capped by the rows it reported and
+                // the task's contribution limits.
                 sample_count: m.weight,
             })
             .collect();

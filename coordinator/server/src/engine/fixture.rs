@@ -40,6 +40,20 @@ pub(super) fn sums() -> FeatureSums {
     FeatureSums::of_rows(&[0.0, 1.0, 2.0, 3.0, 4.0, 5.0], 2)
 }
 
+/// A bare engine on a store in `dir` with `n` enrolled parties `plant-0 …` (fresh keys), no task.
+pub(super) fn enrolled_engine(dir: &std::path::Path, n: usize) -> Engine {
+    let store = Store::create(&dir.join("y.db")).unwrap();
+    let blobs = BlobStore::open(&dir.join("blobs")).unwrap();
+    let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
+    for i in 0..n {
+        let k = generate().unwrap();
+        engine
+            .enroll(&format!("plant-{i}"), &k.verifying_key(), 0)
+            .unwrap();
+    }
+    engine
+}
+
 /// An engine with `n` enrolled parties and a task `t` past its statistics step.
 pub(super) fn fixture(n: usize) -> Fixture {
     fixture_with(n, SPEC)
@@ -47,6 +61,16 @@ pub(super) fn fixture(n: usize) -> Fixture {
 
 /// The same with another spec text for the task.
 pub(super) fn fixture_with(n: usize, spec: &str) -> Fixture {
+    fixture_limited(n, spec, "", |_| sums())
+}
+
+/// The same with contribution limits for the task and each party's feature sums.
+pub(super) fn fixture_limited(
+    n: usize,
+    spec: &str,
+    limits: &str,
+    sums_of: impl Fn(usize) -> FeatureSums,
+) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::create(&dir.path().join("y.db")).unwrap();
     let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
@@ -57,9 +81,13 @@ pub(super) fn fixture_with(n: usize, spec: &str) -> Fixture {
     for (name, k) in &keys {
         engine.enroll(name, &k.verifying_key(), 0).unwrap();
     }
-    engine.create_task("t", spec, &[], 0).unwrap();
-    for (name, _) in &keys {
-        engine.submit_sums(name, "t/stats/0", &sums()).unwrap();
+    engine
+        .create_task_limited("t", spec, &[], limits, 0)
+        .unwrap();
+    for (i, (name, _)) in keys.iter().enumerate() {
+        engine
+            .submit_sums(name, "t/stats/0", &sums_of(i), 0)
+            .unwrap();
     }
     assert!(engine.tick(1).unwrap(), "statistics complete");
     Fixture {

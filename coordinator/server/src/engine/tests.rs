@@ -18,7 +18,7 @@ fn impossible_feature_sums_are_refused_with_the_party_named() {
     let mut bad = sums();
     bad.sum[0] = f64::NAN;
     let e = engine
-        .submit_sums("plant-a", "t/stats/0", &bad)
+        .submit_sums("plant-a", "t/stats/0", &bad, 0)
         .unwrap_err();
     assert!(
         e.to_string().contains("plant-a") && e.to_string().contains("feature 0"),
@@ -26,13 +26,19 @@ fn impossible_feature_sums_are_refused_with_the_party_named() {
     );
     let mut huge = sums();
     huge.count = u64::MAX;
-    assert!(engine.submit_sums("plant-a", "t/stats/0", &huge).is_err());
+    assert!(
+        engine
+            .submit_sums("plant-a", "t/stats/0", &huge, 0)
+            .is_err()
+    );
     assert!(
         engine.store().sums("t").unwrap().is_empty(),
         "nothing stored"
     );
     // The statistics step is still open for a good report.
-    engine.submit_sums("plant-a", "t/stats/0", &sums()).unwrap();
+    engine
+        .submit_sums("plant-a", "t/stats/0", &sums(), 0)
+        .unwrap();
 }
 
 #[test]
@@ -70,20 +76,14 @@ fn a_party_revoked_mid_round_cannot_upload_and_is_not_merged() {
 #[test]
 fn too_few_feature_sums_after_declines_fail_the_round_instead_of_exposing_them() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::create(&dir.path().join("y.db")).unwrap();
-    let blobs = BlobStore::open(&dir.path().join("blobs")).unwrap();
-    let mut engine = Engine::new(store, blobs, generate().unwrap(), EngineConfig::default());
-    for i in 0..3 {
-        let k = generate().unwrap();
-        engine
-            .enroll(&format!("plant-{i}"), &k.verifying_key(), 0)
-            .unwrap();
-    }
+    let mut engine = enrolled_engine(dir.path(), 3);
     engine.create_task("t", SPEC, &[], 0).unwrap();
     engine
         .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
         .unwrap();
-    engine.submit_sums("plant-0", "t/stats/0", &sums()).unwrap();
+    engine
+        .submit_sums("plant-0", "t/stats/0", &sums(), 0)
+        .unwrap();
     engine
         .decline("plant-1", "t/stats/0", "site policy", 2)
         .unwrap();

@@ -225,6 +225,19 @@ impl Engine {
                 check_dp_clip(spec, &base, v.weights())
                     .map(|()| v)
                     .map_err(|why| ("dp_clip", format!("update of {party}: {why}")))
+            })
+            .and_then(|v| {
+                // The reports beside it must be possible for this task.
+                if let Some(m) = upload.local_metrics {
+                    m.validate(spec.task.kind).map_err(|why| {
+                        ("bad_metrics", format!("local metrics of {party}: {why}"))
+                    })?;
+                }
+                if let Some(a) = upload.membership_audit {
+                    a.validate()
+                        .map_err(|why| ("bad_audit", format!("update of {party}: {why}")))?;
+                }
+                Ok(v)
             });
         if let Err((code, reason)) = checked {
             // The party stays awaited: the bad upload may have been damaged in transit, so it

@@ -139,18 +139,31 @@ impl OperatorClient {
             .collect())
     }
 
-    /// Creates a task; returns the spec id.
+    /// Creates a task with the default contribution limits; returns the spec id.
     pub async fn create_task(
         &mut self,
         name: &str,
         spec_toml: &str,
         parties: &[String],
     ) -> anyhow::Result<String> {
+        self.create_task_limited(name, spec_toml, parties, "").await
+    }
+
+    /// Creates a task with contribution limits (`limits_toml`, empty = the defaults); returns
+    /// the spec id.
+    pub async fn create_task_limited(
+        &mut self,
+        name: &str,
+        spec_toml: &str,
+        parties: &[String],
+        limits_toml: &str,
+    ) -> anyhow::Result<String> {
         let req = signed(
             pb::CreateTaskRequest {
                 name: name.into(),
                 spec_toml: spec_toml.into(),
                 parties: parties.to_vec(),
+                limits_toml: limits_toml.into(),
             },
             "CreateTask",
             &self.key,
@@ -180,6 +193,7 @@ impl OperatorClient {
                 spec_name: t.spec_name,
                 parties: t.parties,
                 latest_version: t.latest_version,
+                limits_toml: t.limits_toml,
             })
             .collect())
     }

@@ -92,7 +92,7 @@ impl OperatorService for OperatorSvc {
             .operator(&req, &format!("{OPERATOR_SVC}CreateTask"))?;
         let r = req.into_inner();
         let spec_id = change_engine(&self.0, move |e| {
-            e.create_task(&r.name, &r.spec_toml, &r.parties, now_ms())
+            e.create_task_limited(&r.name, &r.spec_toml, &r.parties, &r.limits_toml, now_ms())
         })
         .await?;
         Ok(Response::new(pb::CreateTaskResponse { spec_id }))
@@ -115,6 +115,7 @@ impl OperatorService for OperatorSvc {
                     parties: t.parties.iter().map(|p| p.to_string()).collect(),
                     latest_version: latest,
                     created_unix_ms: t.created_ms,
+                    limits_toml: t.limits.to_toml(),
                 });
             }
             Ok(out)

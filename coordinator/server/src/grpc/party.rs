@@ -176,7 +176,7 @@ impl PartyService for PartySvc {
                 .ok_or_else(|| Status::invalid_argument("field sums is missing"))?,
         );
         change_engine(&self.0, move |e| {
-            e.submit_sums(&party, &r.assignment_id, &sums)
+            e.submit_sums(&party, &r.assignment_id, &sums, now_ms())
         })
         .await?;
         Ok(Response::new(pb::SubmitFeatureSumsResponse {}))
@@ -286,6 +286,15 @@ impl PartyService for PartySvc {
                 blob_sha256: sha,
             }));
         }
+        // The reports beside the update must parse (the engine checks what they say).
+        let reports = parse_reports(&start).map_err(|message| StreamFault::Broken {
+            status: tonic::Code::InvalidArgument,
+            message,
+        });
+        let (metrics, audit) = match reports {
+            Ok(r) => r,
+            Err(fault) => return Err(self.stream_fault(&party, &assignment, &env, fault).await),
+        };
         let staged = with_engine(&self.0, |e| Ok(e.blobs().stage()?)).await?;
         let received = match receive(
             &mut stream,
@@ -298,12 +307,6 @@ impl PartyService for PartySvc {
             Ok(staged) => staged,
             Err(fault) => return Err(self.stream_fault(&party, &assignment, &env, fault).await),
         };
-        let metrics: Option<MetricStats> = start
-            .local_metrics
-            .as_ref()
-            .and_then(|m| serde_json::from_str(&m.json).ok());
-        let audit: Option<shared_model::membership::MembershipAudit> =
-            serde_json::from_str(&start.membership_audit_json).ok();
         let key = self
             .0
             .keys
@@ -364,7 +367,7 @@ impl PartyService for PartySvc {
         let party = self.0.party(&req, &format!("{PARTY}ReportEvaluation"))?;
         let r = req.into_inner();
         let stats: MetricStats = serde_json::from_str(&r.stats.unwrap_or_default().json)
-            .map_err(|e| Status::invalid_argument(format!("field stats: {e}")))?;
+            .map_err(|e| Status::invalid_argument(format!("field stats.json: {e}")))?;
         change_engine(&self.0, move |e| {
             e.report_evaluation(&party, &r.assignment_id, &stats)
         })
@@ -385,4 +388,32 @@ impl PartyService for PartySvc {
         .await?;
         Ok(Response::new(pb::DeclineAssignmentResponse {}))
     }
+}
+
+/// The local metrics and membership audit an upload carries beside its envelope: absent
+/// (an empty field), or JSON that must parse; the error names the field.
+fn parse_reports(
+    start: &pb::UploadStart,
+) -> Result<
+    (
+        Option<MetricStats>,
+        Option<shared_model::membership::MembershipAudit>,
+    ),
+    String,
+> {
+    let metrics = match start.local_metrics.as_ref().map(|m| m.json.as_str()) {
+        None | Some("") => None,
+        Some(json) => Some(
+            serde_json::from_str(json)
+                .map_err(|e| format!("field local_metrics.json does not parse: {e}"))?,
+        ),
+    };
+    let audit = match start.membership_audit_json.as_str() {
+        "" => None,
+        json => Some(
+            serde_json::from_str(json)
+                .map_err(|e| format!("field membership_audit_json does not parse: {e}"))?,
+        ),
+    };
+    Ok((metrics, audit))
 }

@@ -114,17 +114,19 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             spec_toml,
             spec_id,
             parties,
-            ..
+            limits,
         } => {
             let names: Vec<&str> = parties.iter().map(PartyId::as_str).collect();
             let n = tx.execute(
-                "INSERT OR IGNORE INTO tasks (name, spec_toml, spec_id, parties, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![task.as_str(), spec_toml, spec_id, serde_json::to_string(&names).expect("names"), now],
+                "INSERT OR IGNORE INTO tasks (name, spec_toml, spec_id, parties, created_ms, limits) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![task.as_str(), spec_toml, spec_id, serde_json::to_string(&names).expect("names"), now, limits.to_json()],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict(format!("task {task} already exists")));
             }
-            let detail = json!({"spec_id": spec_id, "parties": names});
+            let limits: serde_json::Value =
+                serde_json::from_str(&limits.to_json()).expect("limits are JSON");
+            let detail = json!({"spec_id": spec_id, "parties": names, "limits": limits});
             let event = AuditEvent::new(AuditKind::TaskCreated, detail).task(task.as_str());
             audit::append(tx, now, &event)?;
         }

@@ -6,7 +6,7 @@ use rusqlite::types::Type;
 use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, TaskId};
 use yosegi_round::decide::{RoundParty, RoundRecord, TaskRecord};
 use yosegi_round::transition::{AcceptedUpdate, PublishedModel};
-use yosegi_round::{PartyState, RoundPlan};
+use yosegi_round::{Limits, PartyState, RoundPlan};
 
 /// An accepted update row.
 pub type UpdateRow = AcceptedUpdate;
@@ -64,7 +64,7 @@ pub fn party(r: &Row<'_>) -> rusqlite::Result<PartyRow> {
 }
 
 /// Columns of [`task`].
-pub const TASK_COLS: &str = "name, spec_toml, spec_id, parties, normalization, created_ms";
+pub const TASK_COLS: &str = "name, spec_toml, spec_id, parties, normalization, created_ms, limits";
 
 /// A `tasks` row.
 pub fn task(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
@@ -80,6 +80,7 @@ pub fn task(r: &Row<'_>) -> rusqlite::Result<TaskRecord> {
             .collect::<Result<_, _>>()
             .map_err(|e| bad(3, e))?,
         normalization: r.get(4)?,
+        limits: Limits::from_json(&r.get::<_, String>(6)?).map_err(|e| bad(6, e))?,
         created_ms: r.get(5)?,
     })
 }

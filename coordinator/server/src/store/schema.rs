@@ -3,7 +3,7 @@
 //! the ones `yosegi-round` writes; the schema holds no rules.
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The `declines` table (schema 2): non-training work a party refused (statistics, evaluation).
 macro_rules! declines_ddl {
@@ -38,7 +38,8 @@ CREATE TABLE tasks (
   spec_id TEXT NOT NULL,
   parties TEXT NOT NULL,           -- JSON array of party names
   normalization TEXT,              -- JSON, NULL until the statistics step completes
-  created_ms INTEGER NOT NULL
+  created_ms INTEGER NOT NULL,
+  limits TEXT NOT NULL DEFAULT '{}' -- JSON contribution limits (schema 5; '{}' = the defaults)
 );
 CREATE TABLE feature_sums (
   task TEXT NOT NULL,
@@ -120,4 +121,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     audit_ddl!(),
     // 3 → 4: each accepted update keeps the membership audit its party reported.
     "ALTER TABLE updates ADD COLUMN membership_audit TEXT;",
+    // 4 → 5: each task's contribution limits; older tasks get the defaults (no party above
+    // half of a merge or of the normalisation).
+    "ALTER TABLE tasks ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';",
 ];

@@ -10,7 +10,7 @@ use shared_model::ids::{ModelVersion, RoundNo};
 use shared_model::strategy::StrategyConfig;
 use yosegi_round::state::LATE;
 use yosegi_round::transition::{Late, Merged, RejectionEffect};
-use yosegi_round::{RoundPlan, Transition};
+use yosegi_round::{Limits, RoundPlan, Transition};
 
 use super::*;
 use crate::audit::{self, AuditRecord, ChainBreak};
@@ -48,7 +48,7 @@ fn a_version_1_database_is_upgraded_in_place() {
         // What a version-1 build wrote: no declines table, no governance log.
         s.conn
             .execute_batch(
-                "DROP TABLE declines; DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit",
+                "DROP TABLE declines; DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits",
             )
             .unwrap();
         s.conn.pragma_update(None, "user_version", 1).unwrap();
@@ -63,6 +63,22 @@ fn a_version_1_database_is_upgraded_in_place() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(v, SCHEMA_VERSION);
+}
+
+#[test]
+fn a_version_4_task_is_upgraded_with_the_default_contribution_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("y.db");
+    {
+        let s = lived_store(&path);
+        s.conn
+            .execute_batch("ALTER TABLE tasks DROP COLUMN limits")
+            .unwrap();
+        s.conn.pragma_update(None, "user_version", 4).unwrap();
+    }
+    let s = Store::open(&path).unwrap();
+    let t = s.task("t").unwrap().unwrap();
+    assert_eq!(t.limits, Limits::default());
 }
 
 fn plan() -> RoundPlan {
@@ -159,6 +175,7 @@ fn lived_store(path: &Path) -> Store {
         spec_toml: "spec".into(),
         spec_id: "ab".repeat(32),
         parties: vec![id("plant-a"), id("plant-b")],
+        limits: Limits::default(),
     };
     apply(&mut s, 11, task).unwrap();
     let sums = Transition::RecordSums {
@@ -438,7 +455,9 @@ fn a_version_2_database_is_upgraded_and_logs_from_then_on() {
         assert!(enroll(&mut s, "plant-a", [7; 32], 5).unwrap());
         // What a version-2 build wrote: no governance log.
         s.conn
-            .execute_batch("DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit")
+            .execute_batch(
+                "DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits",
+            )
             .unwrap();
         s.conn.pragma_update(None, "user_version", 2).unwrap();
     }
@@ -475,7 +494,9 @@ fn a_version_3_database_keeps_its_updates_and_stores_audits_from_then_on() {
         let s = Store::create(&path).unwrap();
         // What a version-3 build wrote: updates without the audit column.
         s.conn
-            .execute_batch("ALTER TABLE updates DROP COLUMN membership_audit")
+            .execute_batch(
+                "ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits",
+            )
             .unwrap();
         s.conn
             .execute(
