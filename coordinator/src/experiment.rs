@@ -328,7 +328,7 @@ fn baselines(s: &Setup, point: &Point) -> anyhow::Result<(Metrics, Metrics)> {
         local.push(Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default()));
     }
     let pooled = Dataset::concat(s.parties.iter().map(|(_, d)| d));
-    let out = train(&s.spec, &s.initial, &pooled, &opts)?;
+    let out = train(&s.spec, &s.pooled_initial, &pooled, &opts)?;
     let sharing = Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default());
     Ok((crate::results::mean_metrics(&local), sharing))
 }

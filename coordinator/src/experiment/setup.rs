@@ -143,7 +143,11 @@ pub(super) struct Setup {
     pub(super) spec: ModelSpec,
     pub(super) holdout: Dataset,
     pub(super) parties: Vec<(String, Dataset)>,
+    /// The federation's initial model: normalised by the statistics step under the default
+    /// contribution limits.
     pub(super) initial: Weights,
+    /// The data-sharing baseline's: normalised by every row pooled, no party capped.
+    pub(super) pooled_initial: Weights,
 }
 
 pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::Result<Setup> {
@@ -176,14 +180,22 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let pooled = Limits::default()
-        .pooled_sums(spec.input_width(), &sums)
-        .map_err(|e| anyhow::anyhow!(e))?;
-    let initial = Weights::initial(&spec, &pooled.normalization()?);
+    let normalised = |limits: Limits| -> anyhow::Result<Weights> {
+        let pooled = limits
+            .pooled_sums(spec.input_width(), &sums)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(Weights::initial(&spec, &pooled.normalization()?))
+    };
+    let initial = normalised(Limits::default())?;
+    let pooled_initial = normalised(Limits {
+        max_share: 1.0,
+        ..Limits::default()
+    })?;
     Ok(Setup {
         spec,
         holdout: split.holdout,
         parties,
         initial,
+        pooled_initial,
     })
 }
