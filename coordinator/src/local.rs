@@ -30,6 +30,7 @@ pub struct LocalFederation {
     pub coordinator_key: VerifyingKey,
     /// The operator's key.
     pub operator_key: SigningKey,
+    config: ServeConfig,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
     parties: Vec<(oneshot::Sender<()>, JoinHandle<anyhow::Result<()>>)>,
@@ -66,25 +67,52 @@ impl LocalFederation {
             config.tls = Some(crate::tls::ServerTls::from_data_dir(&data_dir, None)?);
         }
         let operator_key = keys::read_private(&data_dir.join(crate::state::OPERATOR_KEY))?;
-        let data = crate::state::open(&data_dir)?;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding a loopback port")?;
-        let url = format!("https://{}", listener.local_addr()?);
-        let (stop, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(crate::grpc::serve(listener, data, config, async move {
-            let _ = rx.await;
-        }));
-        Ok(Self {
+        let mut fed = Self {
             root: root.to_path_buf(),
-            url,
+            url: String::new(),
             data_dir,
             coordinator_key,
             operator_key,
-            stop: Some(stop),
-            server: Some(server),
+            config,
+            stop: None,
+            server: None,
             parties: Vec::new(),
-        })
+        };
+        fed.serve().await?;
+        Ok(fed)
+    }
+
+    /// Serves the data dir on a new loopback port (sets `url`).
+    async fn serve(&mut self) -> anyhow::Result<()> {
+        let data = crate::state::open(&self.data_dir)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("binding a loopback port")?;
+        self.url = format!("https://{}", listener.local_addr()?);
+        let (stop, rx) = oneshot::channel::<()>();
+        let config = self.config.clone();
+        self.server = Some(tokio::spawn(crate::grpc::serve(
+            listener,
+            data,
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        )));
+        self.stop = Some(stop);
+        Ok(())
+    }
+
+    /// Stops the coordinator (its parties keep running) and serves the same data dir again, as
+    /// after a restart of the process; `url` changes to the new port.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            h.await.context("server task panicked")??;
+        }
+        self.serve().await
     }
 
     /// An operator client.

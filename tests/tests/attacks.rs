@@ -36,7 +36,7 @@ async fn wdbc_parties(
     shared_model::spec::ModelSpec,
     Vec<shared_model::data::Dataset>,
     coordinator::grpc::client::OperatorClient,
-    Vec<(PartyClient, ed25519_dalek::SigningKey)>,
+    Vec<(PartyClient, shared_model::SigningKey)>,
 ) {
     let (spec, _, slices) = wdbc_split(names.len());
     let mut op = sb.operator().await;
@@ -441,4 +441,60 @@ async fn absurd_reports_beside_an_update_or_an_evaluation_are_refused() {
     );
     assert!(e.contains("no rows were evaluated"), "{e}");
     a.report_evaluation(&eval.id, &honest).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_captured_before_a_coordinator_restart_cannot_be_replayed_after_it() {
+    let mut sb = Sandbox::start().await;
+    let (_, _, _, mut clients) = wdbc_parties(&sb, &["plant-a"]).await;
+    let (_, ka) = clients.pop().unwrap();
+    let poll = pb::NextAssignmentRequest { wait_ms: 0 };
+    let signed = |at: i64| {
+        sign(
+            tonic::Request::new(poll),
+            "NextAssignment",
+            "plant-a",
+            &ka,
+            at,
+            party_client::grpc::digest_of(&poll),
+        )
+    };
+    let tls = sb.client_tls();
+    let raw = |url: String| {
+        let tls = tls.clone();
+        async move {
+            let channel = yosegi_proto::transport::channel(&url, &tls).await.unwrap();
+            PartyServiceClient::new(channel)
+        }
+    };
+    let first = signed(now_ms());
+    let captured = first.metadata().clone();
+    raw(sb.url.clone())
+        .await
+        .next_assignment(first)
+        .await
+        .unwrap();
+    // The nonce cache lives in memory: without a bound, a restart would let the same signed
+    // call in again within the clock-skew window.
+    sb.restart().await.unwrap();
+    let mut again = tonic::Request::new(poll);
+    *again.metadata_mut() = captured;
+    let e = raw(sb.url.clone())
+        .await
+        .next_assignment(again)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(
+        e.message().contains("before this coordinator started")
+            && e.message().contains("could be a replay"),
+        "{}",
+        e.message()
+    );
+    // A call signed now goes through.
+    raw(sb.url.clone())
+        .await
+        .next_assignment(signed(now_ms()))
+        .await
+        .unwrap();
 }

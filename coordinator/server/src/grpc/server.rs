@@ -81,6 +81,9 @@ pub(super) struct Shared {
     pub(super) keys: RwLock<HashMap<String, (VerifyingKey, bool)>>,
     pub(super) operator: VerifyingKey,
     pub(super) nonces: Mutex<NonceCache>,
+    /// When this process started serving (Unix ms): nonces seen before are not kept, so a
+    /// call signed earlier is refused (it could be a replay across the restart).
+    pub(super) started_ms: i64,
     pub(super) notify: Notify,
     pub(super) config: ServeConfig,
     pub(super) metrics: crate::metrics::Metrics,
@@ -226,6 +229,12 @@ impl Shared {
         proof
             .verify(&Signature::from_bytes(&sig), &key, now, max)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        if timestamp_ms < self.started_ms {
+            return Err(Status::unauthenticated(format!(
+                "call of {} signed at {timestamp_ms} ms, before this coordinator started at {} ms: nonces of calls before a restart are not kept, so it could be a replay; sign the call again (if this repeats, the caller's clock is behind)",
+                proof.caller, self.started_ms
+            )));
+        }
         if !self
             .nonces
             .lock()
@@ -299,6 +308,7 @@ pub async fn serve(
         keys: RwLock::new(HashMap::new()),
         operator,
         nonces: Mutex::new(NonceCache::default()),
+        started_ms: now_ms(),
         notify: Notify::new(),
         config: config.clone(),
         metrics: crate::metrics::Metrics::default(),
