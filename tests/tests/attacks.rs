@@ -498,3 +498,69 @@ async fn a_call_captured_before_a_coordinator_restart_cannot_be_replayed_after_i
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rotated_party_key_keeps_its_place_and_the_old_key_is_refused_at_once() {
+    let mut sb = Sandbox::start().await;
+    let (_, _, mut op, mut clients) = wdbc_parties(&sb, &["plant-a", "plant-b"]).await;
+    let (mut old, old_key) = clients.remove(0);
+    let before = op.parties().await.unwrap();
+    let new_key = shared_model::keys::generate().unwrap();
+    let (fp, previous) = op
+        .rotate_key("plant-a", &new_key.verifying_key())
+        .await
+        .unwrap();
+    assert_eq!(
+        fp,
+        shared_model::keys::fingerprint(&new_key.verifying_key())
+    );
+    assert_eq!(
+        previous,
+        before
+            .iter()
+            .find(|p| p.name == "plant-a")
+            .unwrap()
+            .fingerprint
+    );
+    // The old key, on a connection opened before the rotation, is refused at its next call.
+    let e = old.next_assignment(0).await.unwrap_err().to_string();
+    assert!(e.contains("Unauthenticated"), "{e}");
+    // The new key has plant-a's place: its statistics assignment of the task it was in.
+    let mut new = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-a", new_key.clone())
+        .await
+        .unwrap();
+    let a = new.next_assignment(5_000).await.unwrap().expect("work");
+    assert_eq!((a.id.as_str(), &a.work), ("wdbc/stats/0", &Work::Stats));
+    // Refusals name what is wrong.
+    let same = op.rotate_key("plant-a", &new_key.verifying_key()).await;
+    assert!(
+        same.unwrap_err()
+            .to_string()
+            .contains("already the key of plant-a")
+    );
+    let nobody = op.rotate_key("plant-z", &new_key.verifying_key()).await;
+    assert!(
+        nobody
+            .unwrap_err()
+            .to_string()
+            .contains("no party named plant-z")
+    );
+    op.revoke("plant-b").await.unwrap();
+    let revoked = op.rotate_key("plant-b", &new_key.verifying_key()).await;
+    assert!(
+        revoked
+            .unwrap_err()
+            .to_string()
+            .contains("plant-b is revoked")
+    );
+    // The rotation is durable: after a restart the new key works and the old one is refused.
+    sb.restart().await.unwrap();
+    let mut new = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-a", new_key)
+        .await
+        .unwrap();
+    new.next_assignment(0).await.unwrap();
+    let mut old = PartyClient::connect_with(&sb.url, &sb.client_tls(), "plant-a", old_key)
+        .await
+        .unwrap();
+    assert!(old.next_assignment(0).await.is_err());
+}

@@ -154,6 +154,31 @@ pub fn enroll(name: &str, public_key: [u8; 32]) -> Decided<Transition> {
     Ok(Transition::EnrollParty { party, public_key })
 }
 
+/// Replaces a party's key, keeping its name and its place in every task; `known` is its
+/// current key and whether it is revoked (`None`: no such party).
+pub fn rotate_key(
+    name: &str,
+    known: Option<([u8; 32], bool)>,
+    public_key: [u8; 32],
+) -> Decided<Transition> {
+    let party =
+        PartyId::new(name).map_err(|_| Refusal::not_found(format!("no party named {name}")))?;
+    match known {
+        None => Err(Refusal::not_found(format!("no party named {name}"))),
+        Some((_, true)) => Err(Refusal::precondition(format!(
+            "party {name} is revoked: a revoked name is not given a new key (enroll the plant under a new name)"
+        ))),
+        Some((old, false)) if old == public_key => Err(Refusal::invalid(format!(
+            "this is already the key of {name}"
+        ))),
+        Some((old, false)) => Ok(Transition::RotateKey {
+            party,
+            public_key,
+            previous: old,
+        }),
+    }
+}
+
 /// Revokes a known party; `awaited` are the open rounds where it is still awaited.
 pub fn revoke(name: &str, known: bool, awaited: Vec<(TaskId, RoundNo)>) -> Decided<Transition> {
     let party =

@@ -145,6 +145,12 @@ impl Federation {
                 self.parties.insert(party.clone(), (*public_key, false));
                 self.log("party_enrolled", None, None, Some(party), String::new());
             }
+            Transition::RotateKey {
+                party, public_key, ..
+            } => {
+                self.parties.get_mut(party).expect("checked").0 = *public_key;
+                self.log("party_key_rotated", None, None, Some(party), String::new());
+            }
             Transition::Revoke {
                 party,
                 reason,
@@ -511,6 +517,15 @@ impl Federation {
             ),
             Transition::Revoke { party, .. } if !self.parties.contains_key(party) => {
                 stale(format!("no party {party}"))
+            }
+            Transition::RotateKey {
+                party, previous, ..
+            } if self
+                .parties
+                .get(party)
+                .is_none_or(|(k, revoked)| k != previous || *revoked) =>
+            {
+                stale(format!("the key of {party} changed"))
             }
             Transition::CreateTask { task, .. } if self.tasks.contains_key(task) => {
                 Err(ApplyError::Conflict(format!("task {task} already exists")))

@@ -19,6 +19,16 @@ pub enum Transition {
         /// Its raw public key.
         public_key: [u8; 32],
     },
+    /// A party's key is replaced (its name and place in tasks kept): the old key is refused
+    /// from then on, and an update it signed that is not yet merged is left out at the close.
+    RotateKey {
+        /// The party.
+        party: PartyId,
+        /// Its new raw public key.
+        public_key: [u8; 32],
+        /// The key it replaces.
+        previous: [u8; 32],
+    },
     /// A party's key is revoked; it stops being awaited in the open rounds listed (each a
     /// leave-out with `reason`).
     Revoke {
@@ -247,7 +257,7 @@ impl Transition {
     /// The task the transition changes, if it changes one.
     pub fn task(&self) -> Option<&TaskId> {
         match self {
-            Self::EnrollParty { .. } | Self::Revoke { .. } => None,
+            Self::EnrollParty { .. } | Self::RotateKey { .. } | Self::Revoke { .. } => None,
             Self::CreateTask { task, .. }
             | Self::RecordSums { task, .. }
             | Self::FixNormalization { task, .. }

@@ -23,6 +23,8 @@ const HASH_DOMAIN: &[u8] = b"yosegi-audit-v1\n";
 pub enum AuditKind {
     /// A party was enrolled with its public key.
     PartyEnrolled,
+    /// A party's key was replaced (its name and place in tasks kept).
+    PartyKeyRotated,
     /// A party was revoked.
     PartyRevoked,
     /// A task was created from a spec.
@@ -54,8 +56,9 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 14] = [
+    pub const ALL: [AuditKind; 15] = [
         Self::PartyEnrolled,
+        Self::PartyKeyRotated,
         Self::PartyRevoked,
         Self::TaskCreated,
         Self::NormalizationFixed,
@@ -75,6 +78,7 @@ impl AuditKind {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::PartyEnrolled => "party_enrolled",
+            Self::PartyKeyRotated => "party_key_rotated",
             Self::PartyRevoked => "party_revoked",
             Self::TaskCreated => "task_created",
             Self::NormalizationFixed => "normalization_fixed",

@@ -193,6 +193,19 @@ impl Engine {
         self.commit(at, now, &t).map(drop)
     }
 
+    /// Replaces a party's key (name and place in tasks kept); the old key is refused from then
+    /// on. Returns the fingerprint of the key replaced.
+    pub fn rotate_key(&mut self, name: &str, key: &VerifyingKey, now: i64) -> Result<String> {
+        let at = self.store.version()?;
+        let known = self.store.party(name)?.map(|p| (p.public_key, p.revoked));
+        let t = decide::rotate_key(name, known, key.to_bytes())?;
+        self.commit(at, now, &t)?;
+        let Transition::RotateKey { previous, .. } = t else {
+            unreachable!("rotate_key decides a RotateKey")
+        };
+        Ok(Sha256::of(&previous).to_string()[..16].to_string())
+    }
+
     /// Revokes a party; in any open round it stops counting as awaited (one transaction).
     pub fn revoke(&mut self, name: &str, now: i64) -> Result<()> {
         let at = self.store.version()?;

@@ -102,6 +102,18 @@ pub enum PartyCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Replace a party's key (lost, exposed or renewed), keeping its name and its place in every
+    /// task: the old key is refused from now on. The plant then runs its daemon with the new key.
+    RotateKey {
+        /// The party's name.
+        #[arg(long)]
+        name: String,
+        /// Its new public key (SPKI PEM, from `party-client keygen`).
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
     /// Revoke a party: its key is refused from now on, mid-round included.
     Revoke {
         /// The party's name.

@@ -134,6 +134,15 @@ pub(super) async fn party_command(cmd: PartyCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        PartyCommand::RotateKey {
+            name,
+            public_key,
+            remote,
+        } => {
+            let key = shared_model::keys::read_public(&public_key)?;
+            let (fp, old) = connect(&remote).await?.rotate_key(&name, &key).await?;
+            println!("{name}: key {old} replaced by {fp}; the old key is refused from now on");
+        }
         PartyCommand::Revoke { name, remote } => {
             connect(&remote).await?.revoke(&name).await?;
             println!("revoked {name}");

@@ -54,6 +54,20 @@ pub(super) fn enrolled_engine(dir: &std::path::Path, n: usize) -> Engine {
     engine
 }
 
+/// A fixture of `n` parties with one FedAvg round (quorum `min`) open, every party's update
+/// accepted, not yet closed.
+pub(super) fn uploaded(n: usize, min: u32) -> Fixture {
+    let mut f = fixture(n);
+    f.engine
+        .start_rounds("t", "fedavg", &BTreeMap::new(), min, 60_000, 1, 1)
+        .unwrap();
+    f.engine.tick(2).unwrap();
+    for i in 0..n {
+        f.upload(i, 1, 3).unwrap();
+    }
+    f
+}
+
 /// An engine with `n` enrolled parties and a task `t` past its statistics step.
 pub(super) fn fixture(n: usize) -> Fixture {
     fixture_with(n, SPEC)

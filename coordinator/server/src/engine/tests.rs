@@ -109,14 +109,7 @@ fn too_few_feature_sums_after_declines_fail_the_round_instead_of_exposing_them()
 
 #[test]
 fn an_update_damaged_on_disk_is_left_out_at_the_close_naming_the_mismatch() {
-    let mut f = fixture(3);
-    f.engine
-        .start_rounds("t", "fedavg", &BTreeMap::new(), 2, 60_000, 1, 1)
-        .unwrap();
-    f.engine.tick(2).unwrap();
-    for i in 0..3 {
-        f.upload(i, 1, 3).unwrap();
-    }
+    let mut f = uploaded(3, 2);
     let damaged = f
         .engine
         .store()
@@ -497,4 +490,44 @@ fn a_huge_claimed_sample_count_cannot_take_over_fedavg() {
     let detail: serde_json::Value = serde_json::from_str(&merged_record.detail).unwrap();
     assert_eq!(detail["updates"][2]["sample_count"], 1_000_000_000_000u64);
     assert_eq!(detail["updates"][2]["weight"], 3, "{detail}");
+}
+
+#[test]
+fn an_update_signed_with_a_rotated_key_is_left_out_and_the_rotation_is_logged() {
+    let mut f = uploaded(3, 2);
+    let old = f.keys[0].1.verifying_key();
+    let new = generate().unwrap().verifying_key();
+    let previous = f.engine.rotate_key("plant-0", &new, 4).unwrap();
+    assert_eq!(previous, shared_model::keys::fingerprint(&old));
+    assert!(f.engine.tick(100_000).unwrap());
+    let p0 = f
+        .engine
+        .store()
+        .round_party("t", 1, "plant-0")
+        .unwrap()
+        .unwrap();
+    assert!(
+        p0.state.reason().contains("update left out of the merge"),
+        "{}",
+        p0.state.reason()
+    );
+    let (signed, _) = f.engine.model("t", None).unwrap();
+    let m: shared_model::manifest::Manifest = serde_json::from_slice(&signed.bytes).unwrap();
+    let merged: Vec<&str> = m.contributors.iter().map(|c| c.party.as_str()).collect();
+    assert_eq!(merged, ["plant-1", "plant-2"]);
+    let rotated = f
+        .engine
+        .store()
+        .audit_records(None, None)
+        .unwrap()
+        .into_iter()
+        .find(|r| r.kind == "party_key_rotated")
+        .expect("logged");
+    let detail: serde_json::Value = serde_json::from_str(&rotated.detail).unwrap();
+    assert_eq!(
+        detail["previous_fingerprint"],
+        shared_model::keys::fingerprint(&old)
+    );
+    assert_eq!(detail["fingerprint"], shared_model::keys::fingerprint(&new));
+    f.engine.store().verify_audit().unwrap();
 }

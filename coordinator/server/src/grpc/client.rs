@@ -105,6 +105,29 @@ impl OperatorClient {
         Ok(r.into_inner().fingerprint)
     }
 
+    /// Replaces a party's key; returns the fingerprints of the new and the replaced key.
+    pub async fn rotate_key(
+        &mut self,
+        name: &str,
+        key: &VerifyingKey,
+    ) -> anyhow::Result<(String, String)> {
+        let req = signed(
+            pb::RotatePartyKeyRequest {
+                name: name.into(),
+                public_key: key.to_bytes().to_vec(),
+            },
+            "RotatePartyKey",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .rotate_party_key(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?
+            .into_inner();
+        Ok((r.fingerprint, r.previous_fingerprint))
+    }
+
     /// Revokes a party.
     pub async fn revoke(&mut self, name: &str) -> anyhow::Result<()> {
         let req = signed(

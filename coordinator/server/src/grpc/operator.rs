@@ -25,13 +25,7 @@ impl OperatorService for OperatorSvc {
         self.0
             .operator(&req, &format!("{OPERATOR_SVC}EnrollParty"))?;
         let r = req.into_inner();
-        let bytes: [u8; 32] = r
-            .public_key
-            .as_slice()
-            .try_into()
-            .map_err(|_| Status::invalid_argument("field public_key: expected 32 bytes"))?;
-        let key = VerifyingKey::from_bytes(&bytes)
-            .map_err(|e| Status::invalid_argument(format!("field public_key: {e}")))?;
+        let key = public_key(&r.public_key)?;
         let shared = self.0.clone();
         change_engine(&self.0, move |e| {
             e.enroll(&r.name, &key, now_ms())?;
@@ -41,6 +35,28 @@ impl OperatorService for OperatorSvc {
         .await?;
         Ok(Response::new(pb::EnrollPartyResponse {
             fingerprint: shared_model::keys::fingerprint(&key),
+        }))
+    }
+
+    async fn rotate_party_key(
+        &self,
+        req: Request<pb::RotatePartyKeyRequest>,
+    ) -> Result<Response<pb::RotatePartyKeyResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}RotatePartyKey"))?;
+        let r = req.into_inner();
+        let key = public_key(&r.public_key)?;
+        let shared = self.0.clone();
+        let previous = change_engine(&self.0, move |e| {
+            let previous = e.rotate_key(&r.name, &key, now_ms())?;
+            // The old key is refused from the next call on.
+            shared.add_key(&r.name, key);
+            Ok(previous)
+        })
+        .await?;
+        Ok(Response::new(pb::RotatePartyKeyResponse {
+            fingerprint: shared_model::keys::fingerprint(&key),
+            previous_fingerprint: previous,
         }))
     }
 
@@ -252,4 +268,13 @@ impl OperatorService for OperatorSvc {
             blob_sha256: sha.to_string(),
         }))
     }
+}
+
+/// A raw 32-byte ed25519 public key from a request's `public_key` field.
+fn public_key(bytes: &[u8]) -> Result<VerifyingKey, Status> {
+    let bytes: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| Status::invalid_argument("field public_key: expected 32 bytes"))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| Status::invalid_argument(format!("field public_key: {e}")))
 }

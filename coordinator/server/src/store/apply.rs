@@ -74,6 +74,30 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             let event = AuditEvent::new(AuditKind::PartyEnrolled, detail).party(party.as_str());
             audit::append(tx, now, &event)?;
         }
+        Transition::RotateKey {
+            party,
+            public_key,
+            previous,
+        } => {
+            // Guarded on the key it replaces: a rotation decided on a stale key writes nothing.
+            let n = tx.execute(
+                "UPDATE parties SET public_key = ?1 WHERE name = ?2 AND public_key = ?3 AND revoked = 0",
+                params![&public_key[..], party.as_str(), &previous[..]],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Stale(format!(
+                    "the key of {party} changed, or it was revoked"
+                )));
+            }
+            let fp = |k: &[u8; 32]| shared_model::ids::Sha256::of(k).to_string()[..16].to_string();
+            let detail = json!({
+                "public_key": hex::encode(public_key),
+                "fingerprint": fp(public_key),
+                "previous_fingerprint": fp(previous),
+            });
+            let event = AuditEvent::new(AuditKind::PartyKeyRotated, detail).party(party.as_str());
+            audit::append(tx, now, &event)?;
+        }
         Transition::Revoke {
             party,
             reason,
