@@ -17,8 +17,8 @@ mod commands;
 
 pub use crate::remote::Remote;
 pub use args::{
-    AuditCommand, DataCommand, ModelCommand, PartyCommand, RoundCommand, SpecCommand, TaskCommand,
-    TlsCommand,
+    AuditCommand, DataCommand, KeyCommand, ModelCommand, PartyCommand, RoundCommand, SpecCommand,
+    TaskCommand, TlsCommand,
 };
 use commands::{audit_command, party_command, round_command, spec_command, task_command};
 
@@ -100,6 +100,9 @@ pub enum Command {
     /// TLS certificates: the federation's private CA, the server's, clients'.
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// The coordinator's signing key.
+    #[command(subcommand)]
+    Key(KeyCommand),
     /// Inspect model specs.
     #[command(subcommand)]
     Spec(SpecCommand),
@@ -239,6 +242,25 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tls(TlsCommand::Init { data_dir, hosts }) => {
             let names = crate::tls::create(&data_dir, &hosts)?;
             print_tls(&data_dir, &names);
+        }
+        Command::Tls(TlsCommand::Renew { data_dir, hosts }) => {
+            let names = crate::tls::renew(&data_dir, &hosts)?;
+            println!(
+                "new server certificate for {} in {} (same CA: plants need nothing); restart the coordinator to serve it",
+                names.join(", "),
+                crate::tls::dir(&data_dir).display()
+            );
+        }
+        Command::Key(KeyCommand::Rotate { data_dir }) => {
+            let r = crate::rotate::rotate(&data_dir, crate::state::now_ms())?;
+            println!(
+                "coordinator key {} replaced by {} (rotation {}, {} manifests signed again); plants follow it from the key they pin — the new public key is {}",
+                r.previous,
+                r.new,
+                r.sequence,
+                r.resigned,
+                data_dir.join(crate::state::COORDINATOR_PUB).display()
+            );
         }
         Command::Tls(TlsCommand::Client {
             data_dir,

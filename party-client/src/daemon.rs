@@ -33,7 +33,7 @@ use crate::state::PartyState;
 /// How long one long poll may wait.
 const POLL_MS: u32 = 10_000;
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -163,7 +163,7 @@ fn train_seed(spec: &ModelSpec, party: &str, round: u64) -> u64 {
 async fn fetch_model(
     c: &mut PartyClient,
     config: &Config,
-    state: &PartyState,
+    state: &mut PartyState,
     spec: &ModelSpec,
     task: &str,
     version: u64,
@@ -171,7 +171,7 @@ async fn fetch_model(
     let (signed, bytes) = c
         .download(task, version, max_model_blob_bytes(spec))
         .await?;
-    let m = signed.verify(&config.coordinator_key, now_ms())?;
+    let m = crate::pinning::verify_manifest(c, config, state, &signed).await?;
     let task_id = TaskId::new(task)?;
     m.check_for(&task_id, spec.id(), state.accepted(task).map(ModelVersion))?;
     anyhow::ensure!(

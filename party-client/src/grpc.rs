@@ -393,6 +393,30 @@ impl PartyClient {
         Ok(())
     }
 
+    /// The rotations of the coordinator's signing key, oldest first (not verified here:
+    /// `shared_model::rotation::follow` does).
+    pub async fn coordinator_keys(
+        &mut self,
+    ) -> anyhow::Result<Vec<shared_model::rotation::SignedRotation>> {
+        let req = self.req(pb::CoordinatorKeysRequest {}, "CoordinatorKeys");
+        let r = self.inner.coordinator_keys(req).await.map_err(status)?;
+        let sig = |b: Vec<u8>| -> anyhow::Result<[u8; 64]> {
+            b.try_into()
+                .map_err(|_| anyhow::anyhow!("a key rotation signature is not 64 bytes"))
+        };
+        r.into_inner()
+            .rotations
+            .into_iter()
+            .map(|k| {
+                Ok(shared_model::rotation::SignedRotation {
+                    statement: k.statement,
+                    by_previous: sig(k.signature_by_previous)?,
+                    by_new: sig(k.signature_by_new)?,
+                })
+            })
+            .collect()
+    }
+
     /// Declines an assignment.
     pub async fn decline(&mut self, assignment: &str, reason: &str) -> anyhow::Result<()> {
         let req = self.req(

@@ -11,5 +11,6 @@ pub mod exit;
 pub mod grpc;
 pub mod inference;
 pub mod local;
+pub mod pinning;
 pub mod policy;
 pub mod state;

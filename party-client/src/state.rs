@@ -1,6 +1,6 @@
 //! The daemon's persistent state in its state dir: the highest model version accepted per task
-//! (so a coordinator cannot roll a site back to an older model, even across restarts) and a log
-//! of acknowledged uploads. `state.json` is written atomically (temp, fsync, rename, fsync dir).
+//! (so a coordinator cannot roll a site back to an older model, even across restarts), the
+//! coordinator key it followed a rotation to (if any), and a log of acknowledged uploads. `state.json` is written atomically (temp, fsync, rename, fsync dir).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -16,6 +16,10 @@ const STATE_FORMAT: u32 = 1;
 struct StateFile {
     format: u32,
     accepted: BTreeMap<String, u64>,
+    /// The coordinator key pinned after following a key rotation (hex); absent: the
+    /// configured `coordinator_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coordinator_key: Option<String>,
 }
 
 /// Persistent state of one party.
@@ -58,6 +62,29 @@ impl PartyState {
         self.file.accepted.get(task).copied()
     }
 
+    /// The coordinator key pinned by a followed rotation, if any.
+    pub fn coordinator_key(&self) -> anyhow::Result<Option<shared_model::VerifyingKey>> {
+        let Some(hex_key) = &self.file.coordinator_key else {
+            return Ok(None);
+        };
+        let bytes: [u8; 32] = hex::decode(hex_key)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| {
+                format!(
+                    "{}: coordinator_key is not 32 bytes of hex",
+                    self.dir.display()
+                )
+            })?;
+        Ok(Some(shared_model::VerifyingKey::from_bytes(&bytes)?))
+    }
+
+    /// Pins `key` as the coordinator's (after following its rotation) and persists atomically.
+    pub fn pin_coordinator_key(&mut self, key: &shared_model::VerifyingKey) -> anyhow::Result<()> {
+        self.file.coordinator_key = Some(hex::encode(key.to_bytes()));
+        self.save()
+    }
+
     /// Records an accepted version (never lowers it) and persists atomically.
     pub fn accept(&mut self, task: &str, version: u64) -> anyhow::Result<()> {
         let v = self
@@ -66,6 +93,10 @@ impl PartyState {
             .entry(task.to_string())
             .or_insert(version);
         *v = (*v).max(version);
+        self.save()
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
         let path = self.dir.join("state.json");
         let tmp = self.dir.join("state.json.tmp");
         let mut f =

@@ -174,6 +174,11 @@ impl NonceCache {
         true
     }
 
+    /// The nonces remembered with their calls' timestamps (to keep them across a restart).
+    pub fn entries(&self) -> impl Iterator<Item = ([u8; 16], i64)> + '_ {
+        self.seen.iter().map(|(n, t)| (*n, *t))
+    }
+
     /// Nonces remembered.
     pub fn len(&self) -> usize {
         self.seen.len()

@@ -18,6 +18,7 @@ pub mod membership;
 pub mod model;
 pub mod network;
 pub mod partition;
+pub mod rotation;
 pub mod spec;
 pub mod stats;
 pub mod strategy;

@@ -96,6 +96,43 @@ impl Procs {
         self.0.push((log.display().to_string(), child));
     }
 
+    /// Starts a `party-client run` daemon for plant `name` whose key and state live in `dir`
+    /// (`party.key.pem`, `state/`, as `party-client keygen --out dir` wrote them), pinned to
+    /// `coordinator_key` and the CA `ca`, on `data`; its log is `dir/../NAME.log`.
+    pub fn daemon(
+        &mut self,
+        server: &str,
+        name: &str,
+        dir: &Path,
+        coordinator_key: &Path,
+        ca: &Path,
+        data: &Path,
+    ) {
+        let s = |p: &Path| p.to_str().expect("utf-8 path").to_string();
+        let log = dir.with_file_name(format!("{name}.log"));
+        self.spawn(
+            "party-client",
+            &[
+                "run",
+                "--server",
+                server,
+                "--name",
+                name,
+                "--key",
+                &s(&dir.join("party.key.pem")),
+                "--coordinator-key",
+                &s(coordinator_key),
+                "--ca",
+                &s(ca),
+                "--data",
+                &s(data),
+                "--state-dir",
+                &s(&dir.join("state")),
+            ],
+            &log,
+        );
+    }
+
     /// Asserts every process is still running (none exited, for instance after losing its
     /// coordinator).
     pub fn assert_running(&mut self) {

@@ -296,26 +296,13 @@ async fn a_restart_mid_round_keeps_its_deadline_and_plants_reconnect_by_themselv
     op.create_task("wdbc", &text, &[]).await.unwrap();
     let mut procs = Procs::default();
     for (i, p) in plants.iter().enumerate() {
-        procs.spawn(
-            "party-client",
-            &[
-                "run",
-                "--server",
-                &server.url,
-                "--name",
-                p,
-                "--key",
-                &s(&d.join(p).join("party.key.pem")),
-                "--coordinator-key",
-                &s(&server.coordinator_pub()),
-                "--ca",
-                &s(&server.data_dir.join("tls/ca.pem")),
-                "--data",
-                &s(&split.join(format!("party-{}.csv", i + 1))),
-                "--state-dir",
-                &s(&d.join(p).join("state")),
-            ],
-            &d.join(format!("{p}.log")),
+        procs.daemon(
+            &server.url,
+            p,
+            &d.join(p),
+            &server.coordinator_pub(),
+            &server.data_dir.join("tls/ca.pem"),
+            &split.join(format!("party-{}.csv", i + 1)),
         );
     }
     let rows = load_csv(&csv, &spec).unwrap();
@@ -464,5 +451,77 @@ async fn clock_skew_inside_the_bound_is_accepted_and_beyond_it_refused_naming_th
             "{m}"
         );
     }
+    server.terminate();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_captured_before_a_crash_cannot_be_replayed_after_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    server.start();
+    let mut op = server.operator().await;
+    let key = shared_model::keys::generate().unwrap();
+    op.enroll("plant-a", &key.verifying_key()).await.unwrap();
+    let poll = pb::NextAssignmentRequest { wait_ms: 0 };
+    let signed = |at: i64| {
+        sign(
+            tonic::Request::new(poll),
+            "NextAssignment",
+            "plant-a",
+            &key,
+            at,
+            digest_of(&poll),
+        )
+    };
+    let (url, tls) = (server.url.clone(), server.tls());
+    let raw = || {
+        let (url, tls) = (url.clone(), tls.clone());
+        async move {
+            let channel = yosegi_proto::transport::channel(&url, &tls).await.unwrap();
+            PartyServiceClient::new(channel)
+        }
+    };
+    let replay = |md: &tonic::metadata::MetadataMap| {
+        let mut again = tonic::Request::new(poll);
+        *again.metadata_mut() = md.clone();
+        again
+    };
+    let first = signed(now_ms());
+    let captured = first.metadata().clone();
+    raw().await.next_assignment(first).await.unwrap();
+    // SIGKILL: the nonces in memory are lost with the process.
+    server.kill();
+    server.start();
+    let e = raw()
+        .await
+        .next_assignment(replay(&captured))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert!(
+        e.message().contains("before this coordinator started")
+            && e.message().contains("could be a replay"),
+        "{}",
+        e.message()
+    );
+    // Fresh calls go through; one captured now survives a graceful restart as a known nonce.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let second = signed(now_ms());
+    let captured = second.metadata().clone();
+    raw().await.next_assignment(second).await.unwrap();
+    server.terminate();
+    server.start();
+    let e = raw()
+        .await
+        .next_assignment(replay(&captured))
+        .await
+        .unwrap_err();
+    assert!(
+        e.message()
+            .contains("call replayed: nonce already used by plant-a"),
+        "{}",
+        e.message()
+    );
+    raw().await.next_assignment(signed(now_ms())).await.unwrap();
     server.terminate();
 }

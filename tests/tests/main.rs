@@ -10,6 +10,7 @@ mod faults;
 mod federation;
 mod hand_run;
 mod policy;
+mod rotation;
 mod strategies;
 mod swarm;
 mod tls;

@@ -145,6 +145,9 @@ impl Federation {
                 self.parties.insert(party.clone(), (*public_key, false));
                 self.log("party_enrolled", None, None, Some(party), String::new());
             }
+            Transition::RotateCoordinatorKey { .. } => {
+                self.log("coordinator_key_rotated", None, None, None, String::new());
+            }
             Transition::RotateKey {
                 party, public_key, ..
             } => {

@@ -19,6 +19,15 @@ pub enum Transition {
         /// Its raw public key.
         public_key: [u8; 32],
     },
+    /// The coordinator's signing key is replaced: the signed rotation statement is stored (parties
+    /// follow it from the key they pin) and every published manifest is signed again with the
+    /// new key (`resigned`: task, version, new signature).
+    RotateCoordinatorKey {
+        /// The statement, signed by the old and the new key.
+        rotation: shared_model::rotation::SignedRotation,
+        /// Every published manifest's new signature.
+        resigned: Vec<(TaskId, ModelVersion, Vec<u8>)>,
+    },
     /// A party's key is replaced (its name and place in tasks kept): the old key is refused
     /// from then on, and an update it signed that is not yet merged is left out at the close.
     RotateKey {
@@ -257,7 +266,10 @@ impl Transition {
     /// The task the transition changes, if it changes one.
     pub fn task(&self) -> Option<&TaskId> {
         match self {
-            Self::EnrollParty { .. } | Self::RotateKey { .. } | Self::Revoke { .. } => None,
+            Self::EnrollParty { .. }
+            | Self::RotateKey { .. }
+            | Self::RotateCoordinatorKey { .. }
+            | Self::Revoke { .. } => None,
             Self::CreateTask { task, .. }
             | Self::RecordSums { task, .. }
             | Self::FixNormalization { task, .. }

@@ -25,6 +25,8 @@ pub enum AuditKind {
     PartyEnrolled,
     /// A party's key was replaced (its name and place in tasks kept).
     PartyKeyRotated,
+    /// The coordinator's signing key was replaced; every manifest was signed again.
+    CoordinatorKeyRotated,
     /// A party was revoked.
     PartyRevoked,
     /// A task was created from a spec.
@@ -56,9 +58,10 @@ pub enum AuditKind {
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 15] = [
+    pub const ALL: [AuditKind; 16] = [
         Self::PartyEnrolled,
         Self::PartyKeyRotated,
+        Self::CoordinatorKeyRotated,
         Self::PartyRevoked,
         Self::TaskCreated,
         Self::NormalizationFixed,
@@ -79,6 +82,7 @@ impl AuditKind {
         match self {
             Self::PartyEnrolled => "party_enrolled",
             Self::PartyKeyRotated => "party_key_rotated",
+            Self::CoordinatorKeyRotated => "coordinator_key_rotated",
             Self::PartyRevoked => "party_revoked",
             Self::TaskCreated => "task_created",
             Self::NormalizationFixed => "normalization_fixed",

@@ -32,6 +32,8 @@ pub struct RawServeConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// An upload stream silent this long is dropped, seconds.
     pub upload_idle_secs: Option<u64>,
+    /// The slowest average rate of an upload stream, KiB/s.
+    pub upload_min_kib_per_sec: Option<u64>,
     /// Validity of published manifests, days.
     pub manifest_ttl_days: Option<u64>,
     /// Upload streams open at once, over all parties.
@@ -40,6 +42,8 @@ pub struct RawServeConfig {
     pub upload_streams_per_party: Option<u64>,
     /// Connections open at once (TCP, before or after the TLS handshake).
     pub max_connections: Option<u64>,
+    /// Connections open at once from one IP address.
+    pub max_connections_per_address: Option<u64>,
     /// A connection whose TLS handshake (or, in plaintext, first byte) has not come in this
     /// long is closed, seconds.
     pub handshake_timeout_secs: Option<u64>,
@@ -108,12 +112,16 @@ impl RawServeConfig {
             tick_ms: over.tick_ms.or(self.tick_ms),
             shutdown_grace_secs: over.shutdown_grace_secs.or(self.shutdown_grace_secs),
             upload_idle_secs: over.upload_idle_secs.or(self.upload_idle_secs),
+            upload_min_kib_per_sec: over.upload_min_kib_per_sec.or(self.upload_min_kib_per_sec),
             manifest_ttl_days: over.manifest_ttl_days.or(self.manifest_ttl_days),
             upload_streams: over.upload_streams.or(self.upload_streams),
             upload_streams_per_party: over
                 .upload_streams_per_party
                 .or(self.upload_streams_per_party),
             max_connections: over.max_connections.or(self.max_connections),
+            max_connections_per_address: over
+                .max_connections_per_address
+                .or(self.max_connections_per_address),
             handshake_timeout_secs: over.handshake_timeout_secs.or(self.handshake_timeout_secs),
             plaintext: over.plaintext.or(self.plaintext),
             tls_cert: over.tls_cert.or(self.tls_cert),
@@ -169,6 +177,14 @@ impl RawServeConfig {
                 1,
                 3_600,
             )?),
+            upload_min_rate: 1024
+                * ranged(
+                    "upload_min_kib_per_sec",
+                    self.upload_min_kib_per_sec,
+                    d.upload_min_rate / 1024,
+                    1,
+                    10_000_000,
+                )?,
             manifest_ttl: Duration::from_secs(
                 86_400
                     * ranged(
@@ -200,6 +216,13 @@ impl RawServeConfig {
                     "max_connections",
                     self.max_connections,
                     d.connections.max as u64,
+                    1,
+                    1_000_000,
+                )? as usize,
+                per_address: ranged(
+                    "max_connections_per_address",
+                    self.max_connections_per_address,
+                    d.connections.per_address as u64,
                     1,
                     1_000_000,
                 )? as usize,

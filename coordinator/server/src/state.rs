@@ -99,10 +99,12 @@ pub fn open(dir: &Path) -> anyhow::Result<DataDir> {
             return Err(e).with_context(|| format!("locking {}", lock_path.display()));
         }
     }
-    let key = keys::read_private(&dir.join(COORDINATOR_KEY))?;
-    let operator = keys::read_public(&dir.join(OPERATOR_PUB))?;
     let store = Store::open(&dir.join(DB))
         .with_context(|| format!("opening {}", dir.join(DB).display()))?;
+    // A key rotation a crash interrupted is finished (or dropped) before the key is read.
+    crate::rotate::recover(dir, &store)?;
+    let key = keys::read_private(&dir.join(COORDINATOR_KEY))?;
+    let operator = keys::read_public(&dir.join(OPERATOR_PUB))?;
     let blobs = BlobStore::open(&dir.join("blobs"))?;
     let referenced = store
         .blob_refs()

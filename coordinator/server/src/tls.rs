@@ -134,6 +134,26 @@ pub fn create(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> 
     std::fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
     let ca_key = KeyPair::generate()?;
     let ca = ca_params()?.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let (names, server_pem, server_key_pem) = server_certificate(&issuer, hosts)?;
+    write_secret(&scratch.join(CA_KEY), &issuer.key().serialize_pem())?;
+    write_public(&scratch.join(CA_CERT), &ca.pem())?;
+    write_secret(&scratch.join(SERVER_KEY), &server_key_pem)?;
+    write_public(&scratch.join(SERVER_CERT), &server_pem)?;
+    if d.exists() {
+        std::fs::remove_dir(&d).with_context(|| format!("replacing the empty {}", d.display()))?;
+    }
+    std::fs::rename(&scratch, &d)
+        .with_context(|| format!("moving {} to {}", scratch.display(), d.display()))?;
+    Ok(names)
+}
+
+/// A server certificate for `hosts` (plus [`DEFAULT_HOSTS`]) with a fresh key, signed by the
+/// CA: (host names, certificate PEM, key PEM).
+fn server_certificate(
+    issuer: &Issuer<'_, KeyPair>,
+    hosts: &[String],
+) -> anyhow::Result<(Vec<String>, String, String)> {
     let mut names: Vec<String> = DEFAULT_HOSTS.iter().map(|h| h.to_string()).collect();
     for h in hosts {
         let h = h.trim();
@@ -145,7 +165,6 @@ pub fn create(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> 
             names.push(h.to_string());
         }
     }
-    let issuer = Issuer::new(ca_params()?, ca_key);
     let mut p = CertificateParams::new(names.clone())
         .with_context(|| format!("server certificate for {names:?}"))?;
     p.distinguished_name
@@ -154,17 +173,36 @@ pub fn create(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> 
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     validity(&mut p);
-    let server_key = KeyPair::generate()?;
-    let server = p.signed_by(&server_key, &issuer)?;
-    write_secret(&scratch.join(CA_KEY), &issuer.key().serialize_pem())?;
-    write_public(&scratch.join(CA_CERT), &ca.pem())?;
-    write_secret(&scratch.join(SERVER_KEY), &server_key.serialize_pem())?;
-    write_public(&scratch.join(SERVER_CERT), &server.pem())?;
-    if d.exists() {
-        std::fs::remove_dir(&d).with_context(|| format!("replacing the empty {}", d.display()))?;
+    let key = KeyPair::generate()?;
+    let cert = p.signed_by(&key, issuer)?;
+    Ok((names, cert.pem(), key.serialize_pem()))
+}
+
+/// Replaces the server certificate and key with new ones from the same CA, for `hosts` (give
+/// every name parties dial again; the defaults are always in). Plants pin the CA, so nothing
+/// changes for them; the coordinator loads the new certificate when it next starts. Each file
+/// is written beside its old one and renamed over it. Returns the host names.
+pub fn renew(data_dir: &Path, hosts: &[String]) -> anyhow::Result<Vec<String>> {
+    let d = dir(data_dir);
+    let ca_key = KeyPair::from_pem(&read_secret(&d.join(CA_KEY))?)
+        .with_context(|| format!("{} is not a private key", d.join(CA_KEY).display()))?;
+    let issuer = Issuer::new(ca_params()?, ca_key);
+    let (names, cert, key) = server_certificate(&issuer, hosts)?;
+    let (key_next, cert_next) = (d.join("server.key.pem.next"), d.join("server.pem.next"));
+    for f in [&key_next, &cert_next] {
+        let _ = std::fs::remove_file(f);
     }
-    std::fs::rename(&scratch, &d)
-        .with_context(|| format!("moving {} to {}", scratch.display(), d.display()))?;
+    write_secret(&key_next, &key)?;
+    write_public(&cert_next, &cert)?;
+    // A crash between the two renames leaves the new key beside the old certificate: run
+    // `tls renew` again before serving.
+    std::fs::rename(&key_next, d.join(SERVER_KEY))
+        .with_context(|| format!("installing {}", d.join(SERVER_KEY).display()))?;
+    std::fs::rename(&cert_next, d.join(SERVER_CERT))
+        .with_context(|| format!("installing {}", d.join(SERVER_CERT).display()))?;
+    std::fs::File::open(&d)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("syncing {}", d.display()))?;
     Ok(names)
 }
 

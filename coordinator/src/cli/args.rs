@@ -20,6 +20,16 @@ pub enum TlsCommand {
         #[arg(long = "host")]
         hosts: Vec<String>,
     },
+    /// Replace the server certificate and key with new ones from the same CA (expiring, or its
+    /// key exposed): plants pin the CA, so none is re-enrolled. Restart the coordinator after.
+    Renew {
+        /// The data directory holding the CA.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// A host name or IP address parties dial (repeat every one given at init).
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
     /// Issue a client certificate for mutual TLS (serve with --client-ca DATA_DIR/tls/ca.pem).
     Client {
         /// The data directory holding the CA.
@@ -247,6 +257,21 @@ pub enum ModelCommand {
         blob: PathBuf,
         #[command(flatten)]
         remote: Remote,
+    },
+}
+
+/// `coordinator key …`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Replace the coordinator's signing key, with the coordinator stopped: the new key is
+    /// announced in a statement signed by the old key and the new one, every published manifest
+    /// is signed again, and plants follow the statement from the key they pin (no plant is
+    /// re-enrolled; after following it they refuse the old key). Logged as
+    /// `coordinator_key_rotated`.
+    Rotate {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
     },
 }
 

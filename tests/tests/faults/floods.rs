@@ -375,3 +375,61 @@ async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     .unwrap();
     server.terminate();
 }
+
+/// Whether the coordinator has closed `s` (or reset it) within `wait`; false if it is still
+/// open and silent.
+fn closed_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 1];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => true,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            false
+        }
+        other => panic!("unexpected read on an idle connection: {other:?}"),
+    }
+}
+
+#[test]
+fn connections_from_one_address_past_its_limit_are_closed_at_accept() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    let metrics_port = yosegi_tests::free_port();
+    std::fs::write(
+        &server.config,
+        format!("handshake_timeout_secs = 30\nmax_connections_per_address = 3\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n"),
+    )
+    .unwrap();
+    server.start();
+    // The readiness probe of `start` is a connection too: wait until it is gone.
+    let until = Instant::now() + Duration::from_secs(10);
+    while metric(metrics_port, "yosegi_connections_open") > 0 {
+        assert!(Instant::now() < until, "the probe connection stayed open");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let connect = || TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    let mut held: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+    // The fourth from this address is closed at once (the handshake deadline is 30 s away).
+    let started = Instant::now();
+    let mut fourth = connect();
+    assert!(closed_within(&mut fourth, Duration::from_secs(5)));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    for s in &mut held {
+        assert!(
+            !closed_within(s, Duration::from_millis(200)),
+            "a connection under the limit was closed"
+        );
+    }
+    assert!(metric(metrics_port, "yosegi_connections_refused_total") >= 1);
+    // A place freed is a place taken again.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut again = connect();
+    assert!(!closed_within(&mut again, Duration::from_millis(300)));
+}

@@ -196,3 +196,64 @@ async fn a_stalled_upload_is_dropped_after_the_idle_timeout_recorded_and_nothing
     assert!(e.contains("DataLoss") && e.contains("is damaged"), "{e}");
     server.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_upload_is_dropped_when_it_falls_below_the_slowest_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::init(dir.path());
+    // Something every second is enough to stay under the idle limit; the whole blob must still
+    // come in within 1 s plus its length at 10000 KiB/s.
+    std::fs::write(
+        &server.config,
+        "tick_ms = 20\nupload_idle_secs = 1\nupload_min_kib_per_sec = 10000\n",
+    )
+    .unwrap();
+    server.start();
+    let (mut op, spec, key, mut c, a) = one_site(&server, "trickle").await;
+    let (blob, env) = update_for(&mut c, &a, &spec, "site-0", &key).await;
+    let limit = Duration::from_secs_f64(1.0 + blob.len() as f64 / (10_000.0 * 1024.0));
+    let started = Instant::now();
+    let (tx, upload) = open_upload(&server, &key, &a.id, &env).await;
+    let trickle = {
+        let blob = blob.clone();
+        tokio::spawn(async move {
+            for (i, part) in blob.chunks(1024).enumerate() {
+                if tx.send(chunk(i * 1024, part)).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    let e = tokio::time::timeout(Duration::from_secs(30), upload)
+        .await
+        .expect("the coordinator drops the trickling stream")
+        .unwrap()
+        .unwrap_err();
+    let took = started.elapsed();
+    trickle.abort();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e:?}");
+    assert!(
+        e.message()
+            .contains("slower than upload_min_kib_per_sec allows"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        took >= limit && took < limit + Duration::from_secs(5),
+        "{took:?} for a limit of {limit:?}"
+    );
+    let rounds = op.status("trickle").await.unwrap();
+    let (state, reason) = state_of(&rounds[0], "site-0");
+    assert_eq!(state, "invited");
+    assert!(
+        reason.contains("slower than upload_min_kib_per_sec"),
+        "{reason}"
+    );
+    // A whole upload at full speed goes through.
+    assert_eq!(
+        c.upload(&a.id, &env, blob, None).await.unwrap(),
+        Ack::Accepted
+    );
+    server.terminate();
+}

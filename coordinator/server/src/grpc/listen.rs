@@ -1,13 +1,16 @@
-//! The accepted connections: at most `max_connections` open at once (one over is closed at
-//! accept), and a connection that has not made its first call within `handshake_timeout_secs`
+//! The accepted connections: at most `max_connections` open at once and
+//! `max_connections_per_address` from one IP address (one over is closed at accept), and a
+//! connection that has not made its first call within `handshake_timeout_secs`
 //! is closed (with TLS, tonic also bounds the TLS handshake by the same time), so idle sockets
 //! — silent, or stopped after a handshake — cannot pile up. The first call is seen by the
 //! digest layer, which sets the connection's [`Started`] flag.
 
+use std::collections::HashMap;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +27,8 @@ use tonic::transport::server::Connected;
 pub struct ConnectionLimit {
     /// Connections open at once.
     pub max: usize,
+    /// Connections open at once from one IP address.
+    pub per_address: usize,
     /// Time to the first byte (and, with TLS, to the end of the handshake).
     pub handshake: Duration,
 }
@@ -32,6 +37,7 @@ impl Default for ConnectionLimit {
     fn default() -> Self {
         Self {
             max: 1024,
+            per_address: 256,
             handshake: Duration::from_secs(10),
         }
     }
@@ -42,6 +48,8 @@ impl Default for ConnectionLimit {
 pub(super) struct Connections {
     limit: ConnectionLimit,
     open: Arc<Semaphore>,
+    /// Open connections per peer address (entries removed at zero).
+    by_address: Mutex<HashMap<IpAddr, usize>>,
     refused: AtomicU64,
 }
 
@@ -50,6 +58,7 @@ impl Connections {
         Arc::new(Self {
             limit,
             open: Arc::new(Semaphore::new(limit.max)),
+            by_address: Mutex::new(HashMap::new()),
             refused: AtomicU64::new(0),
         })
     }
@@ -75,27 +84,87 @@ impl Connections {
                 Ok(s) => s,
                 Err(e) => return Some(Err(e)),
             };
+            let address = match stream.peer_addr() {
+                Ok(a) => match AddressSlot::take(&this, a.ip()) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        this.refuse(
+                            &stream,
+                            "from this address (max_connections_per_address)",
+                            this.limit.per_address,
+                        );
+                        return None;
+                    }
+                },
+                Err(_) => None,
+            };
             match this.open.clone().try_acquire_owned() {
                 Ok(permit) => Some(Ok(Limited {
                     inner: stream,
                     _permit: permit,
+                    _address: address,
                     started: Started::default(),
                     first_call: Some(Box::pin(tokio::time::sleep(this.limit.handshake))),
                 })),
                 Err(_) => {
-                    let n = this.refused.fetch_add(1, Ordering::Relaxed) + 1;
-                    if n.is_power_of_two() {
-                        tracing::warn!(
-                            peer = ?stream.peer_addr().ok(),
-                            refused = n,
-                            "connection closed at accept: {} connections are open, the limit (max_connections)",
-                            this.limit.max
-                        );
-                    }
+                    this.refuse(&stream, "(max_connections)", this.limit.max);
                     None
                 }
             }
         })
+    }
+
+    /// Counts a connection closed at accept, logging the first and then every power of two.
+    fn refuse(&self, stream: &TcpStream, which: &str, limit: usize) {
+        let n = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                peer = ?stream.peer_addr().ok(),
+                refused = n,
+                "connection closed at accept: {limit} connections are open {which}, the limit"
+            );
+        }
+    }
+}
+
+/// A connection's place among those of its peer address; given back when dropped.
+#[derive(Debug)]
+pub(super) struct AddressSlot {
+    connections: Arc<Connections>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(connections: &Arc<Connections>, ip: IpAddr) -> Option<Self> {
+        let mut by = connections
+            .by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let n = by.entry(ip).or_insert(0);
+        if *n >= connections.limit.per_address {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            connections: connections.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut by = self
+            .connections
+            .by_address
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = by.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                by.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -126,6 +195,7 @@ pub(super) struct ConnInfo {
 pub(super) struct Limited {
     inner: TcpStream,
     _permit: OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
     started: Started,
     /// Until the first call has come in.
     first_call: Option<Pin<Box<Sleep>>>,

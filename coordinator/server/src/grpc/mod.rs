@@ -7,6 +7,7 @@ pub mod client;
 pub mod convert;
 mod digest;
 mod listen;
+mod nonces;
 mod operator;
 mod party;
 mod receive;

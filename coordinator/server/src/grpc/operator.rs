@@ -249,7 +249,7 @@ impl OperatorService for OperatorSvc {
             &mut stream,
             staged,
             start.blob_len,
-            self.0.config.upload_idle,
+            self.0.config.upload_pace(),
         )
         .await
         .map_err(|f| f.status("the operator"))?;

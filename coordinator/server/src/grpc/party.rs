@@ -300,7 +300,7 @@ impl PartyService for PartySvc {
             &mut stream,
             staged,
             env.header.blob_len,
-            self.0.config.upload_idle,
+            self.0.config.upload_pace(),
         )
         .await
         {
@@ -373,6 +373,24 @@ impl PartyService for PartySvc {
         })
         .await?;
         Ok(Response::new(pb::ReportEvaluationResponse {}))
+    }
+
+    async fn coordinator_keys(
+        &self,
+        req: Request<pb::CoordinatorKeysRequest>,
+    ) -> Result<Response<pb::CoordinatorKeysResponse>, Status> {
+        self.0.party(&req, &format!("{PARTY}CoordinatorKeys"))?;
+        let rotations = with_engine(&self.0, |e| Ok(e.store().key_rotations()?)).await?;
+        Ok(Response::new(pb::CoordinatorKeysResponse {
+            rotations: rotations
+                .into_iter()
+                .map(|r| pb::KeyRotation {
+                    statement: r.statement,
+                    signature_by_previous: r.by_previous.to_vec(),
+                    signature_by_new: r.by_new.to_vec(),
+                })
+                .collect(),
+        }))
     }
 
     async fn decline_assignment(

@@ -128,6 +128,12 @@ impl Drop for UploadSlot {
 pub(super) enum StreamFault {
     /// Nothing arrived for the idle limit.
     Stalled { secs: u64, received: u64 },
+    /// The stream took longer than its length allows at the slowest accepted rate.
+    TooSlow {
+        secs: u64,
+        received: u64,
+        declared: u64,
+    },
     /// More bytes than the envelope declares.
     TooLong { declared: u64 },
     /// A chunk that does not follow the bytes received.
@@ -150,6 +156,7 @@ impl StreamFault {
     pub(super) fn code(&self) -> &'static str {
         match self {
             Self::Stalled { .. } => "stalled",
+            Self::TooSlow { .. } => "too_slow",
             Self::TooLong { .. } => "too_long",
             Self::Gap { .. } => "chunk_gap",
             Self::NotAChunk => "not_a_chunk",
@@ -174,6 +181,13 @@ impl StreamFault {
             Self::Stalled { secs, received } => format!(
                 "upload of {party} sent nothing for {secs} s after {received} bytes; dropped"
             ),
+            Self::TooSlow {
+                secs,
+                received,
+                declared,
+            } => format!(
+                "upload of {party} sent {received} of {declared} bytes in {secs} s, slower than upload_min_kib_per_sec allows; dropped"
+            ),
             Self::TooLong { declared } => format!(
                 "upload of {party} sends more than the {declared} bytes its envelope declares"
             ),
@@ -197,7 +211,7 @@ impl StreamFault {
     pub(super) fn status(&self, party: &str) -> Status {
         let reason = self.reason(party);
         match self {
-            Self::Stalled { .. } => Status::deadline_exceeded(reason),
+            Self::Stalled { .. } | Self::TooSlow { .. } => Status::deadline_exceeded(reason),
             Self::Storage(_) => Status::unavailable(reason),
             Self::Broken { status, .. } if *status != tonic::Code::InvalidArgument => {
                 Status::new(*status, reason)
@@ -231,20 +245,49 @@ impl ChunkPart for pb::RestoreModelRequest {
     }
 }
 
+/// How fast a stream must send: something every `idle`, and all of its declared length within
+/// `idle` plus the length at `min_rate` bytes per second (a party cannot hold a stream open by
+/// trickling a byte per `idle`).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Pace {
+    pub(super) idle: Duration,
+    pub(super) min_rate: u64,
+}
+
+impl Pace {
+    /// The longest a stream of `declared` bytes may take.
+    fn limit(&self, declared: u64) -> Duration {
+        self.idle + Duration::from_secs_f64(declared as f64 / self.min_rate.max(1) as f64)
+    }
+}
+
 /// Receives the chunks after the first message into `staged` until the stream ends, at most
-/// `declared` bytes, each chunk written and hashed on a blocking thread.
+/// `declared` bytes, each chunk written and hashed on a blocking thread, at `pace` or faster.
 pub(super) async fn receive<M: ChunkPart>(
     stream: &mut Streaming<M>,
     mut staged: Staged,
     declared: u64,
-    idle: Duration,
+    pace: Pace,
 ) -> Result<Staged, StreamFault> {
+    let started = Instant::now();
+    let until = started + pace.limit(declared);
     loop {
-        let next = tokio::time::timeout(idle, stream.message())
+        let left = until.saturating_duration_since(Instant::now());
+        let next = tokio::time::timeout(pace.idle.min(left), stream.message())
             .await
-            .map_err(|_| StreamFault::Stalled {
-                secs: idle.as_secs(),
-                received: staged.len(),
+            .map_err(|_| {
+                if left <= pace.idle {
+                    StreamFault::TooSlow {
+                        secs: started.elapsed().as_secs(),
+                        received: staged.len(),
+                        declared,
+                    }
+                } else {
+                    StreamFault::Stalled {
+                        secs: pace.idle.as_secs(),
+                        received: staged.len(),
+                    }
+                }
             })?;
         let msg = match next {
             Ok(Some(m)) => m,

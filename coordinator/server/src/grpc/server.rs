@@ -39,6 +39,9 @@ pub struct ServeConfig {
     pub grace: Duration,
     /// How long an upload stream may send nothing before it is dropped.
     pub upload_idle: Duration,
+    /// The slowest an upload stream may send on average, bytes per second: a stream is
+    /// dropped once it has taken `upload_idle` plus its declared length at this rate.
+    pub upload_min_rate: u64,
     /// How long a published manifest stays valid.
     pub manifest_ttl: Duration,
     /// How many upload streams may be open at once.
@@ -52,6 +55,16 @@ pub struct ServeConfig {
     pub tls: Option<crate::tls::ServerTls>,
 }
 
+impl ServeConfig {
+    /// How fast an upload stream must send.
+    pub(super) fn upload_pace(&self) -> super::receive::Pace {
+        super::receive::Pace {
+            idle: self.upload_idle,
+            min_rate: self.upload_min_rate,
+        }
+    }
+}
+
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
@@ -60,6 +73,7 @@ impl Default for ServeConfig {
             tick: Duration::from_millis(200),
             grace: Duration::from_secs(10),
             upload_idle: Duration::from_secs(60),
+            upload_min_rate: 64 * 1024,
             manifest_ttl: Duration::from_secs(30 * 86_400),
             uploads: super::receive::UploadLimit::default(),
             connections: super::listen::ConnectionLimit::default(),
@@ -81,9 +95,9 @@ pub(super) struct Shared {
     pub(super) keys: RwLock<HashMap<String, (VerifyingKey, bool)>>,
     pub(super) operator: VerifyingKey,
     pub(super) nonces: Mutex<NonceCache>,
-    /// When this process started serving (Unix ms): nonces seen before are not kept, so a
-    /// call signed earlier is refused (it could be a replay across the restart).
-    pub(super) started_ms: i64,
+    /// After an unclean stop (nonces lost): calls signed before this start (Unix ms) are
+    /// refused, as they could be replays across the restart (`nonces.rs`).
+    pub(super) not_before_ms: Option<i64>,
     pub(super) notify: Notify,
     pub(super) config: ServeConfig,
     pub(super) metrics: crate::metrics::Metrics,
@@ -229,10 +243,12 @@ impl Shared {
         proof
             .verify(&Signature::from_bytes(&sig), &key, now, max)
             .map_err(|e| Status::unauthenticated(e.to_string()))?;
-        if timestamp_ms < self.started_ms {
+        if let Some(start) = self.not_before_ms
+            && timestamp_ms < start
+        {
             return Err(Status::unauthenticated(format!(
-                "call of {} signed at {timestamp_ms} ms, before this coordinator started at {} ms: nonces of calls before a restart are not kept, so it could be a replay; sign the call again (if this repeats, the caller's clock is behind)",
-                proof.caller, self.started_ms
+                "call of {} signed at {timestamp_ms} ms, before this coordinator started at {start} ms after an unclean stop: the nonces of earlier calls were lost, so it could be a replay; sign the call again (if this repeats, the caller's clock is behind)",
+                proof.caller
             )));
         }
         if !self
@@ -295,6 +311,7 @@ pub async fn serve(
     } = data;
     // Held until serving ends: no second coordinator may open this data dir meanwhile.
     let _lock = lock;
+    let resumed = super::nonces::resume(&path, now_ms(), config.max_skew.as_millis() as i64)?;
     let engine = Engine::new(
         store,
         blobs,
@@ -307,8 +324,8 @@ pub async fn serve(
         engine: Arc::new(Mutex::new(engine)),
         keys: RwLock::new(HashMap::new()),
         operator,
-        nonces: Mutex::new(NonceCache::default()),
-        started_ms: now_ms(),
+        nonces: Mutex::new(resumed.cache),
+        not_before_ms: resumed.not_before_ms,
         notify: Notify::new(),
         config: config.clone(),
         metrics: crate::metrics::Metrics::default(),
@@ -441,6 +458,8 @@ pub async fn serve(
     if let Some(m) = metrics_task {
         let _ = m.await;
     }
-    tracing::info!("coordinator stopped");
+    let cache = std::mem::take(&mut *shared.nonces.lock().unwrap_or_else(|p| p.into_inner()));
+    super::nonces::save(&path, &cache)?;
+    tracing::info!(nonces = cache.len(), "coordinator stopped");
     Ok(())
 }

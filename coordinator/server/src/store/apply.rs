@@ -74,6 +74,44 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             let event = AuditEvent::new(AuditKind::PartyEnrolled, detail).party(party.as_str());
             audit::append(tx, now, &event)?;
         }
+        Transition::RotateCoordinatorKey { rotation, resigned } => {
+            let r = rotation
+                .rotation()
+                .map_err(|e| StoreError::Stale(format!("a rotation statement: {e}")))?;
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO key_rotations (sequence, statement, by_previous, by_new, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![r.sequence as i64, &rotation.statement, &rotation.by_previous[..], &rotation.by_new[..], now],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict(format!(
+                    "key rotation {} is already recorded",
+                    r.sequence
+                )));
+            }
+            for (task, version, signature) in resigned {
+                let n = tx.execute(
+                    "UPDATE models SET signature = ?3 WHERE task = ?1 AND version = ?2",
+                    params![task.as_str(), version.0 as i64, signature],
+                )?;
+                one(n, || format!("no model {version} of {task}"))?;
+            }
+            let fp = |k: &str| {
+                hex::decode(k)
+                    .map(|b| shared_model::ids::Sha256::of(&b).to_string()[..16].to_string())
+                    .unwrap_or_default()
+            };
+            let detail = json!({
+                "sequence": r.sequence,
+                "previous_fingerprint": fp(&r.previous_key),
+                "fingerprint": fp(&r.new_key),
+                "manifests_resigned": resigned.len(),
+            });
+            audit::append(
+                tx,
+                now,
+                &AuditEvent::new(AuditKind::CoordinatorKeyRotated, detail),
+            )?;
+        }
         Transition::RotateKey {
             party,
             public_key,

@@ -13,6 +13,52 @@ use super::{Result, Store};
 use crate::audit::{self, AuditRecord, ChainHead};
 
 impl Store {
+    /// The rotations of the coordinator's signing key, oldest first.
+    pub fn key_rotations(&self) -> Result<Vec<shared_model::rotation::SignedRotation>> {
+        let mut st = self.conn.prepare_cached(
+            "SELECT statement, by_previous, by_new FROM key_rotations ORDER BY sequence",
+        )?;
+        let rows = st.query_map([], |r| {
+            let sig = |i: usize| -> rusqlite::Result<[u8; 64]> {
+                let b: Vec<u8> = r.get(i)?;
+                b.try_into().map_err(|_| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        i,
+                        rusqlite::types::Type::Blob,
+                        "a signature is 64 bytes".into(),
+                    )
+                })
+            };
+            Ok(shared_model::rotation::SignedRotation {
+                statement: r.get(0)?,
+                by_previous: sig(1)?,
+                by_new: sig(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Every published manifest: (task, version, manifest bytes), to sign again.
+    pub fn all_manifests(&self) -> Result<Vec<(TaskId, ModelVersion, Vec<u8>)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT task, version, manifest FROM models ORDER BY task, version")?;
+        let rows = st.query_map([], |r| {
+            let task: String = r.get(0)?;
+            let version: i64 = r.get(1)?;
+            Ok((task, version, r.get::<_, Vec<u8>>(2)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (task, version, manifest) = row?;
+            let task = TaskId::new(task).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?;
+            out.push((task, ModelVersion(version as u64), manifest));
+        }
+        Ok(out)
+    }
+
     /// Records an authenticated call (not a governance change).
     pub fn touch_party(&self, name: &str, now: i64) -> Result<()> {
         self.conn.execute(

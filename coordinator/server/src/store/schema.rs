@@ -3,12 +3,19 @@
 //! the ones `yosegi-round` writes; the schema holds no rules.
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The `declines` table (schema 2): non-training work a party refused (statistics, evaluation).
 macro_rules! declines_ddl {
     () => {
         "CREATE TABLE declines (task TEXT NOT NULL, assignment TEXT NOT NULL, party TEXT NOT NULL, reason TEXT NOT NULL, at_ms INTEGER NOT NULL, PRIMARY KEY (task, assignment, party));"
+    };
+}
+
+/// Rotations of the coordinator's signing key (schema 6), in order.
+macro_rules! rotations_ddl {
+    () => {
+        "CREATE TABLE key_rotations (sequence INTEGER PRIMARY KEY, statement BLOB NOT NULL, by_previous BLOB NOT NULL, by_new BLOB NOT NULL, at_ms INTEGER NOT NULL);"
     };
 }
 
@@ -110,7 +117,9 @@ CREATE TABLE evaluations (
 "#,
     declines_ddl!(),
     "\n",
-    audit_ddl!()
+    audit_ddl!(),
+    "\n",
+    rotations_ddl!()
 );
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` upgrades version `v`.
@@ -124,4 +133,6 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 4 → 5: each task's contribution limits; older tasks get the defaults (no party above
     // half of a merge or of the normalisation).
     "ALTER TABLE tasks ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';",
+    // 5 → 6: rotations of the coordinator's signing key.
+    rotations_ddl!(),
 ];

@@ -1,0 +1,86 @@
+//! Nonces across restarts. The nonce cache lives in memory; at a graceful shutdown it is saved
+//! to `nonces.json` in the data dir and loaded again at the next start, so a call captured before
+//! the restart is still refused as a replay. A coordinator that did not shut down cleanly (its
+//! `serving.marker` is still there, no saved nonces) lost them: it then refuses every call
+//! signed before it started (a caller signs again; one whose clock lags by L is refused for L).
+//! A data dir served for the first time has nothing to replay.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use shared_model::auth::NonceCache;
+
+const SAVED: &str = "nonces.json";
+const RUNNING: &str = "serving.marker";
+const FORMAT: &str = "yosegi.nonces.v1";
+
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    format: String,
+    /// (nonce as hex, the call's timestamp in Unix ms).
+    nonces: Vec<(String, i64)>,
+}
+
+/// The nonce state a start resumes from.
+#[derive(Debug, Default)]
+pub(super) struct Resumed {
+    /// Nonces saved at the last graceful shutdown (those still inside the skew window).
+    pub(super) cache: NonceCache,
+    /// After an unclean stop: calls signed before this time are refused.
+    pub(super) not_before_ms: Option<i64>,
+}
+
+/// Loads the nonces a graceful shutdown saved, or, if the last run did not end cleanly, sets
+/// the start time as the earliest timestamp accepted; marks the data dir as being served.
+pub(super) fn resume(dir: &Path, now_ms: i64, max_skew_ms: i64) -> anyhow::Result<Resumed> {
+    let (saved, running) = (dir.join(SAVED), dir.join(RUNNING));
+    let mut out = Resumed::default();
+    if saved.exists() {
+        let text = std::fs::read_to_string(&saved)
+            .with_context(|| format!("reading {}", saved.display()))?;
+        let s: Saved = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a saved nonce list", saved.display()))?;
+        anyhow::ensure!(
+            s.format == FORMAT,
+            "{}: format {:?}",
+            saved.display(),
+            s.format
+        );
+        for (hex_nonce, ts) in s.nonces {
+            let nonce: [u8; 16] = hex::decode(&hex_nonce)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .with_context(|| format!("{}: a nonce is not 16 bytes of hex", saved.display()))?;
+            out.cache.insert(nonce, ts, now_ms, max_skew_ms);
+        }
+        std::fs::remove_file(&saved).with_context(|| format!("removing {}", saved.display()))?;
+    } else if running.exists() {
+        tracing::warn!(
+            "the last run of this coordinator did not shut down cleanly: its nonces are lost, so calls signed before now are refused (callers sign again)"
+        );
+        out.not_before_ms = Some(now_ms);
+    }
+    std::fs::File::create(&running)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("creating {}", running.display()))?;
+    Ok(out)
+}
+
+/// Saves the nonce cache at a graceful shutdown (atomically) and clears the running mark.
+pub(super) fn save(dir: &Path, cache: &NonceCache) -> anyhow::Result<()> {
+    let s = Saved {
+        format: FORMAT.into(),
+        nonces: cache.entries().map(|(n, t)| (hex::encode(n), t)).collect(),
+    };
+    let (tmp, saved) = (dir.join(format!("{SAVED}.tmp")), dir.join(SAVED));
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(&serde_json::to_vec(&s)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &saved).with_context(|| format!("replacing {}", saved.display()))?;
+    std::fs::remove_file(dir.join(RUNNING)).ok();
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
