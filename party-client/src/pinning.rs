@@ -2,7 +2,8 @@
 //! rotates its key — then the newest key of the rotation chain it serves, followed from the
 //! pinned key (each step signed by the key it replaces and by the new key), pinned in the state
 //! dir. Only the pinned key verifies manifests: once a party followed a rotation, the old key
-//! is refused.
+//! is refused. Configuring another `coordinator_key` (handed over out of band, e.g. after a
+//! stolen key signed a rotation) drops the pin.
 
 use shared_model::manifest::{Manifest, ManifestError, SignedManifest};
 use shared_model::{VerifyingKey, keys, rotation};
@@ -13,7 +14,9 @@ use crate::state::PartyState;
 
 /// The key the party trusts now.
 pub fn pinned(config: &Config, state: &PartyState) -> anyhow::Result<VerifyingKey> {
-    Ok(state.coordinator_key()?.unwrap_or(config.coordinator_key))
+    Ok(state
+        .coordinator_key(&config.coordinator_key)?
+        .unwrap_or(config.coordinator_key))
 }
 
 /// Verifies `signed` with the pinned key; when its signature does not verify, follows the
@@ -37,7 +40,7 @@ pub async fn verify_manifest(
         return Err(ManifestError::BadSignature.into());
     }
     let m = signed.verify(&newest, now)?;
-    state.pin_coordinator_key(&newest)?;
+    state.pin_coordinator_key(&newest, &config.coordinator_key)?;
     tracing::warn!(
         previous = %keys::fingerprint(&key),
         new = %keys::fingerprint(&newest),

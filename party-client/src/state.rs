@@ -20,6 +20,10 @@ struct StateFile {
     /// configured `coordinator_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     coordinator_key: Option<String>,
+    /// The configured key the pin was followed from (hex): a different configured key (the
+    /// operator handed the plant a new one out of band) drops the pin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pinned_from: Option<String>,
 }
 
 /// Persistent state of one party.
@@ -62,11 +66,22 @@ impl PartyState {
         self.file.accepted.get(task).copied()
     }
 
-    /// The coordinator key pinned by a followed rotation, if any.
-    pub fn coordinator_key(&self) -> anyhow::Result<Option<shared_model::VerifyingKey>> {
+    /// The coordinator key pinned by a rotation followed from `configured`, if any. A pin
+    /// followed from another configured key no longer applies: the configured key wins.
+    pub fn coordinator_key(
+        &self,
+        configured: &shared_model::VerifyingKey,
+    ) -> anyhow::Result<Option<shared_model::VerifyingKey>> {
         let Some(hex_key) = &self.file.coordinator_key else {
             return Ok(None);
         };
+        if self.file.pinned_from.as_deref() != Some(hex::encode(configured.to_bytes()).as_str()) {
+            tracing::warn!(
+                state_dir = %self.dir.display(),
+                "the configured coordinator_key changed since a key rotation was followed: trusting the configured key, not the pinned one"
+            );
+            return Ok(None);
+        }
         let bytes: [u8; 32] = hex::decode(hex_key)
             .ok()
             .and_then(|b| b.try_into().ok())
@@ -79,9 +94,15 @@ impl PartyState {
         Ok(Some(shared_model::VerifyingKey::from_bytes(&bytes)?))
     }
 
-    /// Pins `key` as the coordinator's (after following its rotation) and persists atomically.
-    pub fn pin_coordinator_key(&mut self, key: &shared_model::VerifyingKey) -> anyhow::Result<()> {
+    /// Pins `key` as the coordinator's, followed from the `configured` key, and persists
+    /// atomically.
+    pub fn pin_coordinator_key(
+        &mut self,
+        key: &shared_model::VerifyingKey,
+        configured: &shared_model::VerifyingKey,
+    ) -> anyhow::Result<()> {
         self.file.coordinator_key = Some(hex::encode(key.to_bytes()));
+        self.file.pinned_from = Some(hex::encode(configured.to_bytes()));
         self.save()
     }
 
@@ -135,5 +156,22 @@ mod tests {
         s.accept("t", 2).unwrap();
         let s = PartyState::load(dir.path()).unwrap();
         assert_eq!(s.accepted("t"), Some(3));
+    }
+
+    #[test]
+    fn a_pinned_coordinator_key_persists_and_yields_to_a_newly_configured_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (configured, rotated, handed_over) = (
+            shared_model::keys::generate().unwrap().verifying_key(),
+            shared_model::keys::generate().unwrap().verifying_key(),
+            shared_model::keys::generate().unwrap().verifying_key(),
+        );
+        let mut s = PartyState::load(dir.path()).unwrap();
+        assert_eq!(s.coordinator_key(&configured).unwrap(), None);
+        s.pin_coordinator_key(&rotated, &configured).unwrap();
+        let s = PartyState::load(dir.path()).unwrap();
+        assert_eq!(s.coordinator_key(&configured).unwrap(), Some(rotated));
+        // The operator hands the plant another key out of band: it is trusted, not the pin.
+        assert_eq!(s.coordinator_key(&handed_over).unwrap(), None);
     }
 }

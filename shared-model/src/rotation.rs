@@ -13,6 +13,9 @@ pub const FORMAT: &str = "yosegi.key-rotation.v1";
 
 const DOMAIN: &[u8] = b"yosegi.v1.key-rotation\0";
 
+/// The most rotations a party follows in one chain.
+pub const MAX_ROTATIONS: usize = 1000;
+
 /// What a rotation says (signed as its exact JSON bytes).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +62,10 @@ pub enum RotationError {
         /// `previous` or `new`.
         which: &'static str,
     },
+    /// Two statements replace the same key, or share a sequence number: the chain forks, and
+    /// which branch is genuine cannot be told.
+    #[error("the key rotations fork: {0}; refusing to follow either branch")]
+    Forked(String),
     /// The chain does not pass through the pinned key.
     #[error("no key rotation starts from the pinned coordinator key {pinned}")]
     NotFromPinned {
@@ -118,6 +125,12 @@ pub fn follow(
     pinned: &VerifyingKey,
     chain: &[SignedRotation],
 ) -> Result<VerifyingKey, RotationError> {
+    if chain.len() > MAX_ROTATIONS {
+        return Err(RotationError::Malformed {
+            index: MAX_ROTATIONS,
+            why: format!("more than {MAX_ROTATIONS} rotations"),
+        });
+    }
     let mut parsed = Vec::with_capacity(chain.len());
     for (index, s) in chain.iter().enumerate() {
         let r = s
@@ -132,6 +145,21 @@ pub fn follow(
         parsed.push((r.sequence, prev, new, s));
     }
     parsed.sort_by_key(|(seq, ..)| *seq);
+    for (i, (seq, prev, ..)) in parsed.iter().enumerate() {
+        for (other_seq, other_prev, ..) in &parsed[i + 1..] {
+            if seq == other_seq {
+                return Err(RotationError::Forked(format!(
+                    "two statements have sequence {seq}"
+                )));
+            }
+            if prev == other_prev {
+                return Err(RotationError::Forked(format!(
+                    "rotations {seq} and {other_seq} both replace key {}",
+                    crate::keys::fingerprint(prev)
+                )));
+            }
+        }
+    }
     let mut current = *pinned;
     let mut moved = false;
     let mut last_seq = 0;
@@ -228,6 +256,15 @@ mod tests {
         assert!(matches!(
             follow(&evil.verifying_key(), &chain),
             Err(RotationError::NotFromPinned { .. })
+        ));
+        // Two statements replacing the same key: a fork, refused whichever is served first.
+        let fork = [
+            SignedRotation::sign(&k0, &k1, 1, 10),
+            SignedRotation::sign(&k0, &evil, 2, 11),
+        ];
+        assert!(matches!(
+            follow(&k0.verifying_key(), &fork),
+            Err(RotationError::Forked(_))
         ));
         // A statement that does not parse.
         let mut bad = chain[0].clone();

@@ -282,6 +282,13 @@ pub fn share_capped(weights: &[(u64, f64)]) -> Vec<u64> {
     if weights.iter().all(|&(_, s)| s >= 1.0) {
         return weights.iter().map(|&(w, _)| w).collect();
     }
+    // No party holds more than 2^40 rows (the cap on a signed sample count), and below 2^53
+    // the f64 arithmetic is exact for whole weights.
+    let clamped: Vec<(u64, f64)> = weights
+        .iter()
+        .map(|&(w, s)| (w.min(shared_model::stats::MAX_ROWS), s))
+        .collect();
+    let weights = &clamped[..];
     // Breakpoints b_i = w_i / s_i: party i is capped exactly when T < b_i.
     let mut order: Vec<usize> = (0..weights.len()).collect();
     let bp = |i: usize| weights[i].0 as f64 / weights[i].1;
@@ -310,13 +317,36 @@ pub fn share_capped(weights: &[(u64, f64)]) -> Vec<u64> {
     // Every weight capped: only Σ s_i = 1 has a positive total, and then any; take the
     // smallest breakpoint, where each weight is its share.
     let t = total.unwrap_or_else(|| order.last().map_or(0.0, |&i| bp(i)));
-    weights
+    let mut out: Vec<u64> = weights
         .iter()
         .map(|&(w, s)| {
             let w = w as f64;
             (w.min(s * t * (1.0 + 1e-12)).floor().min(w) as u64).max(1)
         })
-        .collect()
+        .collect();
+    // Rounding each weight down lowers the total, which can leave a capped weight above its
+    // share of the rounded total: lower each such weight to its share of the others' total,
+    // o ≤ s·(rest + o), until none is above (never below 1).
+    if weights.iter().map(|&(_, s)| s).sum::<f64>() > 1.0 {
+        for _ in 0..=weights.len() {
+            let sum: u64 = out.iter().sum();
+            let mut changed = false;
+            for (o, &(_, s)) in out.iter_mut().zip(weights) {
+                if s < 1.0 && *o as f64 > s * sum as f64 {
+                    let rest = (sum - *o) as f64;
+                    let most = ((s * rest / (1.0 - s)).floor() as u64).max(1);
+                    if most < *o {
+                        *o = most;
+                        changed = true;
+                    }
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]

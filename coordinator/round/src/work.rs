@@ -189,7 +189,9 @@ pub fn record_sums(
 
 /// Feature sums refused as invalid (impossible, or outside the declared feature ranges) are
 /// recorded as the party declining the statistics step with the refusal, so the operator sees
-/// the plant's problem; sums it sends later that pass still count.
+/// the plant's problem. Sums it sends later that pass still count if they arrive before the
+/// step completes — which, the refused plant counting as answered, can be as soon as every
+/// other party has reported.
 pub fn refuse_sums(id: &AssignmentId, party: &PartyId, refusal: &Refusal) -> Transition {
     let reason = format!("its feature sums were refused: {}", refusal.message);
     Transition::Decline {

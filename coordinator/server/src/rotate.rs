@@ -44,6 +44,11 @@ pub fn rotate(dir: &Path, now: i64) -> anyhow::Result<Rotated> {
     let new = keys::generate()?;
     let next = dir.join(NEXT_KEY);
     keys::write_private(&next, &new)?;
+    // Durable before the commit names the key: a power loss cannot leave a database whose
+    // newest key no file holds.
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))?;
     let sequence = data.store.key_rotations()?.len() as u64 + 1;
     let rotation = SignedRotation::sign(&data.key, &new, sequence, now);
     let resigned = data
@@ -119,8 +124,18 @@ pub fn recover(dir: &Path, store: &Store) -> anyhow::Result<()> {
             hex::encode(key.verifying_key().to_bytes()) == newest,
             "{} is not the newest coordinator key the database records (its key rotations end at {}); restore the key file that goes with this database",
             dir.join(COORDINATOR_KEY).display(),
-            &newest[..16]
+            newest.get(..16).unwrap_or(&newest)
         );
+        // A crash between the two renames of an install leaves the old public key file.
+        let public = keys::read_public(&dir.join(COORDINATOR_PUB)).ok();
+        if public != Some(key.verifying_key()) {
+            tracing::warn!(data_dir = %dir.display(), "rewriting the public key file of the current coordinator key");
+            let next = dir.join(format!("{COORDINATOR_PUB}.next"));
+            let _ = std::fs::remove_file(&next);
+            keys::write_public(&next, &key.verifying_key())?;
+            std::fs::rename(&next, dir.join(COORDINATOR_PUB))
+                .with_context(|| format!("installing {}", dir.join(COORDINATOR_PUB).display()))?;
+        }
     }
     Ok(())
 }

@@ -124,13 +124,33 @@ fn share_capping_holds_its_properties_on_random_weights() {
         let feasible = ws.iter().map(|&(_, s)| s).sum::<f64>() > 1.0;
         for (i, (&(w, s), &o)) in ws.iter().zip(&out).enumerate() {
             assert!(o >= 1 && o <= w, "{ws:?} → {out:?}");
-            if feasible {
-                // Within rounding (weights are whole numbers).
+            if feasible && o > 1 {
+                // No weight above its share of the total, after rounding too.
                 assert!(
-                    o as f64 <= s * total + n as f64,
+                    o as f64 <= s * total * (1.0 + 1e-12),
                     "party {i}: {ws:?} → {out:?}"
                 );
             }
+        }
+        if feasible {
+            // The largest total the rule allows (bisection on T = Σ min(w_i, s_i·T)), kept
+            // up to rounding: the rule lowers only what it must.
+            let f = |t: f64| ws.iter().map(|&(w, s)| (w as f64).min(s * t)).sum::<f64>();
+            let (mut lo, mut hi) = (0.0, ws.iter().map(|&(w, _)| w as f64).sum::<f64>());
+            for _ in 0..200 {
+                let mid = (lo + hi) / 2.0;
+                if f(mid) >= mid { lo = mid } else { hi = mid }
+            }
+            let smallest = ws.iter().map(|&(_, s)| s).fold(1.0, f64::min);
+            let slack = 2.0 * n as f64 / smallest + 1.0;
+            assert!(
+                total >= lo * (1.0 - 1e-9) - slack,
+                "{ws:?} → {out:?}: total {total}, best {lo}"
+            );
+            assert!(
+                total <= hi * (1.0 + 1e-9) + 1.0,
+                "{ws:?} → {out:?}: total {total}, best {hi}"
+            );
         }
         if !feasible && n > 0 {
             // Proportional to the shares (each party capped).
@@ -170,6 +190,15 @@ fn the_largest_total_is_kept_when_shares_allow_it() {
         "one party is its own merge"
     );
     assert_eq!(share_capped(&[(5, 1.0), (9, 1.0)]), vec![5, 9]);
+    // Rounding down must not leave a capped weight above its share (4 of 6 > 0.6 before).
+    let out = share_capped(&[(10, 0.6), (10, 0.25), (1, 0.5)]);
+    let total: u64 = out.iter().sum();
+    assert!(out[0] as f64 <= 0.6 * total as f64, "{out:?}");
+    // Above 2^53 a weight is clamped to 2^40 first, so the others keep theirs.
+    assert_eq!(
+        share_capped(&[(1 << 63, 0.5), (5, 0.5), (7, 0.5)]),
+        vec![12, 5, 7]
+    );
 }
 
 #[test]

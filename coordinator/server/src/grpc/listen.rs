@@ -37,7 +37,7 @@ impl Default for ConnectionLimit {
     fn default() -> Self {
         Self {
             max: 1024,
-            per_address: 256,
+            per_address: 128,
             handshake: Duration::from_secs(10),
         }
     }
@@ -85,7 +85,7 @@ impl Connections {
                 Err(e) => return Some(Err(e)),
             };
             let address = match stream.peer_addr() {
-                Ok(a) => match AddressSlot::take(&this, a.ip()) {
+                Ok(a) => match AddressSlot::take(&this, network_of(a.ip())) {
                     Some(slot) => Some(slot),
                     None => {
                         this.refuse(
@@ -124,6 +124,21 @@ impl Connections {
                 "connection closed at accept: {limit} connections are open {which}, the limit"
             );
         }
+    }
+}
+
+/// The address a connection counts against: an IPv4 address itself, an IPv6 address by its
+/// /64 (one site or host holds a whole /64), an IPv4-mapped IPv6 address as IPv4.
+fn network_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 

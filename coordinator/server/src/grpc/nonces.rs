@@ -1,8 +1,8 @@
 //! Nonces across restarts. The nonce cache lives in memory; at a graceful shutdown it is saved
 //! to `nonces.json` in the data dir and loaded again at the next start, so a call captured before
 //! the restart is still refused as a replay. A coordinator that did not shut down cleanly (its
-//! `serving.marker` is still there, no saved nonces) lost them: it then refuses every call
-//! signed before it started (a caller signs again; one whose clock lags by L is refused for L).
+//! `serving.marker` is still there) lost them: it then refuses every call signed before it
+//! started (a caller signs again; one whose clock lags by L is refused for L).
 //! A data dir served for the first time has nothing to replay.
 
 use std::io::Write as _;
@@ -37,6 +37,21 @@ pub(super) struct Resumed {
 pub(super) fn resume(dir: &Path, now_ms: i64, max_skew_ms: i64) -> anyhow::Result<Resumed> {
     let (saved, running) = (dir.join(SAVED), dir.join(RUNNING));
     let mut out = Resumed::default();
+    // The mark is made durable before the saved nonces are consumed: a crash in between can
+    // then only make the next start stricter, never let it forget that nonces were lost.
+    let unclean = running.exists();
+    std::fs::File::create(&running)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("creating {}", running.display()))?;
+    sync_dir(dir)?;
+    if unclean {
+        // Still marked from the last run: it did not finish its shutdown (a saved file beside
+        // the mark may be from an older stop).
+        tracing::warn!(
+            "the last run of this coordinator did not shut down cleanly: its nonces are lost, so calls signed before now are refused (callers sign again)"
+        );
+        out.not_before_ms = Some(now_ms);
+    }
     if saved.exists() {
         let text = std::fs::read_to_string(&saved)
             .with_context(|| format!("reading {}", saved.display()))?;
@@ -56,16 +71,15 @@ pub(super) fn resume(dir: &Path, now_ms: i64, max_skew_ms: i64) -> anyhow::Resul
             out.cache.insert(nonce, ts, now_ms, max_skew_ms);
         }
         std::fs::remove_file(&saved).with_context(|| format!("removing {}", saved.display()))?;
-    } else if running.exists() {
-        tracing::warn!(
-            "the last run of this coordinator did not shut down cleanly: its nonces are lost, so calls signed before now are refused (callers sign again)"
-        );
-        out.not_before_ms = Some(now_ms);
+        sync_dir(dir)?;
     }
-    std::fs::File::create(&running)
-        .and_then(|f| f.sync_all())
-        .with_context(|| format!("creating {}", running.display()))?;
     Ok(out)
+}
+
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// Saves the nonce cache at a graceful shutdown (atomically) and clears the running mark.
@@ -80,7 +94,7 @@ pub(super) fn save(dir: &Path, cache: &NonceCache) -> anyhow::Result<()> {
     f.write_all(&serde_json::to_vec(&s)?)?;
     f.sync_all()?;
     std::fs::rename(&tmp, &saved).with_context(|| format!("replacing {}", saved.display()))?;
+    sync_dir(dir)?;
     std::fs::remove_file(dir.join(RUNNING)).ok();
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    sync_dir(dir)
 }
