@@ -12,6 +12,8 @@ use crate::decide::{RoundParty, RoundRecord, TaskRecord};
 use crate::state::{LATE, PartyState, RoundPhase};
 use crate::transition::{AcceptedUpdate, PublishedModel, RejectionEffect, Transition};
 
+mod guards;
+
 /// Why a transition was not applied (the store's guards).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApplyError {
@@ -499,98 +501,6 @@ impl Federation {
             );
         }
         Ok(())
-    }
-
-    /// The guards: a transition decided on a state that has moved on is refused whole.
-    fn check(&self, t: &Transition) -> Result<(), ApplyError> {
-        let stale = |m: String| Err(ApplyError::Stale(m));
-        let task = |id: &TaskId| {
-            self.tasks
-                .get(id)
-                .ok_or_else(|| ApplyError::Stale(format!("no task {id}")))
-        };
-        let round = |id: &TaskId, n: RoundNo| -> Result<&RoundEntry, ApplyError> {
-            task(id)?
-                .round(n)
-                .ok_or_else(|| ApplyError::Stale(format!("no round {n} of {id}")))
-        };
-        match t {
-            Transition::EnrollParty { party, .. } if self.parties.contains_key(party) => Err(
-                ApplyError::Conflict(format!("party {party} is already enrolled")),
-            ),
-            Transition::Revoke { party, .. } if !self.parties.contains_key(party) => {
-                stale(format!("no party {party}"))
-            }
-            Transition::RotateKey {
-                party, previous, ..
-            } if self
-                .parties
-                .get(party)
-                .is_none_or(|(k, revoked)| k != previous || *revoked) =>
-            {
-                stale(format!("the key of {party} changed"))
-            }
-            Transition::CreateTask { task, .. } if self.tasks.contains_key(task) => {
-                Err(ApplyError::Conflict(format!("task {task} already exists")))
-            }
-            Transition::FixNormalization { task: id, .. } => {
-                if task(id)?.record.normalization.is_some() {
-                    return stale(format!("task {id} is already normalised"));
-                }
-                Ok(())
-            }
-            Transition::RestoreModel { task: id, .. } => task(id).map(drop),
-            Transition::OpenRound {
-                task: id, round: n, ..
-            } => {
-                if round(id, *n)?.record.phase != RoundPhase::Queued {
-                    return stale(format!("round {n} of {id} is not queued"));
-                }
-                Ok(())
-            }
-            Transition::AcceptUpdate {
-                task: id,
-                round: n,
-                update,
-            } => {
-                let r = round(id, *n)?;
-                if r.updates.contains_key(&update.party) {
-                    return Err(ApplyError::Conflict(format!(
-                        "{} already has an accepted update in round {n} of {id}",
-                        update.party
-                    )));
-                }
-                let awaited = r
-                    .parties
-                    .iter()
-                    .any(|p| p.party == update.party && p.state.is_awaited());
-                if r.record.phase != RoundPhase::Training || !awaited {
-                    return stale(format!(
-                        "{} is not awaited in round {n} of {id}",
-                        update.party
-                    ));
-                }
-                Ok(())
-            }
-            Transition::FailRound {
-                task: id, round: n, ..
-            } => {
-                let phase = round(id, *n)?.record.phase;
-                if phase.is_final() {
-                    return stale(format!("round {n} of {id} is already {phase}"));
-                }
-                Ok(())
-            }
-            Transition::PublishRound {
-                task: id, round: n, ..
-            } => {
-                if round(id, *n)?.record.phase != RoundPhase::Training {
-                    return stale(format!("round {n} of {id} is not training"));
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
     }
 }
 
