@@ -497,7 +497,7 @@ async fn a_call_captured_before_a_crash_cannot_be_replayed_after_the_restart() {
         .next_assignment(replay(&captured))
         .await
         .unwrap_err();
-    assert_eq!(e.code(), tonic::Code::Unauthenticated);
+    assert_eq!(e.code(), tonic::Code::Unavailable);
     assert!(
         e.message().contains("before this coordinator started")
             && e.message().contains("could be a replay"),

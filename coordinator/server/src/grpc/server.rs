@@ -246,7 +246,8 @@ impl Shared {
         if let Some(start) = self.not_before_ms
             && timestamp_ms < start
         {
-            return Err(Status::unauthenticated(format!(
+            // UNAVAILABLE, the code callers retry: an honest caller's retry is signed anew.
+            return Err(Status::unavailable(format!(
                 "call of {} signed at {timestamp_ms} ms, before this coordinator started at {start} ms after an unclean stop: the nonces of earlier calls were lost, so it could be a replay; sign the call again (if this repeats, the caller's clock is behind)",
                 proof.caller
             )));
