@@ -20,7 +20,7 @@
 //! Run: `cargo bench --workspace --bench transfer`.
 
 use std::collections::HashMap;
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -154,12 +154,9 @@ fn free_port() -> anyhow::Result<std::net::SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-/// `yosegi_verification_seconds_sum` from the coordinator's metrics endpoint.
-fn verification_seconds(at: std::net::SocketAddr) -> anyhow::Result<f64> {
-    let mut sock = std::net::TcpStream::connect(at)?;
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
-    let mut text = String::new();
-    sock.read_to_string(&mut text)?;
+/// `yosegi_verification_seconds_sum` from the coordinator's metrics endpoint (over its TLS).
+fn verification_seconds(at: std::net::SocketAddr, ca: &std::path::Path) -> anyhow::Result<f64> {
+    let (_, text) = coordinator::metrics::get(at, "/metrics", Some(ca))?;
     text.lines()
         .find_map(|l| l.strip_prefix("yosegi_verification_seconds_sum "))
         .context("metrics without yosegi_verification_seconds_sum")?
@@ -304,7 +301,7 @@ async fn one_size(mb: u64) -> anyhow::Result<Row> {
     .await??;
 
     // (2) Upload until the ack; the coordinator's verify + store time from its metrics.
-    let before = verification_seconds(metrics_at)?;
+    let before = verification_seconds(metrics_at, &fed.ca())?;
     reset_peak();
     perf("enable", "upload");
     let t = Instant::now();
@@ -316,7 +313,7 @@ async fn one_size(mb: u64) -> anyhow::Result<Row> {
         ack == Ack::Accepted,
         "expected an accepted upload, got {ack:?}"
     );
-    let coordinator_secs = verification_seconds(metrics_at)? - before;
+    let coordinator_secs = verification_seconds(metrics_at, &fed.ca())? - before;
 
     // Let the round publish before stopping, so the next size starts on a quiet machine.
     let t = Instant::now();

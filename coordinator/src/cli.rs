@@ -14,11 +14,12 @@ use crate::state;
 
 mod args;
 mod commands;
+mod operators;
 
 pub use crate::remote::Remote;
 pub use args::{
-    AuditCommand, DataCommand, KeyCommand, ModelCommand, PartyCommand, RoundCommand, SpecCommand,
-    TaskCommand, TlsCommand,
+    AuditCommand, DataCommand, KeyCommand, ModelCommand, OperatorCommand, PartyCommand,
+    RoundCommand, SpecCommand, TaskCommand, TlsCommand,
 };
 use commands::{audit_command, party_command, round_command, spec_command, task_command};
 
@@ -112,6 +113,9 @@ pub enum Command {
     /// Enroll, list and revoke parties.
     #[command(subcommand)]
     Party(PartyCommand),
+    /// Operator keys and their roles: add, revoke, list; recover with the data dir.
+    #[command(subcommand)]
+    Operator(OperatorCommand),
     /// Create and list tasks.
     #[command(subcommand)]
     Task(TaskCommand),
@@ -381,6 +385,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Party(cmd) => runtime()?.block_on(party_command(cmd))?,
+        Command::Operator(cmd) => operators::command(cmd, runtime)?,
         Command::Task(cmd) => runtime()?.block_on(task_command(cmd))?,
         Command::Round(cmd) => runtime()?.block_on(round_command(cmd))?,
         Command::Model(ModelCommand::Pull {

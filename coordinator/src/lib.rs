@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub use yosegi_coordinator::{
-    audit, blobs, config, engine, grpc, metrics, rotate, state, store, tls, views,
+    audit, blobs, config, engine, grpc, metrics, recover, rotate, state, store, tls, views,
 };
 
 pub mod cli;

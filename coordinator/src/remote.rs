@@ -27,6 +27,9 @@ pub struct Remote {
         default_value = "coordinator-data/operator.key.pem"
     )]
     pub operator_key: PathBuf,
+    /// The operator the key belongs to (`operator` is the one `coordinator init` made).
+    #[arg(long, env = "YOSEGI_OPERATOR_NAME", default_value = "operator")]
+    pub operator_name: String,
 }
 
 /// Opens the signed operator client `remote` names.
@@ -36,5 +39,7 @@ pub async fn connect(remote: &Remote) -> anyhow::Result<OperatorClient> {
         ca: Some(remote.ca.clone()),
         identity: remote.tls_cert.clone().zip(remote.tls_key.clone()),
     };
-    OperatorClient::connect_with(&remote.server, &tls, key).await
+    OperatorClient::connect_with(&remote.server, &tls, key)
+        .await?
+        .named(&remote.operator_name)
 }

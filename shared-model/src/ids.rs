@@ -191,6 +191,12 @@ name_type!(
     "party name"
 );
 name_type!(
+    /// An operator's name, unique within a coordinator among operators and parties alike (a
+    /// call names its caller, which must be one or the other).
+    OperatorId,
+    "operator name"
+);
+name_type!(
     /// A task's name, unique within a coordinator.
     TaskId,
     "task name"

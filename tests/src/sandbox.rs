@@ -150,16 +150,8 @@ pub fn wdbc_split(n: usize) -> (ModelSpec, Dataset, Vec<Dataset>) {
     (spec, split.holdout, slices)
 }
 
-/// `GET path` over plain HTTP/1.1; returns the status line and the body.
-pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).expect("connects");
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("writes");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("reads");
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    (
-        head.lines().next().unwrap_or_default().to_string(),
-        body.to_string(),
-    )
+/// `GET path` over HTTP/1.1 in TLS pinned to the CA certificate `ca` (as Prometheus scrapes
+/// the metrics endpoint); returns the status line and the body.
+pub fn https_get(addr: std::net::SocketAddr, path: &str, ca: &Path) -> (String, String) {
+    coordinator::metrics::get(addr, path, Some(ca)).expect("scrapes the metrics endpoint")
 }

@@ -36,10 +36,16 @@ async fn a_live_round_is_logged_in_order_and_verify_names_an_edited_record() {
     let db = data_dir.join(coordinator::state::DB);
 
     // The records, read beside the running server.
-    let records = Store::open_read_only(&db)
+    let all = Store::open_read_only(&db)
         .unwrap()
         .audit_records(None, None)
         .unwrap();
+    // The first start records the data dir's key as the admin "operator", by nobody.
+    assert_eq!(all[0].kind, "operator_added");
+    assert_eq!(detail(&all[0])["operator"], "operator");
+    assert_eq!(detail(&all[0])["role"], "admin");
+    assert!(detail(&all[0]).get("by").is_none());
+    let records = &all[1..];
     let kinds: Vec<&str> = records.iter().map(|r| r.kind.as_str()).collect();
     // The round is queued while the statistics step runs; which of the two comes first depends
     // on how fast the plants report their sums.
@@ -63,6 +69,23 @@ async fn a_live_round_is_logged_in_order_and_verify_names_an_edited_record() {
     assert_eq!(kinds, expected, "{records:#?}");
     let enrolled: Vec<_> = records[..2].iter().map(|r| r.party.as_deref()).collect();
     assert_eq!(enrolled, [Some("plant-a"), Some("plant-b")]);
+    // What the operator called for names it; what the coordinator did alone names nobody.
+    for r in records {
+        let by = detail(r)
+            .get("by")
+            .and_then(|b| b.as_str().map(str::to_string));
+        let called = matches!(
+            r.kind.as_str(),
+            "party_enrolled" | "task_created" | "round_queued"
+        );
+        assert_eq!(
+            by.as_deref(),
+            called.then_some("operator"),
+            "record {} ({})",
+            r.seq,
+            r.kind
+        );
+    }
     for r in &records[2..] {
         assert_eq!(r.task.as_deref(), Some("wdbc"), "record {}", r.seq);
         let initial = r.kind == "normalization_fixed" || detail(r)["version"] == 0;
@@ -133,7 +156,7 @@ async fn a_live_round_is_logged_in_order_and_verify_names_an_edited_record() {
     .unwrap();
     assert_eq!(
         verified.trim(),
-        format!("audit log OK: 11 records, head {}", records[10].hash)
+        format!("audit log OK: 12 records, head {}", records[10].hash)
     );
     let lines: Vec<&str> = shown.lines().collect();
     assert_eq!(lines.len(), 4, "a header and three records:\n{shown}");
@@ -154,7 +177,7 @@ async fn a_live_round_is_logged_in_order_and_verify_names_an_edited_record() {
             .replace("\"sample_count\":", "\"sample_count\":1");
         assert_ne!(forged, records[7].detail);
         let n = conn
-            .execute("UPDATE audit_log SET detail = ?1 WHERE seq = 8", [&forged])
+            .execute("UPDATE audit_log SET detail = ?1 WHERE seq = 9", [&forged])
             .unwrap();
         assert_eq!(n, 1);
     }
@@ -169,7 +192,7 @@ async fn a_live_round_is_logged_in_order_and_verify_names_an_edited_record() {
         "verify passed an edited log: {stderr}"
     );
     assert!(
-        stderr.contains("audit record 8 (update_accepted): hash mismatch"),
+        stderr.contains("audit record 9 (update_accepted): hash mismatch"),
         "{stderr}"
     );
     drop(kept);

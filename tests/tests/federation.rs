@@ -86,11 +86,13 @@ async fn three_parties_three_fedavg_rounds() {
     }
     drop(store);
 
-    // The Prometheus endpoint counts what happened.
-    let (status, body) =
-        tokio::task::spawn_blocking(move || yosegi_tests::sandbox::http_get(metrics, "/metrics"))
-            .await
-            .unwrap();
+    // The Prometheus endpoint counts what happened (over TLS, the CA pinned, as gRPC).
+    let ca = sb.data_dir.join("tls/ca.pem");
+    let (status, body) = tokio::task::spawn_blocking(move || {
+        yosegi_tests::sandbox::https_get(metrics, "/metrics", &ca)
+    })
+    .await
+    .unwrap();
     assert_eq!(status, "HTTP/1.1 200 OK");
     for line in [
         "yosegi_uploads_total{outcome=\"accepted\",reason=\"\"} 9",
@@ -127,11 +129,29 @@ async fn three_parties_three_fedavg_rounds() {
         .parse()
         .unwrap();
     assert!(merges >= 3, "{merges} merges timed");
+    let ca = sb.data_dir.join("tls/ca.pem");
     let (status, _) =
-        tokio::task::spawn_blocking(move || yosegi_tests::sandbox::http_get(metrics, "/"))
+        tokio::task::spawn_blocking(move || yosegi_tests::sandbox::https_get(metrics, "/", &ca))
             .await
             .unwrap();
     assert_eq!(status, "HTTP/1.1 404 Not Found");
+    // Plain HTTP gets no answer: beside a TLS server the endpoint speaks only TLS.
+    let plain = tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Write as _};
+        let mut s = std::net::TcpStream::connect(metrics).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    })
+    .await
+    .unwrap();
+    assert!(
+        !plain.starts_with(b"HTTP/"),
+        "{}",
+        String::from_utf8_lossy(&plain)
+    );
     sb.stop().await;
 }
 

@@ -9,6 +9,7 @@ mod experiment;
 mod faults;
 mod federation;
 mod hand_run;
+mod operators;
 mod policy;
 mod rotation;
 mod strategies;

@@ -70,7 +70,7 @@ impl Refusal {
     }
 }
 
-type Decided<T> = Result<T, Refusal>;
+pub(crate) type Decided<T> = Result<T, Refusal>;
 
 /// A task as the rules see it.
 #[derive(Clone, Debug, PartialEq)]

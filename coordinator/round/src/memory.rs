@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use shared_model::ids::{ModelVersion, PartyId, RoundNo, TaskId};
+use shared_model::ids::{ModelVersion, OperatorId, PartyId, RoundNo, TaskId};
 
 use crate::assignment::AssignmentKind;
 use crate::decide::{RoundParty, RoundRecord, TaskRecord};
+use crate::operators::OperatorRecord;
 use crate::state::{LATE, PartyState, RoundPhase};
 use crate::transition::{AcceptedUpdate, PublishedModel, RejectionEffect, Transition};
 
@@ -94,6 +95,8 @@ impl TaskEntry {
 pub struct Federation {
     /// Parties: key and whether revoked.
     pub parties: BTreeMap<PartyId, ([u8; 32], bool)>,
+    /// Operators, by name.
+    pub operators: BTreeMap<OperatorId, OperatorRecord>,
     /// Tasks.
     pub tasks: BTreeMap<TaskId, TaskEntry>,
     /// The governance log.
@@ -146,6 +149,24 @@ impl Federation {
             Transition::EnrollParty { party, public_key } => {
                 self.parties.insert(party.clone(), (*public_key, false));
                 self.log("party_enrolled", None, None, Some(party), String::new());
+            }
+            Transition::AddOperator {
+                operator,
+                public_key,
+                role,
+            } => {
+                let record = OperatorRecord {
+                    name: operator.clone(),
+                    public_key: *public_key,
+                    role: *role,
+                    revoked: false,
+                };
+                self.operators.insert(operator.clone(), record);
+                self.log("operator_added", None, None, None, operator.to_string());
+            }
+            Transition::RevokeOperator { operator } => {
+                self.operators.get_mut(operator).expect("checked").revoked = true;
+                self.log("operator_revoked", None, None, None, operator.to_string());
             }
             Transition::RotateCoordinatorKey { .. } => {
                 self.log("coordinator_key_rotated", None, None, None, String::new());

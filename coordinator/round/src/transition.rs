@@ -2,10 +2,11 @@
 //! A decision in this crate returns one; the store writes it, with its governance-log records,
 //! in one transaction (`coordinator/src/store/apply.rs` is the one `match` over this enum).
 
-use shared_model::ids::{ModelVersion, PartyId, RoundNo, Sha256, TaskId};
+use shared_model::ids::{ModelVersion, OperatorId, PartyId, RoundNo, Sha256, TaskId};
 
 use crate::assignment::AssignmentId;
 use crate::limits::Limits;
+use crate::operators::Role;
 use crate::plan::RoundPlan;
 
 /// A change of durable state. Each variant names everything its write needs: the store
@@ -18,6 +19,20 @@ pub enum Transition {
         party: PartyId,
         /// Its raw public key.
         public_key: [u8; 32],
+    },
+    /// An operator key is added with a role (`operators.rs`).
+    AddOperator {
+        /// Its name (unique among operators and parties).
+        operator: OperatorId,
+        /// Its raw public key.
+        public_key: [u8; 32],
+        /// What it may do.
+        role: Role,
+    },
+    /// An operator key is revoked: its calls are refused from the next one on.
+    RevokeOperator {
+        /// The operator.
+        operator: OperatorId,
     },
     /// The coordinator's signing key is replaced: the signed rotation statement is stored (parties
     /// follow it from the key they pin) and every published manifest is signed again with the
@@ -269,6 +284,8 @@ impl Transition {
             Self::EnrollParty { .. }
             | Self::RotateKey { .. }
             | Self::RotateCoordinatorKey { .. }
+            | Self::AddOperator { .. }
+            | Self::RevokeOperator { .. }
             | Self::Revoke { .. } => None,
             Self::CreateTask { task, .. }
             | Self::RecordSums { task, .. }

@@ -54,11 +54,15 @@ pub enum AuditKind {
     RoundFailed,
     /// A published model's damaged or lost blob was restored from a copy with its hash.
     ModelRestored,
+    /// An operator key was added with a role.
+    OperatorAdded,
+    /// An operator key was revoked.
+    OperatorRevoked,
 }
 
 impl AuditKind {
     /// Every kind.
-    pub const ALL: [AuditKind; 16] = [
+    pub const ALL: [AuditKind; 18] = [
         Self::PartyEnrolled,
         Self::PartyKeyRotated,
         Self::CoordinatorKeyRotated,
@@ -75,6 +79,8 @@ impl AuditKind {
         Self::ModelPublished,
         Self::RoundFailed,
         Self::ModelRestored,
+        Self::OperatorAdded,
+        Self::OperatorRevoked,
     ];
 
     /// The stored name.
@@ -96,6 +102,8 @@ impl AuditKind {
             Self::ModelPublished => "model_published",
             Self::RoundFailed => "round_failed",
             Self::ModelRestored => "model_restored",
+            Self::OperatorAdded => "operator_added",
+            Self::OperatorRevoked => "operator_revoked",
         }
     }
 }
@@ -143,6 +151,14 @@ impl<'a> AuditEvent<'a> {
             round: Some(round),
             ..self
         }
+    }
+
+    /// The same event, with the operator who called for it (`"by"` in the detail), if one did.
+    pub fn by(mut self, operator: Option<&str>) -> Self {
+        if let (Some(by), Value::Object(detail)) = (operator, &mut self.detail) {
+            detail.insert("by".into(), Value::String(by.into()));
+        }
+        self
     }
 
     /// The same event, concerning `party`.

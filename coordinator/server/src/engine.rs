@@ -32,6 +32,7 @@ mod dp_tests;
 mod fixture;
 #[cfg(test)]
 mod limits_tests;
+mod operators;
 mod repair;
 #[cfg(test)]
 mod simulation;
@@ -137,6 +138,9 @@ pub struct Engine {
     merge_seconds: Vec<f64>,
     /// The last stored model decoded, by blob sha256 (blobs are immutable, so it never goes stale).
     model_cache: Option<(Sha256, Arc<Model>)>,
+    /// The operator whose call is being carried out ([`Self::acting_as`]): its changes' records
+    /// name it.
+    actor: Option<String>,
 }
 
 impl Engine {
@@ -149,6 +153,7 @@ impl Engine {
             config,
             merge_seconds: Vec::new(),
             model_cache: None,
+            actor: None,
         }
     }
 
@@ -169,7 +174,7 @@ impl Engine {
 
     /// Writes a decision taken on the state at `at`.
     fn commit(&mut self, at: Version, now: i64, t: &Transition) -> Result<Applied> {
-        Ok(self.store.apply(at, now, t)?)
+        Ok(self.store.apply_by(at, now, self.actor.as_deref(), t)?)
     }
 
     /// Enrolled parties' keys and whether each is revoked.

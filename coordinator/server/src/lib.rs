@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod grpc;
 pub mod metrics;
+pub mod recover;
 pub mod rotate;
 pub mod state;
 pub mod store;

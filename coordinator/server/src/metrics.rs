@@ -1,5 +1,6 @@
 //! Prometheus metrics of a serving coordinator, in the text exposition format (version 0.0.4) at
-//! `GET /metrics` on `metrics_listen` (off unless configured). Counters and histograms are kept
+//! `GET /metrics` on `metrics_listen` (off unless configured), over the gRPC server's TLS (plain
+//! HTTP only beside a `--plaintext` server). Counters and histograms are kept
 //! in memory by the gRPC layer; round, party and task gauges are read from the database at
 //! scrape time, so they survive restarts.
 //!
@@ -20,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
@@ -230,18 +231,22 @@ pub fn gauges(
 
 /// Answers `GET /metrics` on `listener` until `stop` resolves; any other request gets 404. The
 /// scrape closure renders the body (it reads the database on a blocking thread); if it fails the
-/// scrape gets a 500 with the reason, never made-up zeros.
+/// scrape gets a 500 with the reason, never made-up zeros. With `tls`, every connection is TLS
+/// (the coordinator's certificate; a client certificate too when the server requires one), and
+/// a handshake not done within 5 s is dropped.
 pub async fn serve_metrics<F, Fut>(
     listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     scrape: F,
     stop: impl std::future::Future<Output = ()>,
 ) where
     F: Fn() -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = Result<String, String>> + Send,
 {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     tokio::pin!(stop);
     loop {
-        let (mut sock, _) = tokio::select! {
+        let (sock, _) = tokio::select! {
             _ = &mut stop => return,
             r = listener.accept() => match r {
                 Ok(c) => c,
@@ -252,46 +257,123 @@ pub async fn serve_metrics<F, Fut>(
             },
         };
         let scrape = scrape.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let mut buf = vec![0u8; 4096];
-            let mut len = 0;
-            // Read the request head (at most 4 KiB, at most 5 s).
-            let read = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-                while len < buf.len() {
-                    match sock.read(&mut buf[len..]).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => len += n,
-                    }
-                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
-                        break;
-                    }
-                }
-            })
-            .await;
-            if read.is_err() {
-                return;
-            }
-            let head = String::from_utf8_lossy(&buf[..len]);
-            let line = head.lines().next().unwrap_or_default();
-            let (status, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
-                match scrape().await {
-                    Ok(body) => ("200 OK", body),
-                    Err(why) => ("500 Internal Server Error", format!("{why}\n")),
-                }
-            } else {
-                (
-                    "404 Not Found",
-                    "only GET /metrics is served here\n".to_string(),
-                )
+            let Some(acceptor) = acceptor else {
+                return answer(sock, scrape).await;
             };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = sock.write_all(response.as_bytes()).await;
-            let _ = sock.shutdown().await;
+            match tokio::time::timeout(HEAD_TIMEOUT, acceptor.accept(sock)).await {
+                Ok(Ok(tls)) => answer(tls, scrape).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "metrics: TLS handshake failed"),
+                Err(_) => tracing::debug!("metrics: TLS handshake timed out"),
+            }
         });
     }
+}
+
+/// How long a scraper has for its TLS handshake and for its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Reads one request head (at most 4 KiB, at most 5 s) and answers it.
+async fn answer<S, F, Fut>(mut sock: S, scrape: F)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    let read = tokio::time::timeout(HEAD_TIMEOUT, async {
+        while len < buf.len() {
+            match sock.read(&mut buf[len..]).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => len += n,
+            }
+            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    if read.is_err() {
+        return;
+    }
+    let head = String::from_utf8_lossy(&buf[..len]);
+    let line = head.lines().next().unwrap_or_default();
+    let (status, body) = if line.starts_with("GET /metrics ") || line == "GET /metrics" {
+        match scrape().await {
+            Ok(body) => ("200 OK", body),
+            Err(why) => ("500 Internal Server Error", format!("{why}\n")),
+        }
+    } else {
+        (
+            "404 Not Found",
+            "only GET /metrics is served here\n".to_string(),
+        )
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = sock.write_all(response.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// A scrape as Prometheus makes one (`scheme: https`, `ca_file`, `server_name: localhost`):
+/// `GET path` over TLS pinned to the CA certificate file `ca`, or plain HTTP without one.
+/// Returns the status line and the body. For tests, benchmarks and scripts.
+pub fn get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca: Option<&std::path::Path>,
+) -> anyhow::Result<(String, String)> {
+    use std::io::{Read as _, Write as _};
+
+    use anyhow::Context as _;
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+
+    let sock =
+        std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    match ca {
+        None => {
+            let mut sock = sock;
+            sock.write_all(request.as_bytes())?;
+            sock.read_to_string(&mut text)?;
+        }
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading {}", ca.display()))?
+            {
+                roots.add(c.with_context(|| format!("reading {}", ca.display()))?)?;
+            }
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            let name = ServerName::try_from("localhost")?;
+            let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            tls.write_all(request.as_bytes())?;
+            // The server closes after its answer; a close without close_notify ends it too.
+            if let Err(e) = tls.read_to_string(&mut text)
+                && e.kind() != std::io::ErrorKind::UnexpectedEof
+            {
+                return Err(e).context("reading the answer");
+            }
+        }
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
 }
 
 #[cfg(test)]

@@ -272,6 +272,41 @@ impl ServerTls {
         Self::load(&d.join(SERVER_CERT), &d.join(SERVER_KEY), client_ca)
     }
 
+    /// The same certificate (and client CA) as a rustls configuration, for the metrics
+    /// endpoint: HTTP/1.1 over TLS 1.2/1.3, ring as tonic uses it.
+    pub fn rustls(&self) -> anyhow::Result<std::sync::Arc<tokio_rustls::rustls::ServerConfig>> {
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject as _;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading the server certificate")?;
+        let key = PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .context("reading the server key")?;
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(c.context("reading the client CA")?)?;
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(certs, key)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// tonic's server configuration.
     pub fn config(&self) -> tonic::transport::ServerTlsConfig {
         let mut c = tonic::transport::ServerTlsConfig::new().identity(

@@ -133,6 +133,66 @@ pub enum PartyCommand {
     },
 }
 
+/// `coordinator operator …`
+#[derive(Debug, Subcommand)]
+pub enum OperatorCommand {
+    /// Make a key pair for a new operator: PREFIX.key.pem (mode 0600, kept by that operator)
+    /// and PREFIX.pub.pem (given to an admin for `operator add`).
+    Keygen {
+        /// Where to write the keys, e.g. `alice` for alice.key.pem and alice.pub.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Add a named operator key with a role (admin only): viewer (status, lists, models),
+    /// operator (also tasks, rounds, restores) or admin (also parties and operators).
+    Add {
+        /// The operator's name (shared with parties: it may not be a party's).
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: yosegi_round::Role,
+        /// Its public key (from `coordinator operator keygen`).
+        #[arg(long)]
+        public_key: PathBuf,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Revoke an operator key (admin only): refused from its next call on. The last admin
+    /// cannot be revoked.
+    Revoke {
+        /// The operator's name.
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// List operators: name, role, key fingerprint, active or revoked.
+    List {
+        #[command(flatten)]
+        remote: Remote,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// With the coordinator stopped, and only the data dir: add an admin key and revoke
+    /// operators without any operator's signature — the way back when admin keys are lost or
+    /// stolen. Logged with `"by": "data-dir"`.
+    Recover {
+        /// The coordinator's data directory.
+        #[arg(long, default_value = "coordinator-data")]
+        data_dir: PathBuf,
+        /// The new admin's name (with --public-key).
+        #[arg(long, requires = "public_key")]
+        name: Option<String>,
+        /// The new admin's public key.
+        #[arg(long, requires = "name")]
+        public_key: Option<PathBuf>,
+        /// An operator to revoke (repeatable), after the new admin is added.
+        #[arg(long = "revoke")]
+        revoke: Vec<String>,
+    },
+}
+
 /// `coordinator task …`
 #[derive(Debug, Subcommand)]
 pub enum TaskCommand {

@@ -2,7 +2,7 @@
 //! of one party, streams that skip bytes, send too much or send bytes that are not protobuf,
 //! and connections that never start a handshake.
 
-use std::io::{Read as _, Write as _};
+use std::io::Read as _;
 use std::net::TcpStream;
 
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -82,13 +82,17 @@ async fn raw_upload(
     .map(tonic::Response::into_inner)
 }
 
+/// The metrics page of the coordinator whose CA is `ca`, scraped over TLS.
+fn scrape(port: u16, ca: &std::path::Path) -> String {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let (status, body) = yosegi_tests::sandbox::https_get(addr, "/metrics", ca);
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    body
+}
+
 /// The value of an unlabelled metric, scraped from the coordinator.
-fn metric(port: u16, name: &str) -> u64 {
-    let mut sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).unwrap();
+fn metric(port: u16, ca: &std::path::Path, name: &str) -> u64 {
+    let text = scrape(port, ca);
     let line = text
         .lines()
         .find(|l| l.starts_with(&format!("{name} ")))
@@ -287,11 +291,7 @@ async fn broken_upload_streams_are_recorded_against_their_party_and_malformed_by
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
     // Counted in metrics by how the stream broke.
-    let mut sock = TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
-    sock.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut text = String::new();
-    sock.read_to_string(&mut text).unwrap();
+    let text = scrape(metrics_port, &server.data_dir.join("tls/ca.pem"));
     for code in ["chunk_gap", "too_long", "not_a_chunk", "malformed"] {
         assert!(
             text.contains(&format!(
@@ -341,9 +341,20 @@ async fn idle_connections_and_silent_streams_are_closed_and_limited() {
     let idle = yosegi_proto::transport::channel(&server.url, &server.tls())
         .await
         .unwrap();
-    assert!(metric(metrics_port, "yosegi_connections_open") >= 1);
+    assert!(
+        metric(
+            metrics_port,
+            &server.data_dir.join("tls/ca.pem"),
+            "yosegi_connections_open"
+        ) >= 1
+    );
     let until = Instant::now() + Duration::from_secs(10);
-    while metric(metrics_port, "yosegi_connections_open") > 0 {
+    while metric(
+        metrics_port,
+        &server.data_dir.join("tls/ca.pem"),
+        "yosegi_connections_open",
+    ) > 0
+    {
         assert!(Instant::now() < until, "the idle connection stayed open");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -411,7 +422,12 @@ fn connections_from_one_address_past_its_limit_are_closed_at_accept() {
     server.start();
     // The readiness probe of `start` is a connection too: wait until it is gone.
     let until = Instant::now() + Duration::from_secs(10);
-    while metric(metrics_port, "yosegi_connections_open") > 0 {
+    while metric(
+        metrics_port,
+        &server.data_dir.join("tls/ca.pem"),
+        "yosegi_connections_open",
+    ) > 0
+    {
         assert!(Instant::now() < until, "the probe connection stayed open");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -428,7 +444,13 @@ fn connections_from_one_address_past_its_limit_are_closed_at_accept() {
             "a connection under the limit was closed"
         );
     }
-    assert!(metric(metrics_port, "yosegi_connections_refused_total") >= 1);
+    assert!(
+        metric(
+            metrics_port,
+            &server.data_dir.join("tls/ca.pem"),
+            "yosegi_connections_refused_total"
+        ) >= 1
+    );
     // A place freed is a place taken again.
     drop(held.pop());
     std::thread::sleep(Duration::from_millis(200));

@@ -25,6 +25,37 @@ impl Federation {
             Transition::EnrollParty { party, .. } if self.parties.contains_key(party) => Err(
                 ApplyError::Conflict(format!("party {party} is already enrolled")),
             ),
+            Transition::EnrollParty { party, .. }
+                if self.operators.keys().any(|o| o.as_str() == party.as_str()) =>
+            {
+                Err(ApplyError::Conflict(format!(
+                    "{party} is the name of an operator"
+                )))
+            }
+            Transition::AddOperator { operator, .. }
+                if self.operators.contains_key(operator)
+                    || self.parties.keys().any(|p| p.as_str() == operator.as_str()) =>
+            {
+                Err(ApplyError::Conflict(format!(
+                    "the name {operator} is taken"
+                )))
+            }
+            Transition::RevokeOperator { operator } => match self.operators.get(operator) {
+                None => stale(format!("no operator {operator}")),
+                Some(o) if o.revoked => stale(format!("operator {operator} is already revoked")),
+                Some(o)
+                    if o.role == crate::Role::Admin
+                        && self
+                            .operators
+                            .values()
+                            .filter(|x| !x.revoked && x.role == crate::Role::Admin)
+                            .count()
+                            == 1 =>
+                {
+                    stale(format!("operator {operator} is the last admin"))
+                }
+                Some(_) => Ok(()),
+            },
             Transition::Revoke { party, .. } if !self.parties.contains_key(party) => {
                 stale(format!("no party {party}"))
             }

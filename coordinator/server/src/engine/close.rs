@@ -59,6 +59,8 @@ impl Engine {
     /// Moves every task forward; true if anything changed. A task that cannot move (a broken
     /// row, a failing merge) is logged with its name and does not hold up the others.
     pub fn tick(&mut self, now: i64) -> Result<bool> {
+        // The coordinator's own work: no operator's name on its records.
+        self.actor = None;
         let mut changed = false;
         for t in self.store.tasks()? {
             match self.tick_task(&t, now) {

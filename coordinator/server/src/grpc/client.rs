@@ -23,27 +23,37 @@ use crate::views::{DeclineView, DpView, PartyRoundView, PartyView, RoundView, Ta
 #[derive(Debug, Clone)]
 pub struct OperatorClient {
     inner: OperatorServiceClient<Channel>,
-    key: SigningKey,
+    key: Signer,
     server: String,
 }
 
-fn signed<T: prost::Message>(msg: T, method: &str, key: &SigningKey) -> Request<T> {
+/// Who signs the calls: an operator's name and key.
+#[derive(Debug, Clone)]
+struct Signer {
+    name: String,
+    key: SigningKey,
+}
+
+fn signed<T: prost::Message>(msg: T, method: &str, key: &Signer) -> Request<T> {
     let body = body_sha256(&msg.encode_to_vec());
     signed_stream(msg, method, key, body)
 }
 
 /// A request whose first message hashes to `body` (a stream's first message), signed.
-fn signed_stream<T>(msg: T, method: &str, key: &SigningKey, body: [u8; 32]) -> Request<T> {
+fn signed_stream<T>(msg: T, method: &str, signer: &Signer, body: [u8; 32]) -> Request<T> {
     let proof = CallProof::new(
         &format!("/yosegi.v1.OperatorService/{method}"),
-        OPERATOR,
+        &signer.name,
         now_ms(),
         body,
     );
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
     md.insert("x-yosegi-proof", MetadataValue::from_static(PROOF_VERSION));
-    md.insert("x-yosegi-caller", MetadataValue::from_static(OPERATOR));
+    md.insert(
+        "x-yosegi-caller",
+        signer.name.parse().expect("a checked operator name"),
+    );
     md.insert(
         "x-yosegi-timestamp",
         proof.timestamp_ms.to_string().parse().expect("digits"),
@@ -54,7 +64,7 @@ fn signed_stream<T>(msg: T, method: &str, key: &SigningKey, body: [u8; 32]) -> R
     );
     md.insert_bin(
         "x-yosegi-signature-bin",
-        BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+        BinaryMetadataValue::from_bytes(&proof.sign(&signer.key).to_bytes()),
     );
     req
 }
@@ -82,9 +92,69 @@ impl OperatorClient {
         let channel = crate::tls::channel(server, tls).await?;
         Ok(Self {
             inner: OperatorServiceClient::new(channel),
-            key,
+            key: Signer {
+                name: OPERATOR.into(),
+                key,
+            },
             server: server.to_string(),
         })
+    }
+
+    /// The same connection, signing as operator `name` (the key given at connection must be
+    /// its key); [`OPERATOR`] by default.
+    pub fn named(mut self, name: &str) -> anyhow::Result<Self> {
+        shared_model::ids::OperatorId::new(name)?;
+        self.key.name = name.into();
+        Ok(self)
+    }
+
+    /// Adds operator `name` with `role`; returns its key fingerprint.
+    pub async fn add_operator(
+        &mut self,
+        name: &str,
+        key: &VerifyingKey,
+        role: yosegi_round::Role,
+    ) -> anyhow::Result<String> {
+        let req = signed(
+            pb::AddOperatorRequest {
+                name: name.into(),
+                public_key: key.to_bytes().to_vec(),
+                role: role.to_string(),
+            },
+            "AddOperator",
+            &self.key,
+        );
+        let r = self
+            .inner
+            .add_operator(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner().fingerprint)
+    }
+
+    /// Revokes operator `name`.
+    pub async fn revoke_operator(&mut self, name: &str) -> anyhow::Result<()> {
+        let req = signed(
+            pb::RevokeOperatorRequest { name: name.into() },
+            "RevokeOperator",
+            &self.key,
+        );
+        self.inner
+            .revoke_operator(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(())
+    }
+
+    /// Every operator: name, role, key fingerprint, whether revoked.
+    pub async fn operators(&mut self) -> anyhow::Result<Vec<pb::OperatorInfo>> {
+        let req = signed(pb::ListOperatorsRequest {}, "ListOperators", &self.key);
+        let r = self
+            .inner
+            .list_operators(req)
+            .await
+            .map_err(|s| call_err(&self.server, s))?;
+        Ok(r.into_inner().operators)
     }
 
     /// Enrolls a party; returns its key fingerprint.

@@ -8,13 +8,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use yosegi_proto::v1 as pb;
 use yosegi_proto::v1::operator_service_server::OperatorService;
+use yosegi_round::Role;
 
 use super::convert;
 use crate::state::now_ms;
 
 use super::party::{read_blob, stream_model};
 use super::receive::receive;
-use super::server::{OPERATOR_SVC, OperatorSvc, change_engine, with_engine};
+use super::server::{OPERATOR_SVC, OperatorSvc, change_engine_as, with_engine};
 
 #[tonic::async_trait]
 impl OperatorService for OperatorSvc {
@@ -22,12 +23,13 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::EnrollPartyRequest>,
     ) -> Result<Response<pb::EnrollPartyResponse>, Status> {
-        self.0
+        let by = self
+            .0
             .operator(&req, &format!("{OPERATOR_SVC}EnrollParty"))?;
         let r = req.into_inner();
         let key = public_key(&r.public_key)?;
         let shared = self.0.clone();
-        change_engine(&self.0, move |e| {
+        change_engine_as(&self.0, by, move |e| {
             e.enroll(&r.name, &key, now_ms())?;
             shared.add_key(&r.name, key);
             Ok(())
@@ -42,12 +44,13 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::RotatePartyKeyRequest>,
     ) -> Result<Response<pb::RotatePartyKeyResponse>, Status> {
-        self.0
+        let by = self
+            .0
             .operator(&req, &format!("{OPERATOR_SVC}RotatePartyKey"))?;
         let r = req.into_inner();
         let key = public_key(&r.public_key)?;
         let shared = self.0.clone();
-        let previous = change_engine(&self.0, move |e| {
+        let previous = change_engine_as(&self.0, by, move |e| {
             let previous = e.rotate_key(&r.name, &key, now_ms())?;
             // The old key is refused from the next call on.
             shared.add_key(&r.name, key);
@@ -64,11 +67,12 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::RevokePartyRequest>,
     ) -> Result<Response<pb::RevokePartyResponse>, Status> {
-        self.0
+        let by = self
+            .0
             .operator(&req, &format!("{OPERATOR_SVC}RevokeParty"))?;
         let name = req.into_inner().name;
         let shared = self.0.clone();
-        change_engine(&self.0, move |e| {
+        change_engine_as(&self.0, by, move |e| {
             e.revoke(&name, now_ms())?;
             shared.mark_revoked(&name);
             Ok(())
@@ -104,10 +108,11 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::CreateTaskRequest>,
     ) -> Result<Response<pb::CreateTaskResponse>, Status> {
-        self.0
+        let by = self
+            .0
             .operator(&req, &format!("{OPERATOR_SVC}CreateTask"))?;
         let r = req.into_inner();
-        let spec_id = change_engine(&self.0, move |e| {
+        let spec_id = change_engine_as(&self.0, by, move |e| {
             e.create_task_limited(&r.name, &r.spec_toml, &r.parties, &r.limits_toml, now_ms())
         })
         .await?;
@@ -144,11 +149,12 @@ impl OperatorService for OperatorSvc {
         &self,
         req: Request<pb::StartRoundRequest>,
     ) -> Result<Response<pb::StartRoundResponse>, Status> {
-        self.0
+        let by = self
+            .0
             .operator(&req, &format!("{OPERATOR_SVC}StartRound"))?;
         let r = req.into_inner();
         let options: BTreeMap<String, String> = r.options.into_iter().collect();
-        let first = change_engine(&self.0, move |e| {
+        let first = change_engine_as(&self.0, by, move |e| {
             e.start_rounds(
                 &r.task,
                 &r.strategy,
@@ -227,7 +233,7 @@ impl OperatorService for OperatorSvc {
         let (md, ext, mut stream) = req.into_parts();
         // (The digest layer ends a call whose first message is late.)
         let first = stream.message().await?;
-        self.0.operator(
+        let by = self.0.operator(
             &Request::from_parts(md, ext, ()),
             &format!("{OPERATOR_SVC}RestoreModel"),
         )?;
@@ -260,12 +266,76 @@ impl OperatorService for OperatorSvc {
                 start.blob_len
             )));
         }
-        let sha = change_engine(&self.0, move |e| {
+        let sha = change_engine_as(&self.0, by, move |e| {
             e.restore_model(&start.task, start.version, copy, now_ms())
         })
         .await?;
         Ok(Response::new(pb::RestoreModelResponse {
             blob_sha256: sha.to_string(),
+        }))
+    }
+
+    async fn add_operator(
+        &self,
+        req: Request<pb::AddOperatorRequest>,
+    ) -> Result<Response<pb::AddOperatorResponse>, Status> {
+        let by = self
+            .0
+            .operator(&req, &format!("{OPERATOR_SVC}AddOperator"))?;
+        let r = req.into_inner();
+        let key = public_key(&r.public_key)?;
+        let role: Role = r
+            .role
+            .parse()
+            .map_err(|e: String| Status::invalid_argument(format!("field role: {e}")))?;
+        let shared = self.0.clone();
+        change_engine_as(&self.0, by, move |e| {
+            e.add_operator(&r.name, &key, role, now_ms())?;
+            shared.reload_operators(e)
+        })
+        .await?;
+        Ok(Response::new(pb::AddOperatorResponse {
+            fingerprint: shared_model::keys::fingerprint(&key),
+        }))
+    }
+
+    async fn revoke_operator(
+        &self,
+        req: Request<pb::RevokeOperatorRequest>,
+    ) -> Result<Response<pb::RevokeOperatorResponse>, Status> {
+        let by = self
+            .0
+            .operator(&req, &format!("{OPERATOR_SVC}RevokeOperator"))?;
+        let name = req.into_inner().name;
+        let shared = self.0.clone();
+        change_engine_as(&self.0, by, move |e| {
+            e.revoke_operator(&name, now_ms())?;
+            // Refused from the next call on, on open connections too.
+            shared.reload_operators(e)
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeOperatorResponse {}))
+    }
+
+    async fn list_operators(
+        &self,
+        req: Request<pb::ListOperatorsRequest>,
+    ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
+        self.0
+            .operator(&req, &format!("{OPERATOR_SVC}ListOperators"))?;
+        let rows = with_engine(&self.0, |e| e.operators()).await?;
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators: rows
+                .into_iter()
+                .map(|o| pb::OperatorInfo {
+                    fingerprint: VerifyingKey::from_bytes(&o.public_key)
+                        .map(|k| shared_model::keys::fingerprint(&k))
+                        .unwrap_or_default(),
+                    name: o.name.to_string(),
+                    role: o.role.to_string(),
+                    revoked: o.revoked,
+                })
+                .collect(),
         }))
     }
 }

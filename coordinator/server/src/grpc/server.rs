@@ -14,6 +14,7 @@ use tokio::sync::Notify;
 use tonic::{Request, Status};
 use yosegi_proto::v1::operator_service_server::OperatorServiceServer;
 use yosegi_proto::v1::party_service_server::PartyServiceServer;
+use yosegi_round::Role;
 
 use super::convert;
 use crate::engine::{Engine, EngineError};
@@ -85,7 +86,7 @@ impl Default for ServeConfig {
 
 #[derive(Clone, Debug)]
 pub(super) enum Caller {
-    Operator,
+    Operator(String, Role),
     Party(String),
 }
 
@@ -93,7 +94,8 @@ pub(super) enum Caller {
 pub(super) struct Shared {
     pub(super) engine: Arc<Mutex<Engine>>,
     pub(super) keys: RwLock<HashMap<String, (VerifyingKey, bool)>>,
-    pub(super) operator: VerifyingKey,
+    /// Operators' keys, roles and whether each is revoked (the `operators` table).
+    pub(super) operators: RwLock<HashMap<String, (VerifyingKey, Role, bool)>>,
     pub(super) nonces: Mutex<NonceCache>,
     /// After an unclean stop (nonces lost): calls signed before this start (Unix ms) are
     /// refused, as they could be replays across the restart (`nonces.rs`).
@@ -134,6 +136,15 @@ pub(super) async fn change_engine<T: Send + 'static>(
     out
 }
 
+/// [`change_engine`] carried out as operator `by` (the records of its changes name them).
+pub(super) async fn change_engine_as<T: Send + 'static>(
+    shared: &Arc<Shared>,
+    by: String,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Status> {
+    change_engine(shared, move |e| e.acting_as(&by, f)).await
+}
+
 impl Shared {
     pub(super) fn reload_keys(&self, engine: &Engine) -> Result<(), EngineError> {
         let keys = engine.party_keys()?;
@@ -141,6 +152,20 @@ impl Shared {
         map.clear();
         for (name, key, revoked) in keys {
             map.insert(name, (key, revoked));
+        }
+        drop(map);
+        self.reload_operators(engine)
+    }
+
+    /// Reloads the operators' keys (a handful: reloaded whole after each change).
+    pub(super) fn reload_operators(&self, engine: &Engine) -> Result<(), EngineError> {
+        let operators = engine.operators()?;
+        let mut map = self.operators.write().unwrap_or_else(|p| p.into_inner());
+        map.clear();
+        for o in operators {
+            if let Ok(key) = VerifyingKey::from_bytes(&o.public_key) {
+                map.insert(o.name.to_string(), (key, o.role, o.revoked));
+            }
         }
         Ok(())
     }
@@ -213,8 +238,19 @@ impl Shared {
                     "metadata x-yosegi-signature-bin is missing or not 64 bytes",
                 )
             })?;
-        let (key, who) = if caller == OPERATOR {
-            (self.operator, Caller::Operator)
+        let operator = self
+            .operators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&caller)
+            .copied();
+        let (key, who) = if let Some((key, role, revoked)) = operator {
+            if revoked {
+                return Err(Status::permission_denied(format!(
+                    "operator {caller} is revoked"
+                )));
+            }
+            (key, Caller::Operator(caller.clone(), role))
         } else {
             let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
             match keys.get(&caller) {
@@ -269,15 +305,27 @@ impl Shared {
     pub(super) fn party<T>(&self, req: &Request<T>, method: &str) -> Result<String, Status> {
         match self.authenticate(req, method)? {
             Caller::Party(p) => Ok(p),
-            Caller::Operator => Err(Status::permission_denied(
-                "the operator key cannot make party calls",
-            )),
+            Caller::Operator(name, _) => Err(Status::permission_denied(format!(
+                "operator {name} cannot make party calls"
+            ))),
         }
     }
 
-    pub(super) fn operator<T>(&self, req: &Request<T>, method: &str) -> Result<(), Status> {
+    /// Authenticates an operator call and checks that its caller's role allows `method`;
+    /// returns the operator's name.
+    pub(super) fn operator<T>(&self, req: &Request<T>, method: &str) -> Result<String, Status> {
         match self.authenticate(req, method)? {
-            Caller::Operator => Ok(()),
+            Caller::Operator(name, role) => {
+                let bare = method.strip_prefix(OPERATOR_SVC).unwrap_or(method);
+                if role.allows(bare) {
+                    return Ok(name);
+                }
+                let needed =
+                    Role::needed_for(bare).map_or("no role".into(), |r| format!("role {r}"));
+                Err(Status::permission_denied(format!(
+                    "operator {name} has role {role}; {bare} needs {needed}"
+                )))
+            }
             Caller::Party(p) => Err(Status::permission_denied(format!(
                 "party {p} cannot make operator calls"
             ))),
@@ -293,6 +341,31 @@ pub(super) struct PartySvc(pub(super) Arc<Shared>);
 
 #[derive(Clone, Debug)]
 pub(super) struct OperatorSvc(pub(super) Arc<Shared>);
+
+/// Makes the data dir's operator key the admin `operator` if no operator is recorded yet, and
+/// warns when the file no longer matches the recorded key (the table decides who may call).
+fn seed_operators(engine: &mut Engine, file_key: &VerifyingKey) -> anyhow::Result<()> {
+    if engine
+        .seed_operator(file_key, now_ms())
+        .context("recording the data dir's operator key")?
+    {
+        tracing::info!(
+            fingerprint = %shared_model::keys::fingerprint(file_key),
+            "the data dir's operator key is the admin \"operator\""
+        );
+        return Ok(());
+    }
+    let recorded = engine.operators().context("reading the operators")?;
+    if let Some(o) = recorded.iter().find(|o| o.name.as_str() == OPERATOR)
+        && o.public_key != file_key.to_bytes()
+    {
+        tracing::warn!(
+            "the data dir's {} is not the recorded key of operator \"operator\" (the recorded one is used)",
+            crate::state::OPERATOR_PUB
+        );
+    }
+    Ok(())
+}
 
 /// Serves on `listener` until `shutdown` resolves, then stops accepting, lets in-flight calls
 /// finish (up to the grace period) and returns.
@@ -313,7 +386,7 @@ pub async fn serve(
     // Held until serving ends: no second coordinator may open this data dir meanwhile.
     let _lock = lock;
     let resumed = super::nonces::resume(&path, now_ms(), config.max_skew.as_millis() as i64)?;
-    let engine = Engine::new(
+    let mut engine = Engine::new(
         store,
         blobs,
         key,
@@ -321,10 +394,11 @@ pub async fn serve(
             manifest_ttl_ms: config.manifest_ttl.as_millis() as i64,
         },
     );
+    seed_operators(&mut engine, &operator)?;
     let shared = Arc::new(Shared {
         engine: Arc::new(Mutex::new(engine)),
         keys: RwLock::new(HashMap::new()),
-        operator,
+        operators: RwLock::new(HashMap::new()),
         nonces: Mutex::new(resumed.cache),
         not_before_ms: resumed.not_before_ms,
         notify: Notify::new(),
@@ -385,7 +459,16 @@ pub async fn serve(
             let l = TcpListener::bind(at)
                 .await
                 .map_err(|e| anyhow::anyhow!("cannot serve metrics on {at}: {e}"))?;
-            tracing::info!(addr = %l.local_addr()?, "Prometheus metrics at GET /metrics");
+            // Over the gRPC server's TLS (its certificate, its client CA); plain HTTP only
+            // beside a --plaintext server.
+            let tls = config
+                .tls
+                .as_ref()
+                .map(crate::tls::ServerTls::rustls)
+                .transpose()
+                .context("the metrics endpoint's TLS")?;
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            tracing::info!(addr = %l.local_addr()?, scheme, "Prometheus metrics at GET /metrics");
             let shared = shared.clone();
             let mut stop = stop_rx.clone();
             let scrape = move || {
@@ -404,6 +487,7 @@ pub async fn serve(
             };
             Some(tokio::spawn(crate::metrics::serve_metrics(
                 l,
+                tls,
                 scrape,
                 async move {
                     let _ = stop.changed().await;

@@ -32,6 +32,18 @@ impl Store {
     /// Applies `t`, decided on the state at `at`, with its governance-log records, in one
     /// transaction: all of it, or (on any error) none of it.
     pub fn apply(&mut self, at: Version, now: i64, t: &Transition) -> Result<Applied> {
+        self.apply_by(at, now, None, t)
+    }
+
+    /// [`Self::apply`] of a change operator `by` called: its governance-log record names them
+    /// (`"by"` in the detail).
+    pub fn apply_by(
+        &mut self,
+        at: Version,
+        now: i64,
+        by: Option<&str>,
+        t: &Transition,
+    ) -> Result<Applied> {
         let tx = self.conn.transaction()?;
         let now_head = version_of(&tx)?;
         if now_head != at {
@@ -40,7 +52,7 @@ impl Store {
                 at.0, now_head.0
             )));
         }
-        let applied = write(&tx, t, now)?;
+        let applied = write(&tx, t, now, by)?;
         tx.commit()?;
         Ok(applied)
     }
@@ -54,8 +66,11 @@ fn one(n: usize, what: impl FnOnce() -> String) -> Result<()> {
     if n == 1 { Ok(()) } else { Err(stale(what())) }
 }
 
-fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
+fn write(tx: &Transaction<'_>, t: &Transition, now: i64, by: Option<&str>) -> Result<Applied> {
     match t {
+        Transition::AddOperator { .. } | Transition::RevokeOperator { .. } => {
+            super::operators::write(tx, t, now, by)?;
+        }
         Transition::EnrollParty {
             party, public_key, ..
         } => {
@@ -68,10 +83,13 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
                     "party {party} is already enrolled"
                 )));
             }
+            super::operators::name_free_of_operators(tx, party.as_str())?;
             let fingerprint = shared_model::ids::Sha256::of(public_key).to_string();
             let detail =
                 json!({"public_key": hex::encode(public_key), "fingerprint": &fingerprint[..16]});
-            let event = AuditEvent::new(AuditKind::PartyEnrolled, detail).party(party.as_str());
+            let event = AuditEvent::new(AuditKind::PartyEnrolled, detail)
+                .party(party.as_str())
+                .by(by);
             audit::append(tx, now, &event)?;
         }
         Transition::RotateCoordinatorKey { rotation, resigned } => {
@@ -133,7 +151,9 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
                 "fingerprint": fp(public_key),
                 "previous_fingerprint": fp(previous),
             });
-            let event = AuditEvent::new(AuditKind::PartyKeyRotated, detail).party(party.as_str());
+            let event = AuditEvent::new(AuditKind::PartyKeyRotated, detail)
+                .party(party.as_str())
+                .by(by);
             audit::append(tx, now, &event)?;
         }
         Transition::Revoke {
@@ -148,7 +168,9 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             )?;
             one(n, || format!("no party named {party}"))?;
             let detail = json!({ "reason": reason });
-            let event = AuditEvent::new(AuditKind::PartyRevoked, detail).party(party.as_str());
+            let event = AuditEvent::new(AuditKind::PartyRevoked, detail)
+                .party(party.as_str())
+                .by(by);
             audit::append(tx, now, &event)?;
             for (task, round) in awaited {
                 audit::append(
@@ -189,7 +211,9 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             let limits: serde_json::Value =
                 serde_json::from_str(&limits.to_json()).expect("limits are JSON");
             let detail = json!({"spec_id": spec_id, "parties": names, "limits": limits});
-            let event = AuditEvent::new(AuditKind::TaskCreated, detail).task(task.as_str());
+            let event = AuditEvent::new(AuditKind::TaskCreated, detail)
+                .task(task.as_str())
+                .by(by);
             audit::append(tx, now, &event)?;
         }
         Transition::RecordSums {
@@ -243,7 +267,8 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
                 });
                 let event = AuditEvent::new(AuditKind::RoundQueued, detail)
                     .task(task.as_str())
-                    .round((last + i) as u64);
+                    .round((last + i) as u64)
+                    .by(by);
                 audit::append(tx, now, &event)?;
             }
             return Ok(Applied::Queued(RoundNo(last as u64 + 1)));
@@ -254,7 +279,9 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64) -> Result<Applied> {
             blob_sha256,
         } => {
             let detail = json!({"version": version.0, "blob_sha256": blob_sha256.to_string()});
-            let event = AuditEvent::new(AuditKind::ModelRestored, detail).task(task.as_str());
+            let event = AuditEvent::new(AuditKind::ModelRestored, detail)
+                .task(task.as_str())
+                .by(by);
             audit::append(tx, now, &event)?;
         }
         Transition::OpenRound {

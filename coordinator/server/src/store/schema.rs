@@ -3,7 +3,7 @@
 //! the ones `yosegi-round` writes; the schema holds no rules.
 
 /// Schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The `declines` table (schema 2): non-training work a party refused (statistics, evaluation).
 macro_rules! declines_ddl {
@@ -16,6 +16,14 @@ macro_rules! declines_ddl {
 macro_rules! rotations_ddl {
     () => {
         "CREATE TABLE key_rotations (sequence INTEGER PRIMARY KEY, statement BLOB NOT NULL, by_previous BLOB NOT NULL, by_new BLOB NOT NULL, at_ms INTEGER NOT NULL);"
+    };
+}
+
+/// Named operator keys with a role (schema 7); never deleted, only revoked. The data dir's
+/// `operator.pub.pem` becomes the admin `operator` when the table is empty (`operators.rs`).
+macro_rules! operators_ddl {
+    () => {
+        "CREATE TABLE operators (name TEXT PRIMARY KEY, public_key BLOB NOT NULL UNIQUE, role TEXT NOT NULL, revoked INTEGER NOT NULL DEFAULT 0, added_ms INTEGER NOT NULL);"
     };
 }
 
@@ -119,7 +127,9 @@ CREATE TABLE evaluations (
     "\n",
     audit_ddl!(),
     "\n",
-    rotations_ddl!()
+    rotations_ddl!(),
+    "\n",
+    operators_ddl!()
 );
 
 /// Steps from each older schema version to the next: `MIGRATIONS[v - 1]` upgrades version `v`.
@@ -135,4 +145,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE tasks ADD COLUMN limits TEXT NOT NULL DEFAULT '{}';",
     // 5 → 6: rotations of the coordinator's signing key.
     rotations_ddl!(),
+    // 6 → 7: named operator keys with roles; the data dir's operator key is added as admin
+    // `operator` at the next start.
+    operators_ddl!(),
 ];

@@ -48,7 +48,7 @@ fn a_version_1_database_is_upgraded_in_place() {
         // What a version-1 build wrote: no declines table, no governance log.
         s.conn
             .execute_batch(
-                "DROP TABLE declines; DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations",
+                "DROP TABLE declines; DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations; DROP TABLE operators",
             )
             .unwrap();
         s.conn.pragma_update(None, "user_version", 1).unwrap();
@@ -72,7 +72,7 @@ fn a_version_4_task_is_upgraded_with_the_default_contribution_limits() {
     {
         let s = lived_store(&path);
         s.conn
-            .execute_batch("ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations")
+            .execute_batch("ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations; DROP TABLE operators")
             .unwrap();
         s.conn.pragma_update(None, "user_version", 4).unwrap();
     }
@@ -456,7 +456,7 @@ fn a_version_2_database_is_upgraded_and_logs_from_then_on() {
         // What a version-2 build wrote: no governance log.
         s.conn
             .execute_batch(
-                "DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations",
+                "DROP TABLE audit_log; ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations; DROP TABLE operators",
             )
             .unwrap();
         s.conn.pragma_update(None, "user_version", 2).unwrap();
@@ -495,7 +495,7 @@ fn a_version_3_database_keeps_its_updates_and_stores_audits_from_then_on() {
         // What a version-3 build wrote: updates without the audit column.
         s.conn
             .execute_batch(
-                "ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations",
+                "ALTER TABLE updates DROP COLUMN membership_audit; ALTER TABLE tasks DROP COLUMN limits; DROP TABLE key_rotations; DROP TABLE operators",
             )
             .unwrap();
         s.conn
