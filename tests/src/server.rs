@@ -60,7 +60,7 @@ impl ServerProcess {
         }
     }
 
-    /// Starts `coordinator serve` and waits until it accepts connections (30 s at most).
+    /// Starts `coordinator serve` and waits until it serves (30 s at most).
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "the coordinator is already running");
         let mut log = std::fs::OpenOptions::new()
@@ -97,8 +97,15 @@ impl ServerProcess {
             .expect("starts the coordinator");
         self.child = Some(child);
         let started = Instant::now();
+        // Ready when this run logs that it serves: its gRPC socket accepts before then (it is
+        // bound before the data dir is opened), and the metrics endpoint is bound just before.
+        let marker = format!("---- start {}", self.starts);
         loop {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let this_run = text.rsplit_once(&marker).map_or("", |(_, run)| run);
+            if this_run.contains("coordinator serving")
+                && std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            {
                 return;
             }
             if let Some(status) = self
