@@ -125,28 +125,65 @@ pub fn add(
     })
 }
 
-/// Revokes operator `name`: its calls are refused from the next one on.
-pub fn revoke(name: &str, operators: &[OperatorRecord]) -> Decided<Transition> {
-    let Some(o) = operators.iter().find(|o| o.name.as_str() == name) else {
-        return Err(Refusal::not_found(format!("no operator named {name}")));
+/// Why operator `name` cannot be revoked in the state `operators`, if it cannot: the one check
+/// the decision, the store's guard and the in-memory federation's guard all make.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unrevocable {
+    /// No such operator.
+    Unknown(String),
+    /// Revoked already.
+    Revoked(String),
+    /// The last admin that is not revoked.
+    LastAdmin(String),
+}
+
+impl fmt::Display for Unrevocable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unknown(n) => write!(f, "no operator named {n}"),
+            Self::Revoked(n) => write!(f, "operator {n} is already revoked"),
+            Self::LastAdmin(n) => write!(f, "operator {n} is the last admin"),
+        }
+    }
+}
+
+/// The operator to revoke, or why it cannot be.
+pub fn revocable<'a>(
+    name: &str,
+    operators: impl IntoIterator<Item = &'a OperatorRecord> + Clone,
+) -> Result<&'a OperatorRecord, Unrevocable> {
+    let Some(o) = operators
+        .clone()
+        .into_iter()
+        .find(|o| o.name.as_str() == name)
+    else {
+        return Err(Unrevocable::Unknown(name.into()));
     };
     if o.revoked {
-        return Err(Refusal::precondition(format!(
-            "operator {name} is already revoked"
-        )));
+        return Err(Unrevocable::Revoked(name.into()));
     }
     let admins = operators
-        .iter()
+        .into_iter()
         .filter(|o| !o.revoked && o.role == Role::Admin)
         .count();
     if o.role == Role::Admin && admins == 1 {
-        return Err(Refusal::precondition(format!(
-            "operator {name} is the last admin: add another admin first (or, with the coordinator stopped, `coordinator operator recover`)"
-        )));
+        return Err(Unrevocable::LastAdmin(name.into()));
     }
-    Ok(Transition::RevokeOperator {
-        operator: o.name.clone(),
-    })
+    Ok(o)
+}
+
+/// Revokes operator `name`: its calls are refused from the next one on.
+pub fn revoke(name: &str, operators: &[OperatorRecord]) -> Decided<Transition> {
+    match revocable(name, operators) {
+        Ok(o) => Ok(Transition::RevokeOperator {
+            operator: o.name.clone(),
+        }),
+        Err(e @ Unrevocable::Unknown(_)) => Err(Refusal::not_found(e.to_string())),
+        Err(e @ Unrevocable::Revoked(_)) => Err(Refusal::precondition(e.to_string())),
+        Err(e @ Unrevocable::LastAdmin(_)) => Err(Refusal::precondition(format!(
+            "{e}: add another admin first (or, with the coordinator stopped, `coordinator operator recover`)"
+        ))),
+    }
 }
 
 #[cfg(test)]

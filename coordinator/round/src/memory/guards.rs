@@ -40,22 +40,11 @@ impl Federation {
                     "the name {operator} is taken"
                 )))
             }
-            Transition::RevokeOperator { operator } => match self.operators.get(operator) {
-                None => stale(format!("no operator {operator}")),
-                Some(o) if o.revoked => stale(format!("operator {operator} is already revoked")),
-                Some(o)
-                    if o.role == crate::Role::Admin
-                        && self
-                            .operators
-                            .values()
-                            .filter(|x| !x.revoked && x.role == crate::Role::Admin)
-                            .count()
-                            == 1 =>
-                {
-                    stale(format!("operator {operator} is the last admin"))
-                }
-                Some(_) => Ok(()),
-            },
+            Transition::RevokeOperator { operator } => {
+                crate::operators::revocable(operator.as_str(), self.operators.values())
+                    .map(drop)
+                    .map_err(|e| ApplyError::Stale(e.to_string()))
+            }
             Transition::Revoke { party, .. } if !self.parties.contains_key(party) => {
                 stale(format!("no party {party}"))
             }

@@ -15,6 +15,7 @@ use rusqlite::Connection;
 use crate::audit::ChainBreak;
 
 mod apply;
+mod keys;
 mod operators;
 mod reads;
 mod rows;

@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde_json::json;
 use shared_model::ids::OperatorId;
 use yosegi_round::Transition;
-use yosegi_round::operators::{OperatorRecord, Role};
+use yosegi_round::operators::{self, OperatorRecord};
 
 use super::{Result, Store, StoreError};
 use crate::audit::{self, AuditEvent, AuditKind};
@@ -113,23 +113,8 @@ pub(super) fn write(
         }
         Transition::RevokeOperator { operator } => {
             let ops = all(tx)?;
-            let Some(o) = ops.iter().find(|o| &o.name == operator) else {
-                return Err(StoreError::Stale(format!("no operator {operator}")));
-            };
-            if o.revoked {
-                return Err(StoreError::Stale(format!(
-                    "operator {operator} is already revoked"
-                )));
-            }
-            let admins = ops
-                .iter()
-                .filter(|o| !o.revoked && o.role == Role::Admin)
-                .count();
-            if o.role == Role::Admin && admins == 1 {
-                return Err(StoreError::Stale(format!(
-                    "operator {operator} is the last admin"
-                )));
-            }
+            let o = operators::revocable(operator.as_str(), &ops)
+                .map_err(|e| StoreError::Stale(e.to_string()))?;
             tx.execute(
                 "UPDATE operators SET revoked = 1 WHERE name = ?1",
                 [operator.as_str()],
@@ -149,6 +134,7 @@ pub(super) fn write(
 #[cfg(test)]
 mod tests {
     use shared_model::ids::PartyId;
+    use yosegi_round::Role;
 
     use super::*;
 
