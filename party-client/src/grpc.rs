@@ -165,6 +165,36 @@ pub fn digest_of(msg: &impl prost::Message) -> [u8; 32] {
     shared_model::auth::body_sha256(&msg.encode_to_vec())
 }
 
+/// The daemon's view of an assignment the coordinator sent.
+pub fn assignment_of(a: pb::Assignment) -> anyhow::Result<Assignment> {
+    let work = match a.work.context("assignment without work")? {
+        pb::assignment::Work::Stats(_) => Work::Stats,
+        pb::assignment::Work::Train(t) => {
+            let o = t.overrides.unwrap_or_default();
+            Work::Train {
+                base_version: t.base_version,
+                base_sha256: t.base_sha256,
+                strategy: t.strategy,
+                fedprox_mu: o.fedprox_mu,
+                learning_rate: o.learning_rate,
+                frozen_layers: o.frozen_layers,
+                local_epochs: o.local_epochs,
+                round_parties: t.round_parties,
+            }
+        }
+        pb::assignment::Work::Evaluate(e) => Work::Evaluate { version: e.version },
+    };
+    Ok(Assignment {
+        id: a.assignment_id,
+        task: a.task,
+        spec_toml: a.spec_toml,
+        spec_id: a.spec_id,
+        round: a.round,
+        step: a.step,
+        work,
+    })
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -218,35 +248,7 @@ impl PartyClient {
             .await
             .map_err(status)?
             .into_inner();
-        let Some(a) = r.assignment else {
-            return Ok(None);
-        };
-        let work = match a.work.context("assignment without work")? {
-            pb::assignment::Work::Stats(_) => Work::Stats,
-            pb::assignment::Work::Train(t) => {
-                let o = t.overrides.unwrap_or_default();
-                Work::Train {
-                    base_version: t.base_version,
-                    base_sha256: t.base_sha256,
-                    strategy: t.strategy,
-                    fedprox_mu: o.fedprox_mu,
-                    learning_rate: o.learning_rate,
-                    frozen_layers: o.frozen_layers,
-                    local_epochs: o.local_epochs,
-                    round_parties: t.round_parties,
-                }
-            }
-            pb::assignment::Work::Evaluate(e) => Work::Evaluate { version: e.version },
-        };
-        Ok(Some(Assignment {
-            id: a.assignment_id,
-            task: a.task,
-            spec_toml: a.spec_toml,
-            spec_id: a.spec_id,
-            round: a.round,
-            step: a.step,
-            work,
-        }))
+        r.assignment.map(assignment_of).transpose()
     }
 
     /// Reports feature sums.

@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod transport;
+pub mod version;
 
 /// Package `yosegi.v1`.
 pub mod v1 {

@@ -165,6 +165,7 @@ impl Procs {
     }
 }
 
+pub mod raw;
 pub mod sandbox;
 pub mod server;
 

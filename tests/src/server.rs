@@ -44,6 +44,13 @@ impl ServerProcess {
             "coordinator",
             &["init", "--data-dir", data_dir.to_str().expect("utf-8 path")],
         );
+        Self::existing(root, &data_dir)
+    }
+
+    /// An existing data dir (e.g. one a previous release wrote), its config and log in `root`,
+    /// a 20 ms tick, a free port.
+    pub fn existing(root: &Path, data_dir: &Path) -> Self {
+        let data_dir = data_dir.to_path_buf();
         let config = root.join("coordinator.toml");
         std::fs::write(&config, "tick_ms = 20\n").expect("writes the config");
         let port = crate::free_port();

@@ -3,6 +3,7 @@
 mod attacks;
 mod audit_log;
 mod cli;
+mod compat;
 mod crash;
 mod dp;
 mod experiment;

@@ -236,6 +236,7 @@ impl RawServeConfig {
             },
             metrics: self.metrics_listen,
             tls: None,
+            record_wire: None,
         };
         let data_dir = self
             .data_dir

@@ -11,6 +11,7 @@ mod nonces;
 mod operator;
 mod party;
 mod receive;
+pub mod record;
 pub mod server;
 
 pub use listen::ConnectionLimit;

@@ -54,6 +54,9 @@ pub struct ServeConfig {
     /// TLS certificate and key (and client CA for mutual TLS); `None` serves plain HTTP/2,
     /// which the serve command allows only when asked (`--plaintext`).
     pub tls: Option<crate::tls::ServerTls>,
+    /// Write every call's messages to this file (compatibility fixtures only:
+    /// [`super::record`]); `None` in any real federation.
+    pub record_wire: Option<std::path::PathBuf>,
 }
 
 impl ServeConfig {
@@ -80,6 +83,7 @@ impl Default for ServeConfig {
             connections: super::listen::ConnectionLimit::default(),
             metrics: None,
             tls: None,
+            record_wire: None,
         }
     }
 }
@@ -514,6 +518,9 @@ pub async fn serve(
         }
     }
     let server = builder
+        .layer(super::record::RecordLayer::new(
+            config.record_wire.as_deref(),
+        )?)
         .layer(super::digest::DigestLayer {
             first_message: config.connections.handshake,
         })
