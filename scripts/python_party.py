@@ -32,6 +32,7 @@ u64, i64 = (lambda n: struct.pack("<Q", n)), (lambda n: struct.pack("<q", n))
 sha = lambda *parts: hashlib.sha256(b"".join(parts)).digest()
 lp = lambda s: u64(len(s)) + s  # length-prefixed bytes
 CHUNK = 1 << 20  # PROTOCOL.md §3: chunks of at most 1 MiB
+PROTOCOL, OLDEST_COORDINATOR = 2, 1  # COMPATIBILITY.md: what this party speaks and accepts
 
 
 def log(*a):
@@ -244,16 +245,29 @@ class Party:
         """Metadata of call proof v2 (PROTOCOL.md "Call authentication")."""
         ts, nonce = int(time.time() * 1000), os.urandom(16)
         sig = self.key.sign(call_digest(method, self.name, ts, nonce, body))
-        return [("x-yosegi-proof", "2"), ("x-yosegi-caller", self.name),
+        return [("x-yosegi-protocol", str(PROTOCOL)), ("x-yosegi-release", "python-party"),
+                ("x-yosegi-proof", "2"), ("x-yosegi-caller", self.name),
                 ("x-yosegi-timestamp", str(ts)), ("x-yosegi-nonce", nonce.hex()),
                 ("x-yosegi-signature-bin", sig)]
 
     def unary(self, name, req, resp_cls, timeout=30):
-        """Encode once, sign the hash of those bytes, send those bytes (identity serializer)."""
+        """Encode once, sign the hash of those bytes, send those bytes (identity serializer);
+        check the protocol the coordinator answers with (COMPATIBILITY.md)."""
         method, body = f"/yosegi.v1.PartyService/{name}", req.SerializeToString()
         call = self.ch.unary_unary(method, request_serializer=lambda b: b,
                                    response_deserializer=resp_cls.FromString)
-        return call(body, metadata=self.proof(method, body), timeout=timeout)
+        resp, info = call.with_call(body, metadata=self.proof(method, body), timeout=timeout)
+        theirs = dict(info.initial_metadata())
+        protocol = int(theirs.get("x-yosegi-protocol", "1"))
+        if protocol < OLDEST_COORDINATOR:
+            raise SystemExit(f"protocol skew: the coordinator speaks protocol {protocol} "
+                             f"(release {theirs.get('x-yosegi-release', '0.1.0')}); this party "
+                             f"needs {OLDEST_COORDINATOR} to {PROTOCOL}: upgrade the coordinator")
+        if not getattr(self, "announced", False):
+            log(f"coordinator speaks protocol {protocol} "
+                f"(release {theirs.get('x-yosegi-release', '0.1.0')})")
+            self.announced = True
+        return resp
 
     def download(self, task, version):
         """DownloadModel, then verify manifest and blob (PROTOCOL.md "Manifests")."""

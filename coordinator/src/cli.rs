@@ -25,7 +25,7 @@ use commands::{audit_command, party_command, round_command, spec_command, task_c
 
 /// Yosegi coordinator: merges models trained apart at many sites without seeing their data.
 #[derive(Debug, Parser)]
-#[command(name = "coordinator", version, about, long_about = None)]
+#[command(name = "coordinator", version = yosegi_proto::version::DESCRIPTION, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]

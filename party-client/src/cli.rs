@@ -36,7 +36,7 @@ pub async fn shutdown_signal() {
 /// Yosegi party client: trains the declared network on this site's data; only signed weight
 /// blobs ever leave the site.
 #[derive(Debug, Parser)]
-#[command(name = "party-client", version, about, long_about = None)]
+#[command(name = "party-client", version = yosegi_proto::version::DESCRIPTION, about, long_about = None)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]

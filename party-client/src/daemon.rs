@@ -96,6 +96,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     backoff = Duration::from_millis(100);
                 }
                 if let Err(e) = done {
+                    if crate::grpc::is_skew(&e) {
+                        tracing::error!(error = %e, "stopping: the coordinator and this daemon share no protocol");
+                        return Err(e);
+                    }
                     tracing::warn!(assignment = %id, error = %format!("{e:#}"), "assignment not completed");
                     // Give the coordinator a moment before the same work is offered again.
                     tokio::select! {
@@ -104,6 +108,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
+            }
+            Err(e) if crate::grpc::is_skew(&e) => {
+                tracing::error!(error = %e, "stopping: the coordinator and this daemon share no protocol");
+                return Err(e);
             }
             Err(e) => {
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?backoff, "lost the coordinator; reconnecting");

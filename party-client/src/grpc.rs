@@ -139,6 +139,7 @@ pub fn sign<T>(
         body,
     );
     let md = req.metadata_mut();
+    yosegi_proto::version::announce(md);
     md.insert("x-yosegi-proof", PROOF_VERSION.parse().expect("digits"));
     md.insert(
         "x-yosegi-caller",
@@ -202,7 +203,32 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// This daemon and the coordinator share no protocol (docs/COMPATIBILITY.md): no retry can
+/// help, the daemon stops with the message, which names both versions and what to upgrade.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolSkew(pub String);
+
+impl std::fmt::Display for ProtocolSkew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ProtocolSkew {}
+
+/// Whether `e` is a [`ProtocolSkew`].
+pub fn is_skew(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ProtocolSkew>().is_some()
+}
+
 fn status(s: tonic::Status) -> anyhow::Error {
+    if yosegi_proto::version::is_skew(&s) {
+        return ProtocolSkew(format!(
+            "the coordinator refused this daemon: {}",
+            s.message()
+        ))
+        .into();
+    }
     anyhow::anyhow!("coordinator said {:?}: {}", s.code(), s.message())
 }
 
@@ -242,12 +268,9 @@ impl PartyClient {
     /// Long-polls for work.
     pub async fn next_assignment(&mut self, wait_ms: u32) -> anyhow::Result<Option<Assignment>> {
         let req = self.req(pb::NextAssignmentRequest { wait_ms }, "NextAssignment");
-        let r = self
-            .inner
-            .next_assignment(req)
-            .await
-            .map_err(status)?
-            .into_inner();
+        let r = self.inner.next_assignment(req).await.map_err(status)?;
+        yosegi_proto::version::coordinator_of(r.metadata()).map_err(ProtocolSkew)?;
+        let r = r.into_inner();
         r.assignment.map(assignment_of).transpose()
     }
 
@@ -441,3 +464,24 @@ pub fn digest(s: &str) -> anyhow::Result<Sha256> {
 
 /// The key type parties pin, re-exported for callers.
 pub type CoordinatorKey = VerifyingKey;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use yosegi_proto::version::{Peer, serve_client};
+
+    #[test]
+    fn a_protocol_refusal_is_final_and_other_refusals_are_not() {
+        let first = Peer::from_values(Some("1"), None).unwrap();
+        assert!(serve_client(&first, "party p").is_ok());
+        let refusal =
+            serve_client(&Peer::from_values(Some("0"), None).unwrap(), "party p").unwrap_err();
+        let e = status(tonic::Status::failed_precondition(refusal)).context("polling for work");
+        assert!(is_skew(&e), "{e:#}");
+        assert!(format!("{e:#}").contains("upgrade party p"), "{e:#}");
+        assert!(!is_skew(&status(tonic::Status::failed_precondition(
+            "round 3 is closed"
+        ))));
+        assert!(!is_skew(&status(tonic::Status::unavailable("restarting"))));
+    }
+}

@@ -436,3 +436,107 @@ async fn the_previous_release_s_data_dir_and_plant_state_upgrade_in_place() {
     );
     assert!(verified.starts_with("audit log OK"), "{verified}");
 }
+
+/// A caller announcing a protocol this coordinator does not serve is refused at its first call
+/// — before its proof is looked at — with both versions and the upgrade named, the refusal
+/// carrying the coordinator's own protocol; a caller without the header is the first release
+/// and is served; the operator sees both (party list, metrics).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_of_another_protocol_is_refused_naming_both_versions() {
+    use yosegi_proto::version::{OLDEST_CLIENT, PROTOCOL, RELEASE};
+    let (sb, metrics) = Sandbox::start_with_metrics().await;
+    let mut op = sb.operator().await;
+    let key = keys::generate().unwrap();
+    op.enroll("plant-a", &key.verifying_key()).await.unwrap();
+    let mut raw = RawClient::connect(&sb.url, &sb.client_tls()).await;
+    let poll = pb::NextAssignmentRequest { wait_ms: 0 }.encode_to_vec();
+    let method = "/yosegi.v1.PartyService/NextAssignment";
+    let newer = [
+        ("x-yosegi-protocol".to_string(), "3".to_string()),
+        ("x-yosegi-release".to_string(), "0.3.0".to_string()),
+    ];
+    let refused = raw
+        .call(method, "plant-a", &key, vec![poll.clone()], &newer)
+        .await
+        .expect_err("a newer protocol is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    for part in [
+        "protocol skew: party plant-a speaks Yosegi protocol 3 (release 0.3.0)",
+        &format!("this coordinator (release {RELEASE}, protocols {OLDEST_CLIENT} to {PROTOCOL})"),
+        "upgrade the coordinator to release 0.3.0 or later",
+    ] {
+        assert!(
+            refused.message().contains(part),
+            "{:?} lacks {part:?}",
+            refused.message()
+        );
+    }
+    assert_eq!(
+        refused
+            .metadata()
+            .get("x-yosegi-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some(PROTOCOL.to_string().as_str()),
+        "the refusal names the coordinator's protocol"
+    );
+    // Refused before the proof is read: a garbage signature gets the same answer.
+    let unsigned = raw
+        .call(
+            method,
+            "plant-a",
+            &keys::generate().unwrap(),
+            vec![poll.clone()],
+            &newer,
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        unsigned.code(),
+        tonic::Code::FailedPrecondition,
+        "{unsigned:?}"
+    );
+    let bad = raw
+        .call(
+            method,
+            "plant-a",
+            &key,
+            vec![poll.clone()],
+            &[("x-yosegi-protocol".to_string(), "two".to_string())],
+        )
+        .await
+        .expect_err("not a number");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+
+    // No header: the first release's daemon, served; its answer names this coordinator.
+    let served = raw
+        .call(method, "plant-a", &key, vec![poll], &[])
+        .await
+        .expect("a protocol-1 caller is served");
+    assert_eq!(
+        served
+            .metadata
+            .get("x-yosegi-release")
+            .and_then(|v| v.to_str().ok()),
+        Some(RELEASE)
+    );
+    let parties = op.parties().await.unwrap();
+    let a = parties.iter().find(|p| p.name == "plant-a").unwrap();
+    assert_eq!((a.protocol, a.release.as_str()), (1, "0.1.0"), "{a:?}");
+    let (_, text) = yosegi_tests::sandbox::https_get(metrics, "/metrics", &sb.ca());
+    for line in [
+        "yosegi_protocol_refusals_total{protocol=\"3\"} 2".to_string(),
+        "yosegi_clients{protocol=\"1\",release=\"0.1.0\"} 1".to_string(),
+        format!("yosegi_clients{{protocol=\"{PROTOCOL}\",release=\"{RELEASE}\"}} 1"),
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+    drop(op);
+    sb.stop().await;
+}

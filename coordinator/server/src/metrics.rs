@@ -10,6 +10,8 @@
 //! | `yosegi_uploads_in_flight` | gauge | — upload streams open now |
 //! | `yosegi_connections_open` | gauge | — connections open now |
 //! | `yosegi_connections_refused_total` | counter | — connections closed at accept over `max_connections` |
+//! | `yosegi_protocol_refusals_total` | counter | `protocol` — calls refused because this coordinator does not serve the caller's protocol (docs/COMPATIBILITY.md) |
+//! | `yosegi_clients` | gauge | `protocol`, `release` — callers by what they spoke at their last call since this start |
 //! | `yosegi_upload_bytes_total` | counter | — blob bytes received |
 //! | `yosegi_download_bytes_total` | counter | — blob bytes sent to parties and operators |
 //! | `yosegi_verification_seconds` | histogram | — time to verify and store one upload |
@@ -67,6 +69,7 @@ struct State {
     download_bytes: u64,
     verification: Histogram,
     aggregation: Histogram,
+    protocol_refusals: BTreeMap<u32, u64>,
 }
 
 /// The in-memory counters and histograms.
@@ -94,6 +97,8 @@ pub struct Gauges {
     pub connections_open: u64,
     /// Connections closed at accept over `max_connections` since start (set by the server).
     pub connections_refused: u64,
+    /// Callers by (protocol, release) of their last call since start (set by the server).
+    pub clients: BTreeMap<(u32, String), u64>,
 }
 
 impl Metrics {
@@ -126,6 +131,11 @@ impl Metrics {
     /// Counts blob bytes sent.
     pub fn download(&self, bytes: u64) {
         self.with(|s| s.download_bytes += bytes);
+    }
+
+    /// Counts a call refused for its protocol.
+    pub fn protocol_refused(&self, protocol: u32) {
+        self.with(|s| *s.protocol_refusals.entry(protocol).or_default() += 1);
     }
 
     /// Records how long closing a round took.
@@ -164,6 +174,13 @@ impl Metrics {
                 "Time to close a round: re-verify its updates, merge, publish.",
                 &mut out,
             );
+            out += "# HELP yosegi_protocol_refusals_total Calls refused because this coordinator does not serve the caller's protocol.\n# TYPE yosegi_protocol_refusals_total counter\n";
+            for (protocol, n) in &s.protocol_refusals {
+                let _ = writeln!(
+                    out,
+                    "yosegi_protocol_refusals_total{{protocol=\"{protocol}\"}} {n}"
+                );
+            }
         });
         out += "# HELP yosegi_rounds Rounds by phase.\n# TYPE yosegi_rounds gauge\n";
         for phase in yosegi_round::RoundPhase::ALL.map(|p| p.as_str()) {
@@ -200,6 +217,14 @@ impl Metrics {
             "# HELP yosegi_connections_refused_total Connections closed at accept because max_connections were open.\n# TYPE yosegi_connections_refused_total counter\nyosegi_connections_refused_total {}",
             g.connections_refused
         );
+        out += "# HELP yosegi_clients Callers by the protocol and release of their last call since this start.\n# TYPE yosegi_clients gauge\n";
+        for ((protocol, release), n) in &g.clients {
+            let release = release.replace(['\\', '"', '\n'], "_");
+            let _ = writeln!(
+                out,
+                "yosegi_clients{{protocol=\"{protocol}\",release=\"{release}\"}} {n}"
+            );
+        }
         out
     }
 }
@@ -396,7 +421,9 @@ mod tests {
             uploads_in_flight: 2,
             connections_open: 5,
             connections_refused: 1,
+            clients: BTreeMap::from([((1, "0.1.0".to_string()), 2), ((2, "a\"b".to_string()), 1)]),
         };
+        m.protocol_refused(3);
         m.upload_unverified("broken", "stalled", 7);
         let text = m.render(&g);
         for line in [
@@ -418,6 +445,9 @@ mod tests {
             "yosegi_parties{state=\"revoked\"} 1",
             "yosegi_parties_connected 2",
             "yosegi_tasks 1",
+            "yosegi_protocol_refusals_total{protocol=\"3\"} 1",
+            "yosegi_clients{protocol=\"1\",release=\"0.1.0\"} 2",
+            "yosegi_clients{protocol=\"2\",release=\"a_b\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

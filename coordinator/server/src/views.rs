@@ -17,6 +17,10 @@ pub struct PartyView {
     pub revoked: bool,
     /// Last authenticated call (Unix ms, 0 = never).
     pub last_seen_unix_ms: i64,
+    /// The protocol of its last call since the coordinator started (0 = none since).
+    pub protocol: u32,
+    /// The release that call named.
+    pub release: String,
 }
 
 /// A task.

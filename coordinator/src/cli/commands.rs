@@ -125,8 +125,13 @@ pub(super) async fn party_command(cmd: PartyCommand) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&parties)?);
             } else {
                 for p in parties {
+                    let release = if p.protocol == 0 {
+                        "no call since the coordinator started".to_string()
+                    } else {
+                        format!("release {} (protocol {})", p.release, p.protocol)
+                    };
                     println!(
-                        "{:<16} {}  {}",
+                        "{:<16} {}  {:<7}  {release}",
                         p.name,
                         p.fingerprint,
                         if p.revoked { "revoked" } else { "active" }

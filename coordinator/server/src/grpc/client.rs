@@ -49,6 +49,7 @@ fn signed_stream<T>(msg: T, method: &str, signer: &Signer, body: [u8; 32]) -> Re
     );
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
+    yosegi_proto::version::announce(md);
     md.insert("x-yosegi-proof", MetadataValue::from_static(PROOF_VERSION));
     md.insert(
         "x-yosegi-caller",
@@ -228,6 +229,8 @@ impl OperatorClient {
                 fingerprint: p.fingerprint,
                 revoked: p.revoked,
                 last_seen_unix_ms: p.last_seen_unix_ms,
+                protocol: p.protocol,
+                release: p.release,
             })
             .collect())
     }

@@ -10,6 +10,7 @@ mod listen;
 mod nonces;
 mod operator;
 mod party;
+mod protocol;
 mod receive;
 pub mod record;
 pub mod server;

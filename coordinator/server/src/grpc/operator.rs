@@ -88,10 +88,21 @@ impl OperatorService for OperatorSvc {
         self.0
             .operator(&req, &format!("{OPERATOR_SVC}ListParties"))?;
         let rows = with_engine(&self.0, |e| Ok(e.store().parties()?)).await?;
+        let peers = self
+            .0
+            .peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         Ok(Response::new(pb::ListPartiesResponse {
             parties: rows
                 .into_iter()
                 .map(|p| pb::PartyInfo {
+                    protocol: peers.get(p.name.as_str()).map_or(0, |v| v.protocol),
+                    release: peers
+                        .get(p.name.as_str())
+                        .map(|v| v.release.clone())
+                        .unwrap_or_default(),
                     fingerprint: VerifyingKey::from_bytes(&p.public_key)
                         .map(|k| shared_model::keys::fingerprint(&k))
                         .unwrap_or_default(),

@@ -110,6 +110,9 @@ pub(super) struct Shared {
     pub(super) uploads: Arc<super::receive::UploadSlots>,
     pub(super) faults: super::receive::FaultRecords,
     pub(super) connections: Arc<super::listen::Connections>,
+    /// The protocol and release each caller spoke at its last authenticated call (since this
+    /// start): `ListParties` and `yosegi_clients` show them.
+    pub(super) peers: Mutex<HashMap<String, yosegi_proto::version::Peer>>,
 }
 
 /// Runs `f` on the engine on a blocking thread.
@@ -204,6 +207,22 @@ impl Shared {
                 ))
             })
         };
+        // The protocol first: a client of another protocol may sign differently.
+        let claimed = md
+            .get("x-yosegi-caller")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?");
+        let named = if self
+            .operators
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(claimed)
+        {
+            format!("operator {claimed}")
+        } else {
+            format!("party {claimed}")
+        };
+        let peer = super::protocol::caller_protocol(md, &named, &self.metrics)?;
         match md.get("x-yosegi-proof").and_then(|v| v.to_str().ok()) {
             Some(PROOF_VERSION) => {}
             other => {
@@ -302,6 +321,10 @@ impl Shared {
                 "call replayed: nonce already used by {}",
                 proof.caller
             )));
+        }
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.get(&proof.caller) != Some(&peer) {
+            peers.insert(proof.caller, peer);
         }
         Ok(who)
     }
@@ -411,6 +434,7 @@ pub async fn serve(
         uploads: super::receive::UploadSlots::new(config.uploads),
         faults: super::receive::FaultRecords::default(),
         connections: super::listen::Connections::new(config.connections),
+        peers: Mutex::new(HashMap::new()),
     });
     {
         let s = shared.clone();
@@ -486,6 +510,16 @@ pub async fn serve(
                     g.uploads_in_flight = shared.uploads.in_flight() as u64;
                     g.connections_open = shared.connections.open();
                     g.connections_refused = shared.connections.refused();
+                    for peer in shared
+                        .peers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                    {
+                        *g.clients
+                            .entry((peer.protocol, peer.release.clone()))
+                            .or_default() += 1;
+                    }
                     Ok(shared.metrics.render(&g))
                 }
             };
@@ -518,9 +552,11 @@ pub async fn serve(
         }
     }
     let server = builder
+        // Outermost first: the recorder sees what the protocol layer adds to each answer.
         .layer(super::record::RecordLayer::new(
             config.record_wire.as_deref(),
         )?)
+        .layer(super::protocol::ProtocolLayer)
         .layer(super::digest::DigestLayer {
             first_message: config.connections.handshake,
         })
