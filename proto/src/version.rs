@@ -27,6 +27,9 @@ pub const DESCRIPTION: &str = concat!(
 /// of retrying.
 pub const SKEW: &str = "protocol skew: ";
 
+/// A peer's release when it named none.
+const NOT_GIVEN: &str = "not given";
+
 /// The first release of each protocol.
 const FIRST_RELEASE: [(u32, &str); 2] = [(1, "0.1.0"), (2, "0.2.0")];
 
@@ -64,10 +67,23 @@ impl Peer {
                 format!("metadata {PROTOCOL_HEADER} is {v:?}, not a protocol number")
             })?,
         };
+        // Free text from an unauthenticated caller, bound for logs and metrics labels: at most
+        // 64 printable ASCII characters, anything else `?`.
         let release = match release {
-            Some(r) if !r.trim().is_empty() => r.trim().chars().take(64).collect(),
+            Some(r) if !r.trim().is_empty() => r
+                .trim()
+                .chars()
+                .take(64)
+                .map(|c| {
+                    if c.is_ascii_graphic() || c == ' ' {
+                        c
+                    } else {
+                        '?'
+                    }
+                })
+                .collect(),
             _ if protocol == 1 => "0.1.0".to_string(),
-            _ => "not given".to_string(),
+            _ => NOT_GIVEN.to_string(),
         };
         Ok(Self { protocol, release })
     }
@@ -79,7 +95,7 @@ impl std::fmt::Display for Peer {
     }
 }
 
-/// Whether this coordinator serves `client` (named `who`, e.g. `party plant-a`); the refusal
+/// Whether this coordinator serves `client` (named `who`, e.g. `caller plant-a`); the refusal
 /// names both versions and what to upgrade.
 pub fn serve_client(client: &Peer, who: &str) -> Result<(), String> {
     if client.protocol < OLDEST_CLIENT {
@@ -89,9 +105,13 @@ pub fn serve_client(client: &Peer, who: &str) -> Result<(), String> {
         ));
     }
     if client.protocol > PROTOCOL {
+        let upgrade = if client.release == NOT_GIVEN {
+            format!("a release serving protocol {}", client.protocol)
+        } else {
+            format!("release {} or later", client.release)
+        };
         return Err(format!(
-            "{SKEW}{who} speaks Yosegi {client}, newer than this coordinator (release {RELEASE}, protocols {OLDEST_CLIENT} to {PROTOCOL}): upgrade the coordinator to release {} or later first",
-            client.release
+            "{SKEW}{who} speaks Yosegi {client}, newer than this coordinator (release {RELEASE}, protocols {OLDEST_CLIENT} to {PROTOCOL}): upgrade the coordinator to {upgrade} first"
         ));
     }
     Ok(())
@@ -205,6 +225,20 @@ mod tests {
                 "{RELEASE} (Yosegi protocol {PROTOCOL}; a coordinator serves clients of protocols {OLDEST_CLIENT} to {PROTOCOL}, a client works with coordinators of protocols {OLDEST_COORDINATOR} to {PROTOCOL})"
             )
         );
+    }
+
+    #[test]
+    fn a_release_is_bounded_printable_text() {
+        let long = "x".repeat(500);
+        assert_eq!(
+            Peer::from_values(Some("2"), Some(&long))
+                .unwrap()
+                .release
+                .len(),
+            64
+        );
+        let p = Peer::from_values(Some("2"), Some("0.2\n\u{1b}[31m é")).unwrap();
+        assert_eq!(p.release, "0.2??[31m ?");
     }
 
     #[test]

@@ -465,7 +465,7 @@ async fn a_caller_of_another_protocol_is_refused_naming_both_versions() {
         "{refused:?}"
     );
     for part in [
-        "protocol skew: party plant-a speaks Yosegi protocol 3 (release 0.3.0)",
+        "protocol skew: caller plant-a speaks Yosegi protocol 3 (release 0.3.0)",
         &format!("this coordinator (release {RELEASE}, protocols {OLDEST_CLIENT} to {PROTOCOL})"),
         "upgrade the coordinator to release 0.3.0 or later",
     ] {
@@ -499,6 +499,16 @@ async fn a_caller_of_another_protocol_is_refused_naming_both_versions() {
         tonic::Code::FailedPrecondition,
         "{unsigned:?}"
     );
+    // A name that is no valid name is not echoed.
+    let odd = raw
+        .call(method, "a b=c", &key, vec![poll.clone()], &newer)
+        .await
+        .expect_err("refused");
+    assert!(
+        odd.message().contains("caller ? speaks"),
+        "{:?}",
+        odd.message()
+    );
     let bad = raw
         .call(
             method,
@@ -528,7 +538,7 @@ async fn a_caller_of_another_protocol_is_refused_naming_both_versions() {
     assert_eq!((a.protocol, a.release.as_str()), (1, "0.1.0"), "{a:?}");
     let (_, text) = yosegi_tests::sandbox::https_get(metrics, "/metrics", &sb.ca());
     for line in [
-        "yosegi_protocol_refusals_total{protocol=\"3\"} 2".to_string(),
+        "yosegi_protocol_refusals_total{protocol=\"3\"} 3".to_string(),
         "yosegi_clients{protocol=\"1\",release=\"0.1.0\"} 1".to_string(),
         format!("yosegi_clients{{protocol=\"{PROTOCOL}\",release=\"{RELEASE}\"}} 1"),
     ] {

@@ -61,8 +61,10 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
     let data_dir = root.path().join("coordinator");
     tls::create(&data_dir, &[]).unwrap();
     let ca = tls::dir(&data_dir).join(tls::CA_CERT);
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], yosegi_tests::free_port()));
     let config = ServeConfig {
         tls: Some(tls::ServerTls::from_data_dir(&data_dir, Some(&ca)).unwrap()),
+        metrics: Some(metrics),
         ..Default::default()
     };
     let fed = LocalFederation::start(root.path(), config).await.unwrap();
@@ -93,6 +95,27 @@ async fn mutual_tls_refuses_a_client_without_a_certificate() {
         .await
         .unwrap();
     assert!(op.tasks().await.unwrap().is_empty());
+
+    // The metrics endpoint asks the same: no certificate, no scrape; the CA's, a scrape.
+    let (c, k) = with_cert.identity.clone().unwrap();
+    let ca = with_cert.ca.clone().unwrap();
+    let scrape = tokio::task::spawn_blocking(move || {
+        let without = coordinator::metrics::get(metrics, "/metrics", Some(&ca));
+        let with = coordinator::metrics::get_as(metrics, "/metrics", Some(&ca), Some((&c, &k)));
+        (without, with)
+    })
+    .await
+    .unwrap();
+    match scrape.0 {
+        Err(_) => {}
+        Ok((status, body)) => assert!(
+            status.is_empty() && body.is_empty(),
+            "a scrape without a client certificate got {status:?}"
+        ),
+    }
+    let (status, body) = scrape.1.expect("a scrape with the CA's client certificate");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    assert!(body.contains("yosegi_connections_open"), "{body}");
     fed.stop().await.unwrap();
 }
 

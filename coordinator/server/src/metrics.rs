@@ -10,7 +10,7 @@
 //! | `yosegi_uploads_in_flight` | gauge | — upload streams open now |
 //! | `yosegi_connections_open` | gauge | — connections open now |
 //! | `yosegi_connections_refused_total` | counter | — connections closed at accept over `max_connections` |
-//! | `yosegi_protocol_refusals_total` | counter | `protocol` — calls refused because this coordinator does not serve the caller's protocol (docs/COMPATIBILITY.md) |
+//! | `yosegi_protocol_refusals_total` | counter | `protocol` (as claimed, `other` above 16) — calls refused because this coordinator does not serve the caller's protocol (docs/COMPATIBILITY.md) |
 //! | `yosegi_clients` | gauge | `protocol`, `release` — callers by what they spoke at their last call since this start |
 //! | `yosegi_upload_bytes_total` | counter | — blob bytes received |
 //! | `yosegi_download_bytes_total` | counter | — blob bytes sent to parties and operators |
@@ -27,6 +27,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
+
+/// The highest protocol number counted under its own label.
+pub const PROTOCOL_LABELS: u32 = 16;
 
 /// Histogram bucket bounds, seconds.
 const BUCKETS: [f64; 12] = [
@@ -69,6 +72,8 @@ struct State {
     download_bytes: u64,
     verification: Histogram,
     aggregation: Histogram,
+    /// By the protocol claimed, up to [`PROTOCOL_LABELS`]; above it under `PROTOCOL_LABELS + 1`,
+    /// shown as `other`.
     protocol_refusals: BTreeMap<u32, u64>,
 }
 
@@ -133,9 +138,16 @@ impl Metrics {
         self.with(|s| s.download_bytes += bytes);
     }
 
-    /// Counts a call refused for its protocol.
-    pub fn protocol_refused(&self, protocol: u32) {
-        self.with(|s| *s.protocol_refusals.entry(protocol).or_default() += 1);
+    /// Counts a call refused for its protocol (claimed by an unauthenticated caller, so the
+    /// label set is bounded: protocols above [`PROTOCOL_LABELS`] count as `other`); returns
+    /// the refusals so far, all protocols together.
+    pub fn protocol_refused(&self, protocol: u32) -> u64 {
+        self.with(|s| {
+            *s.protocol_refusals
+                .entry(protocol.min(PROTOCOL_LABELS + 1))
+                .or_default() += 1;
+            s.protocol_refusals.values().sum()
+        })
     }
 
     /// Records how long closing a round took.
@@ -175,7 +187,12 @@ impl Metrics {
                 &mut out,
             );
             out += "# HELP yosegi_protocol_refusals_total Calls refused because this coordinator does not serve the caller's protocol.\n# TYPE yosegi_protocol_refusals_total counter\n";
-            for (protocol, n) in &s.protocol_refusals {
+            for (&protocol, n) in &s.protocol_refusals {
+                let protocol = if protocol > PROTOCOL_LABELS {
+                    "other".to_string()
+                } else {
+                    protocol.to_string()
+                };
                 let _ = writeln!(
                     out,
                     "yosegi_protocol_refusals_total{{protocol=\"{protocol}\"}} {n}"
@@ -352,12 +369,23 @@ pub fn get(
     path: &str,
     ca: Option<&std::path::Path>,
 ) -> anyhow::Result<(String, String)> {
+    get_as(addr, path, ca, None)
+}
+
+/// [`get`], presenting a client certificate and its key (files, PEM) to a server that
+/// requires mutual TLS.
+pub fn get_as(
+    addr: std::net::SocketAddr,
+    path: &str,
+    ca: Option<&std::path::Path>,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<(String, String)> {
     use std::io::{Read as _, Write as _};
 
     use anyhow::Context as _;
     use tokio_rustls::rustls;
     use tokio_rustls::rustls::pki_types::pem::PemObject as _;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
     let sock =
         std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
@@ -380,8 +408,19 @@ pub fn get(
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                .with_root_certificates(roots);
+            let config = match identity {
+                None => config.with_no_client_auth(),
+                Some((cert, key)) => {
+                    let chain = CertificateDer::pem_file_iter(cert)
+                        .with_context(|| format!("reading {}", cert.display()))?
+                        .collect::<Result<Vec<_>, _>>()
+                        .with_context(|| format!("reading {}", cert.display()))?;
+                    let key = PrivateKeyDer::from_pem_file(key)
+                        .with_context(|| format!("reading {}", key.display()))?;
+                    config.with_client_auth_cert(chain, key)?
+                }
+            };
             let name = ServerName::try_from("localhost")?;
             let conn = rustls::ClientConnection::new(Arc::new(config), name)?;
             let mut tls = rustls::StreamOwned::new(conn, sock);
@@ -424,6 +463,8 @@ mod tests {
             clients: BTreeMap::from([((1, "0.1.0".to_string()), 2), ((2, "a\"b".to_string()), 1)]),
         };
         m.protocol_refused(3);
+        m.protocol_refused(4_000_000);
+        m.protocol_refused(u32::MAX);
         m.upload_unverified("broken", "stalled", 7);
         let text = m.render(&g);
         for line in [
@@ -446,6 +487,7 @@ mod tests {
             "yosegi_parties_connected 2",
             "yosegi_tasks 1",
             "yosegi_protocol_refusals_total{protocol=\"3\"} 1",
+            "yosegi_protocol_refusals_total{protocol=\"other\"} 2",
             "yosegi_clients{protocol=\"1\",release=\"0.1.0\"} 2",
             "yosegi_clients{protocol=\"2\",release=\"a_b\"} 1",
         ] {

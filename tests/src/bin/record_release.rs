@@ -83,12 +83,18 @@ async fn main() -> anyhow::Result<()> {
     }
     std::fs::write(out.join("spec.toml"), spec_toml)?;
     let calls = coordinator::grpc::record::read(&out.join("wire.jsonl"))?;
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut commit = git(&["rev-parse", "HEAD"]);
+    if !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit += " with uncommitted changes";
+    }
     std::fs::write(
         out.join("RECORDED.md"),
         format!(

@@ -3,7 +3,9 @@
 //! the restart is still refused as a replay. A coordinator that did not shut down cleanly (its
 //! `serving.marker` is still there) lost them: it then refuses every call signed before it
 //! started (a caller signs again; one whose clock lags by L is refused for L).
-//! A data dir served for the first time has nothing to replay.
+//! A data dir served for the first time has nothing to replay. A saved file that does not
+//! read (damaged, truncated, another format) counts as nonces lost: the start goes on as after
+//! an unclean stop, and the file is kept aside as `nonces.json.unreadable` for a look.
 
 use std::io::Write as _;
 use std::path::Path;
@@ -53,27 +55,56 @@ pub(super) fn resume(dir: &Path, now_ms: i64, max_skew_ms: i64) -> anyhow::Resul
         out.not_before_ms = Some(now_ms);
     }
     if saved.exists() {
-        let text = std::fs::read_to_string(&saved)
-            .with_context(|| format!("reading {}", saved.display()))?;
-        let s: Saved = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not a saved nonce list", saved.display()))?;
-        anyhow::ensure!(
-            s.format == FORMAT,
-            "{}: format {:?}",
-            saved.display(),
-            s.format
-        );
-        for (hex_nonce, ts) in s.nonces {
-            let nonce: [u8; 16] = hex::decode(&hex_nonce)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .with_context(|| format!("{}: a nonce is not 16 bytes of hex", saved.display()))?;
-            out.cache.insert(nonce, ts, now_ms, max_skew_ms);
+        match load(&saved, now_ms, max_skew_ms) {
+            Ok(cache) => {
+                out.cache = cache;
+                std::fs::remove_file(&saved)
+                    .with_context(|| format!("removing {}", saved.display()))?;
+            }
+            Err(e) => {
+                let aside = dir.join(format!("{SAVED}.unreadable"));
+                tracing::warn!(
+                    error = %format!("{e:#}"),
+                    kept_as = %aside.display(),
+                    "the saved nonces do not read: treating them as lost, so calls signed before now are refused (callers sign again)"
+                );
+                std::fs::rename(&saved, &aside)
+                    .with_context(|| format!("moving {} aside", saved.display()))?;
+                out.not_before_ms = Some(now_ms);
+            }
         }
-        std::fs::remove_file(&saved).with_context(|| format!("removing {}", saved.display()))?;
         sync_dir(dir)?;
     }
     Ok(out)
+}
+
+/// The nonces in a saved file, or why it does not read.
+fn load(saved: &Path, now_ms: i64, max_skew_ms: i64) -> anyhow::Result<NonceCache> {
+    let text =
+        std::fs::read_to_string(saved).with_context(|| format!("reading {}", saved.display()))?;
+    let s: Saved = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a saved nonce list", saved.display()))?;
+    anyhow::ensure!(
+        s.format == FORMAT,
+        "{}: format {:?}, expected {FORMAT:?}",
+        saved.display(),
+        s.format
+    );
+    let mut cache = NonceCache::default();
+    for (i, (hex_nonce, ts)) in s.nonces.into_iter().enumerate() {
+        let nonce: [u8; 16] = hex::decode(&hex_nonce)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| {
+                format!(
+                    "{}: nonce {} is not 16 bytes of hex",
+                    saved.display(),
+                    i + 1
+                )
+            })?;
+        cache.insert(nonce, ts, now_ms, max_skew_ms);
+    }
+    Ok(cache)
 }
 
 fn sync_dir(dir: &Path) -> anyhow::Result<()> {
@@ -97,4 +128,49 @@ pub(super) fn save(dir: &Path, cache: &NonceCache) -> anyhow::Result<()> {
     sync_dir(dir)?;
     std::fs::remove_file(dir.join(RUNNING)).ok();
     sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn saved_nonces_come_back_after_a_graceful_stop() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = resume(dir.path(), 1_000, 300_000).unwrap();
+        assert!(first.not_before_ms.is_none() && first.cache.is_empty());
+        let mut cache = NonceCache::default();
+        assert!(cache.insert([7; 16], 1_000, 1_000, 300_000));
+        save(dir.path(), &cache).unwrap();
+        let mut again = resume(dir.path(), 2_000, 300_000).unwrap();
+        assert_eq!(again.not_before_ms, None);
+        assert!(
+            !again.cache.insert([7; 16], 1_000, 2_000, 300_000),
+            "a replay"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_nonce_file_counts_as_nonces_lost_and_is_kept_aside() {
+        for garbage in [
+            &b"{\"format\":\"yosegi.nonces.v1\",\"nonces\":[[\"zz\",1]]}"[..],
+            b"{\"format\":\"yosegi.nonces.v9\",\"nonces\":[]}",
+            b"{\"format\":\"yosegi.non",
+            b"\x00\xff",
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut cache = NonceCache::default();
+            cache.insert([7; 16], 1_000, 1_000, 300_000);
+            resume(dir.path(), 1_000, 300_000).unwrap();
+            save(dir.path(), &cache).unwrap();
+            std::fs::write(dir.path().join(SAVED), garbage).unwrap();
+            let r = resume(dir.path(), 5_000, 300_000).unwrap();
+            assert_eq!(r.not_before_ms, Some(5_000), "{garbage:?}");
+            assert!(!dir.path().join(SAVED).exists());
+            assert_eq!(
+                std::fs::read(dir.path().join("nonces.json.unreadable")).unwrap(),
+                garbage
+            );
+        }
+    }
 }

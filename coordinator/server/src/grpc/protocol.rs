@@ -61,11 +61,12 @@ where
 
 /// The caller's protocol from its metadata, or the refusal: `INVALID_ARGUMENT` for a value
 /// that is not a number, `FAILED_PRECONDITION` (starting [`version::SKEW`]) for a protocol
-/// this coordinator does not serve, counted in `metrics`. `who` is the caller as it names
-/// itself (not yet authenticated).
+/// this coordinator does not serve, counted in `metrics` and logged (the first refusal and
+/// then every power of two: the caller is not authenticated yet, so it must not be able to
+/// fill the log). The caller is named as it names itself if that is a valid name, else `?`;
+/// whether the name is an operator's is not said.
 pub(super) fn caller_protocol(
     md: &MetadataMap,
-    who: &str,
     metrics: &crate::metrics::Metrics,
 ) -> Result<Peer, Status> {
     let text = |k: &str| md.get(k).and_then(|v| v.to_str().ok());
@@ -74,9 +75,15 @@ pub(super) fn caller_protocol(
         text(version::RELEASE_HEADER),
     )
     .map_err(Status::invalid_argument)?;
-    version::serve_client(&peer, who).map_err(|m| {
-        metrics.protocol_refused(peer.protocol);
-        tracing::warn!(caller = %who, client = %peer, coordinator = %Peer::this(), "refused a client of a protocol this coordinator does not serve");
+    let who = match text("x-yosegi-caller") {
+        Some(n) if shared_model::ids::PartyId::new(n).is_ok() => format!("caller {n}"),
+        _ => "caller ?".to_string(),
+    };
+    version::serve_client(&peer, &who).map_err(|m| {
+        let refusals = metrics.protocol_refused(peer.protocol);
+        if refusals.is_power_of_two() {
+            tracing::warn!(caller = ?who, client = %peer, coordinator = %Peer::this(), refusals, "refused a client of a protocol this coordinator does not serve (logged at the 1st, 2nd, 4th, … refusal)");
+        }
         Status::failed_precondition(m)
     })?;
     Ok(peer)

@@ -37,7 +37,8 @@ pub struct WireCall {
     pub response_metadata: Vec<(String, String)>,
     /// Each response message, hex.
     pub response: Vec<String>,
-    /// The gRPC status code (0 = OK).
+    /// The gRPC status code (0 = OK; -1 = the answer ended without one: cut off, or failed
+    /// below the services).
     pub status: i32,
     /// The status message.
     pub message: String,
@@ -199,6 +200,7 @@ where
                 at_unix_ms: crate::state::now_ms(),
                 method: req.uri().path().to_string(),
                 metadata: yosegi_headers(req.headers()),
+                status: -1,
                 ..WireCall::default()
             },
             ..Taken::default()
@@ -211,7 +213,15 @@ where
         });
         let fut = self.inner.call(http::Request::from_parts(parts, body));
         Box::pin(async move {
-            let res = fut.await?;
+            let res = match fut.await {
+                Ok(res) => res,
+                Err(e) => {
+                    let mut t = taken.lock().unwrap_or_else(|p| p.into_inner());
+                    t.call.message = "no answer: the call failed below the services".into();
+                    write_record(&out, &mut t);
+                    return Err(e);
+                }
+            };
             let (parts, body) = res.into_parts();
             {
                 let mut t = taken.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,14 +321,19 @@ impl Drop for Tap {
             return;
         };
         let mut t = self.taken.lock().unwrap_or_else(|p| p.into_inner());
-        t.call.request = messages(&t.request);
-        t.call.response = messages(&t.response);
-        if let Ok(mut line) = serde_json::to_string(&t.call) {
-            line.push('\n');
-            let mut f = out.lock().unwrap_or_else(|p| p.into_inner());
-            if let Err(e) = f.write_all(line.as_bytes()) {
-                tracing::error!(error = %e, "writing the wire recording failed");
-            }
+        write_record(&out, &mut t);
+    }
+}
+
+/// Appends the call's record (its messages split out of the bytes taken) as one line.
+fn write_record(out: &Mutex<File>, t: &mut Taken) {
+    t.call.request = messages(&t.request);
+    t.call.response = messages(&t.response);
+    if let Ok(mut line) = serde_json::to_string(&t.call) {
+        line.push('\n');
+        let mut f = out.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = f.write_all(line.as_bytes()) {
+            tracing::error!(error = %e, "writing the wire recording failed");
         }
     }
 }

@@ -188,6 +188,11 @@ impl Shared {
 
     /// Marks one party revoked in the key cache.
     pub(super) fn mark_revoked(&self, name: &str) {
+        // A revoked caller no longer counts among the clients served.
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
         if let Some(entry) = self
             .keys
             .write()
@@ -208,21 +213,7 @@ impl Shared {
             })
         };
         // The protocol first: a client of another protocol may sign differently.
-        let claimed = md
-            .get("x-yosegi-caller")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("?");
-        let named = if self
-            .operators
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(claimed)
-        {
-            format!("operator {claimed}")
-        } else {
-            format!("party {claimed}")
-        };
-        let peer = super::protocol::caller_protocol(md, &named, &self.metrics)?;
+        let peer = super::protocol::caller_protocol(md, &self.metrics)?;
         match md.get("x-yosegi-proof").and_then(|v| v.to_str().ok()) {
             Some(PROOF_VERSION) => {}
             other => {
