@@ -326,9 +326,13 @@ pub fn render(rows: &[Row]) -> String {
             s += "| strategy | rounds | precision | recall | F1 | accuracy | AUC | blob bytes moved | wall time |\n";
             s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
         }
-        _ => {
-            s += "| strategy | rounds | metric | value | blob bytes moved | wall time |\n";
-            s += "|---|---:|---|---:|---:|---:|\n";
+        Metrics::Multiclass(_) => {
+            s += "| strategy | rounds | macro precision | macro recall | macro F1 | accuracy | log-loss | blob bytes moved | wall time |\n";
+            s += "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+        }
+        Metrics::Regression(_) => {
+            s += "| strategy | rounds | MSE | MAE | R² | blob bytes moved | wall time |\n";
+            s += "|---|---:|---:|---:|---:|---:|---:|\n";
         }
     }
     for r in rows {
@@ -347,14 +351,49 @@ pub fn render(rows: &[Row]) -> String {
                     r.seconds
                 );
             }
-            m => {
-                let (name, v) = m.headline();
+            Metrics::Multiclass(m) => {
                 s += &format!(
-                    "| {} | {} | {name} | {v:.4} | {} | {:.1} s |\n",
-                    r.name, r.rounds, r.blob_bytes, r.seconds
+                    "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} s |\n",
+                    r.name,
+                    r.rounds,
+                    m.macro_precision,
+                    m.macro_recall,
+                    m.macro_f1,
+                    m.accuracy,
+                    m.log_loss,
+                    r.blob_bytes,
+                    r.seconds
+                );
+            }
+            Metrics::Regression(m) => {
+                s += &format!(
+                    "| {} | {} | {:.4} | {:.4} | {:.4}{} | {} | {:.1} s |\n",
+                    r.name,
+                    r.rounds,
+                    m.mse,
+                    m.mae,
+                    m.r2,
+                    if r.metrics.worse_than_the_mean() {
+                        " ⚠"
+                    } else {
+                        ""
+                    },
+                    r.blob_bytes,
+                    r.seconds
                 );
             }
         }
+    }
+    let worse: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.metrics.worse_than_the_mean())
+        .map(|r| r.name.as_str())
+        .collect();
+    if !worse.is_empty() {
+        s += &format!(
+            "\n⚠ R² < 0: {} predict worse than the targets' mean on these rows — do not use them; look at the learning rate, the epochs and the target's scale.\n",
+            worse.join(", ")
+        );
     }
     s
 }

@@ -213,7 +213,14 @@ pub fn markdown(task: &TaskView, r: &Report) -> String {
             x.strategy,
             x.phase,
             invited.len(),
-            fmt(headline(&x.metrics)),
+            match &x.metrics {
+                Some(m) if m.worse_than_the_mean() => format!(
+                    "{} (R² {:.3} < 0: worse than the mean)",
+                    fmt(headline(&x.metrics)),
+                    m.regression().map_or(0.0, |r| r.r2)
+                ),
+                _ => fmt(headline(&x.metrics)),
+            },
             x.evaluated_by,
             x.model_bytes,
             x.failure.replace('|', "/")

@@ -170,10 +170,7 @@ pub fn print_rounds(task: &str, rounds: &[RoundView]) {
         let metric = r
             .metrics
             .as_ref()
-            .map(|m| {
-                let (name, v) = m.headline();
-                format!("  {name} {v:.4} (evaluated by {})", r.evaluated_by)
-            })
+            .map(|m| format!("  {} (evaluated by {})", m.summary(), r.evaluated_by))
             .unwrap_or_default();
         let strategy = match (r.options.get("step"), r.options.get("steps")) {
             (Some(step), Some(steps)) => {
