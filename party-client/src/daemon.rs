@@ -238,8 +238,18 @@ async fn handle(
         return Ok(());
     }
     let (cfg, spec2) = (config.clone(), spec.clone());
-    let (train_rows, validation, holdout) =
-        tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await??;
+    let loaded = tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await?;
+    let (train_rows, validation, holdout) = match loaded {
+        Ok(rows) => rows,
+        Err(e) => {
+            // Declined, not retried: the operator sees where the data is wrong (not its
+            // values), and the round goes on without this plant until its data is fixed.
+            let reason = crate::dataerror::reason(&config.data, &e);
+            tracing::error!(task = %a.task, round = a.round, assignment = %a.id, error = %format!("{e:#}"), "the site's data does not load for this task: declining the work");
+            c.decline(&a.id, &reason).await?;
+            return Ok(());
+        }
+    };
     match a.work {
         Work::Stats => {
             let sums = FeatureSums::of_rows(&train_rows.features, spec.input_width());

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dataerror;
 pub mod exit;
 pub mod grpc;
 pub mod inference;

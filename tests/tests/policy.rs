@@ -451,3 +451,70 @@ async fn a_plant_withholds_an_update_that_fails_its_membership_audit() {
     assert!(!files[1].state_dir.join("acks.log").exists());
     sb.stop().await;
 }
+
+/// A plant whose CSV does not load for the task (a text cell in a feature column) declines the
+/// statistics step and the round naming file, line and column — never the cell's value — so
+/// the operator sees the plant's problem instead of "late"; the round goes on without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_plant_whose_data_does_not_load_declines_and_the_operator_sees_where() {
+    let mut sb = Sandbox::start().await;
+    let (spec, _, slices) = wdbc_split(2);
+    let text = std::fs::read_to_string(data("wdbc.toml")).unwrap();
+    let mut op = sb.operator().await;
+    let mut files = Vec::new();
+    for (name, rows) in ["plant-a", "plant-b"].iter().zip(&slices) {
+        let f = sb.party_files(name, &spec, rows);
+        let key = shared_model::keys::read_public(&f.public_key).unwrap();
+        op.enroll(name, &key).await.unwrap();
+        files.push(f);
+    }
+    // plant-b's line 7: its first column holds text.
+    let csv = std::fs::read_to_string(&files[1].data).unwrap();
+    let mut lines: Vec<String> = csv.lines().map(str::to_string).collect();
+    let column = lines[0].split(',').next().unwrap().to_string();
+    let rest = lines[6].split_once(',').unwrap().1.to_string();
+    lines[6] = format!("ACME lot 4411,{rest}");
+    std::fs::write(&files[1].data, lines.join("\n") + "\n").unwrap();
+    let pinned = sb.coordinator_pub();
+    for f in &files {
+        sb.start_party(f, &pinned);
+    }
+    op.create_task("wdbc", &text, &[]).await.unwrap();
+    op.start_round("wdbc", "fedavg", Default::default(), 1, 60_000, 1)
+        .await
+        .unwrap();
+    let rounds = sb
+        .wait_for("wdbc", Duration::from_secs(120), |rs| {
+            rs.len() == 1
+                && rs[0].phase == "published"
+                && rs[0].parties.iter().any(|p| p.party == "plant-b")
+        })
+        .await;
+    let want = format!("data.csv: line 7: column {column:?}: not a number");
+    let b = rounds[0]
+        .parties
+        .iter()
+        .find(|p| p.party == "plant-b")
+        .unwrap();
+    assert_eq!(b.state, "declined", "{:?}", rounds[0]);
+    assert!(b.reason.contains(&want), "{:?} lacks {want:?}", b.reason);
+    let (_, declines) = op.status_with_declines("wdbc").await.unwrap();
+    let stats = declines
+        .iter()
+        .find(|d| d.party == "plant-b" && d.assignment == "wdbc/stats/0")
+        .unwrap_or_else(|| panic!("no statistics decline: {declines:?}"));
+    assert!(stats.reason.contains(&want), "{stats:?}");
+    for reason in [&b.reason, &stats.reason] {
+        assert!(
+            !reason.contains("ACME"),
+            "a cell's value reached the coordinator: {reason}"
+        );
+        assert!(
+            !reason.contains(&*sb.dir.path().to_string_lossy()),
+            "{reason}"
+        );
+    }
+    let (manifest, _, _) = op.pull("wdbc", 0, &sb.coordinator_key).await.unwrap();
+    assert_eq!(manifest.contributors.len(), 1);
+    sb.stop().await;
+}
