@@ -72,6 +72,7 @@ mod tests {
             path: "d.csv".into(),
             column: "yield".into(),
             header: "operator_name, salary".into(),
+            hint: String::new(),
         })
         .context("loading");
         let r = reason(Path::new("d.csv"), &e);

@@ -35,7 +35,7 @@ pub enum CsvError {
     },
     /// A column the spec needs is not in the header.
     #[error(
-        "{path}: line 1: column {column:?} is missing from the header (the header has: {header})"
+        "{path}: line 1: column {column:?} is missing from the header (the header has: {header}){hint}"
     )]
     MissingColumn {
         /// The file.
@@ -44,6 +44,8 @@ pub enum CsvError {
         column: String,
         /// The header's columns, comma-separated (first 20).
         header: String,
+        /// Why, when it can be told: a file separated by another character ([`delimiter_hint`]).
+        hint: String,
     },
     /// A column name appears twice in the header.
     #[error("{path}: line 1: column {column:?} appears more than once in the header")]
@@ -353,7 +355,7 @@ pub fn read_columns(
         .flexible(true)
         .trim(csv::Trim::All)
         .from_reader(std::io::BufReader::new(file));
-    let header = reader.headers().map_err(|e| csv_error(path, e))?.clone();
+    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(CsvError::Empty { path: p() });
     }
@@ -374,6 +376,7 @@ pub fn read_columns(
                 path: p(),
                 column: column.to_string(),
                 header: header.iter().take(20).collect::<Vec<_>>().join(", "),
+                hint: delimiter_hint(&header.iter().collect::<Vec<_>>()),
             })
     };
     let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
@@ -432,6 +435,54 @@ pub fn read_columns(
     Ok(table)
 }
 
+/// The header's column names, as [`read_columns`] reads them (quoting, trimming, a UTF-8 byte
+/// order mark dropped).
+pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
+    let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::io::BufReader::new(file));
+    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
+    Ok(header.iter().map(str::to_string).collect())
+}
+
+/// A header whose first name lost the UTF-8 byte order mark a spreadsheet export may put first.
+fn without_bom(header: &csv::StringRecord) -> csv::StringRecord {
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if i == 0 {
+                name.trim_start_matches('\u{feff}').trim()
+            } else {
+                name
+            }
+        })
+        .collect()
+}
+
+/// When a header read as one column holds `;`, a tab or `|`, the file is separated by that:
+/// says so (Yosegi reads comma-separated files), else nothing.
+pub fn delimiter_hint<S: AsRef<str>>(header: &[S]) -> String {
+    let [only] = header else {
+        return String::new();
+    };
+    [(';', "semicolons"), ('\t', "tabs"), ('|', "'|'")]
+        .iter()
+        .find(|(c, _)| only.as_ref().contains(*c))
+        .map(|(_, name)| {
+            format!(
+                "; the file looks separated by {name}: Yosegi reads comma-separated values — export it with commas"
+            )
+        })
+        .unwrap_or_default()
+}
+
 fn csv_error(path: &Path, e: csv::Error) -> CsvError {
     let line = e.position().map_or(0, |p| p.line());
     match e.into_kind() {
@@ -448,164 +499,4 @@ fn csv_error(path: &Path, e: csv::Error) -> CsvError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::tests::SMALL;
-
-    fn spec() -> ModelSpec {
-        ModelSpec::parse(SMALL, "<t>").unwrap()
-    }
-
-    fn write(text: &str) -> (tempfile::TempDir, PathBuf) {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("site.csv");
-        std::fs::write(&path, text).unwrap();
-        (dir, path)
-    }
-
-    #[test]
-    fn loads_columns_by_name_in_any_order() {
-        let (_d, path) = write("id,c,y,a,b\nr1,3,1,1,2\nr2, 6 ,0,4,5\n");
-        let ds = load_csv(&path, &spec()).unwrap();
-        assert_eq!(ds.features, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
-        assert_eq!(ds.targets, vec![1.0, 0.0]);
-        assert_eq!(ds.row(1), &[4.0, 5.0, 6.0]);
-    }
-
-    #[test]
-    fn the_real_wdbc_file_loads() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let spec = ModelSpec::from_file(&root.join("data/wdbc.toml")).unwrap();
-        let ds = load_csv(&root.join("data/wdbc.csv"), &spec).unwrap();
-        assert_eq!(ds.len(), 569);
-        assert_eq!(ds.targets.iter().filter(|&&t| t == 1.0).count(), 212);
-        assert!((ds.row(0)[0] - 17.99).abs() < 1e-5);
-    }
-
-    fn err(text: &str) -> String {
-        let (_d, path) = write(text);
-        load_csv(&path, &spec()).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn errors_name_file_line_and_column() {
-        assert!(
-            err("").contains("site.csv: the file is empty"),
-            "{}",
-            err("")
-        );
-        assert!(err("a,b,c,y\n").contains("no data rows"));
-        let e = err("a,b,y\n1,2,0\n");
-        assert!(
-            e.contains("line 1: column \"c\" is missing from the header (the header has: a, b, y)"),
-            "{e}"
-        );
-        let e = err("a,b,c,y\n1,2,3,0\n1,2,0\n");
-        assert!(
-            e.contains("site.csv: line 3: expected 4 fields like the header, found 3"),
-            "{e}"
-        );
-        let e = err("a,b,c,y\n1,2,3,0\n1,x2,3,0\n");
-        assert!(
-            e.contains("line 3: column \"b\": expected a number, found \"x2\""),
-            "{e}"
-        );
-        let e = err("a,b,c,y\n1,2,NaN,0\n");
-        assert!(
-            e.contains("line 2: column \"c\": expected a finite number, found \"NaN\""),
-            "{e}"
-        );
-        let e = err("a,b,c,y\n1,2,3,2\n");
-        assert!(
-            e.contains("line 2: column \"y\": label \"2\" is not a class of this task (0 or 1)"),
-            "{e}"
-        );
-        let e = err("a,b,c,y\n1,2,3,0.5\n");
-        assert!(e.contains("label \"0.5\""), "{e}");
-        let e = err("a,b,c,y,a\n1,2,3,0,1\n");
-        assert!(e.contains("column \"a\" appears more than once"), "{e}");
-        let e = err("a,b,c,y\n1,,3,0\n");
-        assert!(
-            e.contains("column \"b\": expected a number, found \"\""),
-            "{e}"
-        );
-        let missing = load_csv(Path::new("/nonexistent/x.csv"), &spec())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            missing.starts_with("/nonexistent/x.csv: cannot read"),
-            "{missing}"
-        );
-    }
-
-    #[test]
-    fn line_numbers_are_right_in_crlf_files() {
-        let e = err("a,b,c,y\r\n1,2,3,0\r\n1,2,x,0\r\n");
-        assert!(e.contains("line 3: column \"c\""), "{e}");
-        let e = err("a,b,c,y\r\n1,2,3,7\r\n");
-        assert!(e.contains("line 2: column \"y\": label \"7\""), "{e}");
-    }
-
-    #[test]
-    fn multiclass_and_regression_targets() {
-        let multi = ModelSpec::parse(
-            &SMALL.replace("kind = \"binary\"", "kind = \"multiclass\"\nclasses = 3"),
-            "<t>",
-        )
-        .unwrap();
-        let (_d, path) = write("a,b,c,y\n1,2,3,2\n1,2,3,0\n");
-        assert_eq!(load_csv(&path, &multi).unwrap().targets, vec![2.0, 0.0]);
-        let (_d2, path) = write("a,b,c,y\n1,2,3,3\n");
-        let e = load_csv(&path, &multi).unwrap_err().to_string();
-        assert!(e.contains("an integer from 0 to 2"), "{e}");
-        let reg = ModelSpec::parse(
-            &SMALL.replace("kind = \"binary\"", "kind = \"regression\""),
-            "<t>",
-        )
-        .unwrap();
-        let (_d3, path) = write("a,b,c,y\n1,2,3,-2.5\n1,2,3,inf\n");
-        let e = load_csv(&path, &reg).unwrap_err().to_string();
-        assert!(
-            e.contains("line 3: column \"y\": expected a number, found \"inf\""),
-            "{e}"
-        );
-    }
-
-    #[test]
-    fn split_is_deterministic_stratified_and_complete() {
-        let n = 200;
-        let ds = Dataset {
-            width: 1,
-            features: (0..n).map(|i| i as f32).collect(),
-            targets: (0..n).map(|i| if i % 4 == 0 { 1.0 } else { 0.0 }).collect(),
-        };
-        let f = SplitFractions::default();
-        let a = ds.split(TaskKind::Binary, f, 9);
-        assert_eq!(a, ds.split(TaskKind::Binary, f, 9));
-        assert_ne!(a, ds.split(TaskKind::Binary, f, 10));
-        assert_eq!(a.train.len() + a.validation.len() + a.holdout.len(), n);
-        let pos = |d: &Dataset| d.targets.iter().filter(|&&t| t == 1.0).count();
-        assert_eq!(pos(&a.holdout), 8); // 15 % of 50 positives, rounded
-        assert_eq!(a.holdout.len(), 31); // 7.5 → 8 positives, 22.5 → 23 negatives
-        let mut all: Vec<f32> = [&a.train, &a.validation, &a.holdout]
-            .iter()
-            .flat_map(|d| d.features.clone())
-            .collect();
-        all.sort_by(f32::total_cmp);
-        assert_eq!(all, ds.features);
-    }
-
-    #[test]
-    fn written_csv_loads_back() {
-        let spec = spec();
-        let ds = Dataset {
-            width: 3,
-            features: vec![1.5, 2.0, -3.25, 4.0, 5.0, 6.0],
-            targets: vec![1.0, 0.0],
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("out.csv");
-        ds.write_csv(&path, &spec).unwrap();
-        assert_eq!(load_csv(&path, &spec).unwrap(), ds);
-    }
-}
+mod tests;

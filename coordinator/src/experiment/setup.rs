@@ -44,18 +44,13 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
 /// task is binary if the target only holds 0 and 1, multiclass if it holds small non-negative
 /// integers, regression otherwise.
 pub fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
-    let header = std::fs::read_to_string(path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .to_string();
-    let columns: Vec<String> = header.split(',').map(|c| c.trim().to_string()).collect();
+    let columns = shared_model::data::header(path)?;
     anyhow::ensure!(
         columns.iter().any(|c| c == target),
-        "{}: line 1: no column named {target:?} (columns: {})",
+        "{}: line 1: no column named {target:?} (columns: {}){}",
         path.display(),
-        columns.join(", ")
+        columns.join(", "),
+        shared_model::data::delimiter_hint(&columns)
     );
     let features: Vec<String> = columns.into_iter().filter(|c| c != target).collect();
     let table = read_columns(path, &[], Some(target))?;
