@@ -52,6 +52,9 @@ pub struct DemoArgs {
     /// feature of a 16→8 MLP (binary, multiclass or regression from the target's values).
     #[arg(long, requires = "data")]
     pub target: Option<String>,
+    /// What --target is, when its values leave it open (inferred otherwise, and said).
+    #[arg(long, value_enum, requires = "target")]
+    pub kind: Option<crate::experiment::infer::Kind>,
     /// How rows are dealt to plants: iid, dirichlet:ALPHA, quantity:ALPHA, shift:FEATURE.
     #[arg(long, default_value = "iid")]
     pub partition: String,
@@ -88,7 +91,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     let work = tempfile::tempdir().context("creating a temp dir")?;
     let (spec, data_path) = match (&args.data, &args.spec, &args.target) {
         (Some(d), Some(s), _) => (ModelSpec::from_file(s)?, d.clone()),
-        (Some(d), None, Some(t)) => (crate::experiment::derive_spec(d, t)?, d.clone()),
+        (Some(d), None, Some(t)) => (crate::experiment::derive_spec(d, t, args.kind)?, d.clone()),
         (Some(d), None, None) => {
             anyhow::bail!("--data {} needs --spec or --target", d.display())
         }

@@ -12,6 +12,7 @@ use std::time::Instant;
 
 pub use crate::results::{Point, Summary, mean_std};
 
+pub mod infer;
 mod output;
 mod setup;
 use output::write_report;
@@ -55,6 +56,9 @@ pub struct ExperimentArgs {
     /// The target column of a CSV when no --spec is given.
     #[arg(long)]
     pub target: Option<String>,
+    /// What --target is, when its values leave it open (inferred otherwise, and said).
+    #[arg(long, value_enum, requires = "target")]
+    pub kind: Option<infer::Kind>,
     /// Number of parties.
     #[arg(long, default_value_t = 3)]
     pub parties: usize,
@@ -477,6 +481,7 @@ mod tests {
             data: "synthetic".into(),
             spec: None,
             target: None,
+            kind: None,
             parties: 3,
             partition: "iid".into(),
             strategies: "all".into(),

@@ -160,6 +160,7 @@ fn the_simulator_applies_dp_and_skips_refused_strategies() {
                 .into_owned(),
             spec: Some(spec),
             target: None,
+            kind: None,
             parties: 3,
             partition: "iid".into(),
             strategies: strategies.into(),

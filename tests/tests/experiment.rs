@@ -12,6 +12,7 @@ fn args(out: &std::path::Path, attackers: usize) -> ExperimentArgs {
             .into_owned(),
         spec: Some(yosegi_tests::data("wdbc.toml")),
         target: None,
+        kind: None,
         parties: 5,
         partition: "iid".into(),
         strategies: "fedavg,median,trimmed-mean,krum,multi-krum".into(),

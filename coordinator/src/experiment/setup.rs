@@ -33,7 +33,7 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
     let path = Path::new(&args.data);
     let spec = match (&args.spec, &args.target) {
         (Some(s), _) => ModelSpec::from_file(s)?,
-        (None, Some(target)) => derive_spec(path, target)?,
+        (None, Some(target)) => derive_spec(path, target, args.kind)?,
         (None, None) => anyhow::bail!("--data {} needs --spec or --target", path.display()),
     };
     let data = load_csv(path, &spec)?;
@@ -41,9 +41,13 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
 }
 
 /// A spec for a CSV from its header and target column: every other column is a feature; the
-/// task is binary if the target only holds 0 and 1, multiclass if it holds small non-negative
-/// integers, regression otherwise.
-pub fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
+/// task kind is `kind`, or inferred from the target's values ([`super::infer::kind`]: what it
+/// chose and why goes to stderr; an ambiguous column is refused naming its lines).
+pub fn derive_spec(
+    path: &Path,
+    target: &str,
+    kind: Option<super::infer::Kind>,
+) -> anyhow::Result<ModelSpec> {
     let columns = shared_model::data::header(path)?;
     anyhow::ensure!(
         columns.iter().any(|c| c == target),
@@ -56,23 +60,21 @@ pub fn derive_spec(path: &Path, target: &str) -> anyhow::Result<ModelSpec> {
     let table = read_columns(path, &[], Some(target))?;
     let mut values = Vec::with_capacity(table.targets.len());
     for (i, v) in table.targets.iter().enumerate() {
-        values.push(v.parse::<f64>().map_err(|_| {
-            anyhow::anyhow!(
-                "{}: line {}: column {target:?}: expected a number, found {v:?}",
-                path.display(),
-                table.line(i)
-            )
-        })?);
+        let parsed = v.parse::<f64>().ok().filter(|x| x.is_finite());
+        values.push((
+            table.line(i),
+            parsed.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{}: line {}: column {target:?}: expected a number, found {v:?} (class names as targets are not read yet: number the classes 0, 1, 2, …)",
+                    path.display(),
+                    table.line(i)
+                )
+            })?,
+        ));
     }
-    let integral = values.iter().all(|v| v.fract() == 0.0 && *v >= 0.0);
-    let max = values.iter().copied().fold(0.0, f64::max);
-    let kind = if integral && max <= 1.0 {
-        "kind = \"binary\"".to_string()
-    } else if integral && max < 100.0 {
-        format!("kind = \"multiclass\"\nclasses = {}", max as u64 + 1)
-    } else {
-        "kind = \"regression\"".to_string()
-    };
+    let (kind, why) =
+        super::infer::kind(target, &values, kind).with_context(|| format!("{}", path.display()))?;
+    eprintln!("{}: {why}", path.display());
     let quoted: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
     let text = format!(
         "format = 1\nname = \"derived\"\n\n[task]\n{kind}\ntarget = {target:?}\nfeatures = [{}]\n\n[model]\nhidden = [16, 8]\n\n[training]\nlearning_rate = 0.01\nlocal_epochs = 5\nbatch_size = 32\nseed = 1\n",
