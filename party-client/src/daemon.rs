@@ -318,12 +318,9 @@ async fn handle(
                 &format!("{} round {}", a.task, a.round),
                 u64::from(opts.epochs),
             );
-            // The membership audit's threshold: the task's, or the site's if stricter.
-            let threshold = config.policy.membership_threshold(
-                spec.privacy
-                    .membership_max_advantage
-                    .unwrap_or(membership::DEFAULT_MAX_ADVANTAGE),
-            );
+            // The membership audit's threshold: the task's (by default the floor or the audit's
+            // chance level, whichever is higher), or the site's if stricter.
+            let task_threshold = spec.privacy.membership_max_advantage;
             let (task_name, round_no) = (a.task.clone(), a.round);
             let min_cohort = config.policy.min_other_parties.saturating_add(1);
             let trained = tokio::task::spawn_blocking(move || {
@@ -403,6 +400,11 @@ async fn handle(
                     return Ok(());
                 }
             };
+            let threshold = config
+                .policy
+                .membership_threshold(task_threshold.unwrap_or_else(|| {
+                    membership::default_threshold(audit.members, audit.non_members)
+                }));
             if let Err(refused) = membership::check(&audit, threshold) {
                 // Only the audit's numbers leave the site, in the decline the operator sees.
                 let reason = refused.to_string();

@@ -19,7 +19,8 @@ use crate::model::Model;
 use crate::network::CpuBackend;
 use crate::spec::{ModelSpec, TaskKind};
 
-/// The threshold [`check`] applies when neither the task nor the site sets one: 0.3.
+/// The floor of the threshold applied when neither the task nor the site sets one
+/// ([`default_threshold`]: this, or the audit's 95 % chance level when that is higher).
 ///
 /// An advantage of 0.3 means the attacker tells a training row from a held-out row with 65 %
 /// accuracy on a balanced guess (accuracy = (1 + advantage) / 2): clear memorisation. It is
@@ -34,6 +35,15 @@ use crate::spec::{ModelSpec, TaskKind};
 /// the spec's `[privacy]` or the site's policy. For reference, ε-differential privacy bounds
 /// the advantage by e^ε − 1, so 0.3 corresponds to ε ≈ 0.26.
 pub const DEFAULT_MAX_ADVANTAGE: f64 = 0.3;
+
+/// The threshold when neither the task nor the site sets one: [`DEFAULT_MAX_ADVANTAGE`], or the
+/// advantage a model that leaks nothing stays below 95 % of the time at these row counts
+/// ([`chance_advantage`]) when that is higher — a small plant's honest model is not refused for
+/// what chance alone gives (0.48 at 40 training / 10 held-out rows), while a larger plant keeps
+/// the 0.3 floor. A threshold the task or the site sets is applied as set.
+pub fn default_threshold(members: usize, non_members: usize) -> f64 {
+    DEFAULT_MAX_ADVANTAGE.max(chance_advantage(members, non_members))
+}
 
 /// Fewest rows on each side (members and non-members) the audit needs to judge a model.
 pub const MIN_AUDIT_ROWS: usize = 10;
@@ -419,6 +429,22 @@ mod tests {
         let json = serde_json::to_string(&a).unwrap();
         assert_eq!(serde_json::from_str::<MembershipAudit>(&json).unwrap(), a);
         assert!(json.contains("\"tpr_at_1pct_fpr\":0.03"), "{json}");
+    }
+
+    #[test]
+    fn the_default_threshold_is_never_below_chance_at_the_audit_s_sizes() {
+        // All of WDBC: the 0.3 floor. A small plant (40 training / 10 held-out rows): chance
+        // reaches 0.48, and an honest model there scoring 0.42 passes the default gate while
+        // a memorising one (0.9) is still refused.
+        assert_eq!(default_threshold(455, 114), DEFAULT_MAX_ADVANTAGE);
+        let small = default_threshold(40, 10);
+        assert!(small > 0.47 && small == chance_advantage(40, 10), "{small}");
+        assert!(check(&audit_of(40, 10, 0.42), small).is_ok());
+        assert!(check(&audit_of(40, 10, 0.42), DEFAULT_MAX_ADVANTAGE).is_err());
+        let e = check(&audit_of(40, 10, 0.9), small)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("exceeds the threshold"), "{e}");
     }
 
     #[test]
