@@ -10,7 +10,6 @@ use shared_model::stats::FeatureSums;
 use shared_model::update::SignedUpdate;
 use shared_model::{SigningKey, VerifyingKey};
 use tonic::Request;
-use tonic::metadata::BinaryMetadataValue;
 use tonic::transport::Channel;
 pub use yosegi_proto::transport::ClientTls;
 use yosegi_proto::v1 as pb;
@@ -140,22 +139,13 @@ pub fn sign<T>(
     );
     let md = req.metadata_mut();
     yosegi_proto::version::announce(md);
-    md.insert("x-yosegi-proof", PROOF_VERSION.parse().expect("digits"));
-    md.insert(
-        "x-yosegi-caller",
-        caller.parse().expect("party names are ASCII"),
-    );
-    md.insert(
-        "x-yosegi-timestamp",
-        proof.timestamp_ms.to_string().parse().expect("digits"),
-    );
-    md.insert(
-        "x-yosegi-nonce",
-        hex::encode(proof.nonce).parse().expect("hex"),
-    );
-    md.insert_bin(
-        "x-yosegi-signature-bin",
-        BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+    yosegi_proto::proof::insert(
+        md,
+        PROOF_VERSION,
+        caller,
+        proof.timestamp_ms,
+        &proof.nonce,
+        &proof.sign(key).to_bytes(),
     );
     req
 }

@@ -5,6 +5,7 @@
 #![allow(missing_docs, clippy::all, missing_debug_implementations)]
 
 pub mod codec;
+pub mod proof;
 pub mod transport;
 pub mod version;
 

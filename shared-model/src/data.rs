@@ -349,12 +349,7 @@ pub fn read_columns(
     extra: Option<&str>,
 ) -> Result<Table, CsvError> {
     let p = || path.to_path_buf();
-    let file = std::fs::File::open(path).map_err(|source| CsvError::Io { path: p(), source })?;
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::new(file));
+    let mut reader = reader(path)?;
     let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(CsvError::Empty { path: p() });
@@ -438,17 +433,22 @@ pub fn read_columns(
 /// The header's column names, as [`read_columns`] reads them (quoting, trimming, a UTF-8 byte
 /// order mark dropped).
 pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
+    let header = without_bom(reader(path)?.headers().map_err(|e| csv_error(path, e))?);
+    Ok(header.iter().map(str::to_string).collect())
+}
+
+/// The one way a site's CSV is opened: a header row, cells trimmed, rows of any length (the
+/// loader names a row whose field count differs).
+fn reader(path: &Path) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
     let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let mut reader = csv::ReaderBuilder::new()
+    Ok(csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::new(file));
-    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
-    Ok(header.iter().map(str::to_string).collect())
+        .from_reader(std::io::BufReader::new(file)))
 }
 
 /// A header whose first name lost the UTF-8 byte order mark a spreadsheet export may put first.

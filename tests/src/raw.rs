@@ -9,7 +9,7 @@ use bytes::{Buf as _, BufMut as _};
 use shared_model::SigningKey;
 use shared_model::auth::{CallProof, PROOF_VERSION};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
-use tonic::metadata::{BinaryMetadataValue, MetadataMap, MetadataValue};
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
@@ -105,19 +105,14 @@ impl RawClient {
                 MetadataValue::try_from(v.as_str()).expect("ASCII value"),
             );
         }
-        md.insert("x-yosegi-proof", PROOF_VERSION.parse().expect("digits"));
-        md.insert("x-yosegi-caller", caller.parse().expect("ASCII name"));
-        md.insert(
-            "x-yosegi-timestamp",
-            proof.timestamp_ms.to_string().parse().expect("digits"),
-        );
-        md.insert(
-            "x-yosegi-nonce",
-            hex::encode(proof.nonce).parse().expect("hex"),
-        );
-        md.insert_bin(
-            "x-yosegi-signature-bin",
-            BinaryMetadataValue::from_bytes(&proof.sign(key).to_bytes()),
+        // The proof only: a recorded call carries the metadata its release sent, in `extra`.
+        yosegi_proto::proof::insert(
+            md,
+            PROOF_VERSION,
+            caller,
+            proof.timestamp_ms,
+            &proof.nonce,
+            &proof.sign(key).to_bytes(),
         );
         self.grpc
             .ready()

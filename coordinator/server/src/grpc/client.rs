@@ -10,7 +10,6 @@ use shared_model::auth::{CallProof, OPERATOR, PROOF_VERSION, body_sha256};
 use shared_model::ids::{ModelVersion, TaskId};
 use shared_model::manifest::Manifest;
 use tonic::Request;
-use tonic::metadata::{BinaryMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use yosegi_proto::v1 as pb;
 use yosegi_proto::v1::operator_service_client::OperatorServiceClient;
@@ -50,22 +49,13 @@ fn signed_stream<T>(msg: T, method: &str, signer: &Signer, body: [u8; 32]) -> Re
     let mut req = Request::new(msg);
     let md = req.metadata_mut();
     yosegi_proto::version::announce(md);
-    md.insert("x-yosegi-proof", MetadataValue::from_static(PROOF_VERSION));
-    md.insert(
-        "x-yosegi-caller",
-        signer.name.parse().expect("a checked operator name"),
-    );
-    md.insert(
-        "x-yosegi-timestamp",
-        proof.timestamp_ms.to_string().parse().expect("digits"),
-    );
-    md.insert(
-        "x-yosegi-nonce",
-        hex::encode(proof.nonce).parse().expect("hex"),
-    );
-    md.insert_bin(
-        "x-yosegi-signature-bin",
-        BinaryMetadataValue::from_bytes(&proof.sign(&signer.key).to_bytes()),
+    yosegi_proto::proof::insert(
+        md,
+        PROOF_VERSION,
+        &signer.name,
+        proof.timestamp_ms,
+        &proof.nonce,
+        &proof.sign(&signer.key).to_bytes(),
     );
     req
 }
