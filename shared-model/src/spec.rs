@@ -173,7 +173,8 @@ pub const MAX_MEMBERSHIP_ADVANTAGE: f64 = 0.5;
 pub struct PrivacySpec {
     /// Largest membership-inference advantage a party's trained model may show before its
     /// upload is refused at the party (`None` = the documented default,
-    /// `membership::DEFAULT_MAX_ADVANTAGE`). A site's policy may insist on a stricter one.
+    /// `membership::default_threshold`: 0.3, or the audit's chance level at its row counts when
+    /// higher). A site's policy may insist on a stricter one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub membership_max_advantage: Option<f64>,
     /// Differential privacy of the updates, if any.
