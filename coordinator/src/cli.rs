@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use shared_model::spec::ModelSpec;
 
 use crate::remote::connect;
 use crate::state;
 
 mod args;
 mod commands;
+mod data;
 mod operators;
 
 pub use crate::remote::Remote;
@@ -342,48 +342,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Spec(cmd) => spec_command(cmd)?,
         Command::Audit(cmd) => audit_command(cmd)?,
-        Command::Data(DataCommand::Split {
-            data,
-            spec,
-            parties,
-            partition,
-            holdout,
-            seed,
-            out,
-        }) => {
-            use shared_model::data::{SplitFractions, load_csv};
-            use shared_model::partition::Partition;
-            anyhow::ensure!(
-                (0.0..1.0).contains(&holdout),
-                "--holdout must be in [0, 1), found {holdout}"
-            );
-            anyhow::ensure!(parties >= 1, "--parties must be at least 1");
-            let spec = ModelSpec::from_file(&spec)?;
-            let how: Partition = partition.parse()?;
-            let all = load_csv(&data, &spec)?;
-            let split = all.split(
-                spec.task.kind,
-                SplitFractions {
-                    validation: 0.0,
-                    holdout,
-                },
-                seed,
-            );
-            let parts =
-                shared_model::partition::partition(&split.train, &spec, &how, parties, 10, seed)?;
-            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-            split.holdout.write_csv(&out.join("holdout.csv"), &spec)?;
-            println!(
-                "{:<14} {:>6} rows (held back)",
-                "holdout.csv",
-                split.holdout.len()
-            );
-            for (i, idx) in parts.iter().enumerate() {
-                let name = format!("party-{}.csv", i + 1);
-                split.train.subset(idx).write_csv(&out.join(&name), &spec)?;
-                println!("{name:<14} {:>6} rows", idx.len());
-            }
-        }
+        Command::Data(cmd) => data::command(cmd)?,
         Command::Party(cmd) => runtime()?.block_on(party_command(cmd))?,
         Command::Operator(cmd) => operators::command(cmd, runtime)?,
         Command::Task(cmd) => runtime()?.block_on(task_command(cmd))?,

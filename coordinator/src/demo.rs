@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::Serialize;
 use shared_model::blob::BlobRole;
-use shared_model::data::{Dataset, SplitFractions, load_csv};
+use shared_model::data::{Dataset, SplitFractions, load};
 use shared_model::eval::{Metrics, evaluate};
 use shared_model::model::Model;
 use shared_model::network::CpuBackend;
@@ -42,7 +42,8 @@ pub struct DemoArgs {
     /// krum, multi-krum) or all.
     #[arg(long, default_value = "all")]
     pub strategy: String,
-    /// A CSV to use instead of the bundled WDBC data (needs --spec or --target).
+    /// A CSV to use instead of the bundled WDBC data (needs --spec or --target), or `plant`:
+    /// the synthetic plant export (`data synth --kind plant`; target grade, or yield_kg).
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// The ModelSpec for --data.
@@ -79,6 +80,9 @@ pub struct Row {
     pub blob_bytes: u64,
     /// Wall time.
     pub seconds: f64,
+    /// Why the strategy failed (its metrics are then of the last model it published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 fn progress(msg: &str) {
@@ -90,6 +94,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     let started = Instant::now();
     let work = tempfile::tempdir().context("creating a temp dir")?;
     let (spec, data_path) = match (&args.data, &args.spec, &args.target) {
+        (Some(d), None, target) if d.as_os_str() == "plant" && !d.exists() => {
+            // The synthetic plant export: text columns, sensor blanks, an identifier.
+            let target = match target.as_deref().unwrap_or("grade") {
+                "grade" => shared_model::plantdata::Target::Grade,
+                "yield_kg" => shared_model::plantdata::Target::Yield,
+                t => anyhow::bail!("--data plant has targets grade and yield_kg, not {t:?}"),
+            };
+            let p = work.path().join("plant.csv");
+            std::fs::write(
+                &p,
+                shared_model::plantdata::PlantData::default().csv(target),
+            )?;
+            progress(&format!(
+                "synthetic plant export: {} rows, target {}",
+                shared_model::plantdata::PlantData::default().rows_per_site * 3,
+                target.column()
+            ));
+            (
+                crate::experiment::derive_spec(&p, target.column(), args.kind)?,
+                p,
+            )
+        }
         (Some(d), Some(s), _) => (ModelSpec::from_file(s)?, d.clone()),
         (Some(d), None, Some(t)) => (crate::experiment::derive_spec(d, t, args.kind)?, d.clone()),
         (Some(d), None, None) => {
@@ -125,8 +151,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         "--parties and --rounds must be at least 1"
     );
     let how: Partition = args.partition.parse()?;
-    let all = load_csv(&data_path, &spec)?;
-    let split = all.split(
+    let (all, loaded) = load(&data_path, &spec)?;
+    if !loaded.is_clean() {
+        progress(&format!("{}: {loaded}", data_path.display()));
+    }
+    let [pool_idx, _, holdout_idx] = all.split_indices(
         spec.task.kind,
         SplitFractions {
             validation: 0.0,
@@ -134,9 +163,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         },
         args.seed,
     );
-    let (pool, holdout) = (split.train, split.holdout);
+    let (pool, holdout) = (all.subset(&pool_idx), all.subset(&holdout_idx));
     let parts = partition(&pool, &spec, &how, args.parties, 10, args.seed)?;
     let slices: Vec<Dataset> = parts.iter().map(|idx| pool.subset(idx)).collect();
+    // Each plant's file holds its rows exactly as the source wrote them (names, blanks and all).
+    let records: Vec<Vec<u64>> = parts
+        .iter()
+        .map(|idx| idx.iter().map(|&k| loaded.offsets[pool_idx[k]]).collect())
+        .collect();
     progress(&format!(
         "{}: {} rows → {} held back, {} plants with {:?} rows ({})",
         spec.name,
@@ -162,11 +196,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         })
         .collect();
     let pinned = fed.coordinator_pub();
-    for (name, rows) in names.iter().zip(&slices) {
-        let files = fed.party_files(name, &spec, rows)?;
+    let files = fed.party_files_from(&names, &data_path, &records)?;
+    for (name, files) in names.iter().zip(&files) {
         op.enroll(name, &shared_model::keys::read_public(&files.public_key)?)
             .await?;
-        fed.start_party(&files, &pinned)?;
+        fed.start_party(files, &pinned)?;
     }
     progress(&format!(
         "{} plant daemons enrolled and running",
@@ -208,15 +242,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
                 rs.len() == expected && rs.iter().all(|r| r.is_final())
             })
             .await?;
-        if let Some(failed) = rounds
+        // A failed round does not end the demo: the strategy is reported as failed, with the
+        // reason, and the metrics of the last model it did publish; the others still run.
+        let failed = rounds
             .iter()
             .find(|r| r.phase == crate::views::RoundPhase::Failed)
-        {
-            anyhow::bail!(
-                "{strategy} round {} failed: {}",
-                failed.round,
-                failed.failure
-            );
+            .map(|f| format!("round {} failed: {}", f.round, f.failure));
+        if let Some(why) = &failed {
+            progress(&format!("{strategy}: {why}"));
         }
         let (_, bytes, _) = op.pull(&task, 0, &fed.coordinator_key).await?;
         let model = Model::decode(&bytes, &spec, BlobRole::Merged)?;
@@ -251,6 +284,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
             metrics,
             blob_bytes,
             seconds: t0.elapsed().as_secs_f64(),
+            failed,
         });
     }
     fed.stop().await?;
@@ -293,6 +327,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         metrics: crate::results::mean_metrics(&local),
         blob_bytes: 0,
         seconds: t0.elapsed().as_secs_f64(),
+        failed: None,
     });
     let t0 = Instant::now();
     let pooled = Dataset::concat(&trained);
@@ -308,6 +343,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         metrics: evaluate(&spec, &out.weights, &holdout, CpuBackend::default()),
         blob_bytes: 0,
         seconds: t0.elapsed().as_secs_f64(),
+        failed: None,
     });
 
     let table = render(&rows);
@@ -339,11 +375,15 @@ pub fn render(rows: &[Row]) -> String {
         }
     }
     for r in rows {
+        let name = match &r.failed {
+            Some(_) => format!("{} ✗ failed", r.name),
+            None => r.name.clone(),
+        };
         match &r.metrics {
             Metrics::Binary(b) => {
                 s += &format!(
                     "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} s |\n",
-                    r.name,
+                    name,
                     r.rounds,
                     b.precision,
                     b.recall,
@@ -357,7 +397,7 @@ pub fn render(rows: &[Row]) -> String {
             Metrics::Multiclass(m) => {
                 s += &format!(
                     "| {} | {} | {:.4} | {:.4} | {:.4} | {:.4} | {:.4} | {} | {:.1} s |\n",
-                    r.name,
+                    name,
                     r.rounds,
                     m.macro_precision,
                     m.macro_recall,
@@ -371,7 +411,7 @@ pub fn render(rows: &[Row]) -> String {
             Metrics::Regression(m) => {
                 s += &format!(
                     "| {} | {} | {:.4} | {:.4} | {:.4}{} | {} | {:.1} s |\n",
-                    r.name,
+                    name,
                     r.rounds,
                     m.mse,
                     m.mae,
@@ -385,6 +425,14 @@ pub fn render(rows: &[Row]) -> String {
                     r.seconds
                 );
             }
+        }
+    }
+    for r in rows {
+        if let Some(why) = &r.failed {
+            s += &format!(
+                "\n✗ {} FAILED — {why}; its row shows the last model it published.\n",
+                r.name
+            );
         }
     }
     let worse: Vec<&str> = rows
@@ -436,6 +484,7 @@ fn write_report(
     };
     let summaries: Vec<crate::results::Summary> = rows
         .iter()
+        .filter(|r| r.failed.is_none())
         .map(|r| {
             let (metric, value) = r.metrics.headline();
             crate::results::Summary {

@@ -18,4 +18,5 @@ pub mod remote;
 pub mod report;
 pub mod results;
 pub mod simround;
+pub mod specinit;
 pub mod swarm;

@@ -133,6 +133,23 @@ impl LocalFederation {
         }
     }
 
+    /// Creates parties' key files and copies each its records of `source` (byte offsets, as
+    /// [`shared_model::data::LoadReport::offsets`]) as they are written there; enrolls none.
+    pub fn party_files_from(
+        &self,
+        names: &[String],
+        source: &Path,
+        records: &[Vec<u64>],
+    ) -> anyhow::Result<Vec<PartyFiles>> {
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            out.push(self.party_keys(name)?);
+        }
+        let dests: Vec<PathBuf> = out.iter().map(|f| f.data.clone()).collect();
+        shared_model::data::copy_records(source, records, &dests)?;
+        Ok(out)
+    }
+
     /// Creates a party's key files and writes its rows as a CSV; does not enroll it.
     pub fn party_files(
         &self,
@@ -140,6 +157,13 @@ impl LocalFederation {
         spec: &ModelSpec,
         rows: &Dataset,
     ) -> anyhow::Result<PartyFiles> {
+        let files = self.party_keys(name)?;
+        rows.write_csv(&files.data, spec)
+            .with_context(|| format!("writing {}", files.data.display()))?;
+        Ok(files)
+    }
+
+    fn party_keys(&self, name: &str) -> anyhow::Result<PartyFiles> {
         let dir = self.root.join(name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let key = keys::generate()?;
@@ -152,8 +176,6 @@ impl LocalFederation {
         };
         keys::write_private(&files.key, &key)?;
         keys::write_public(&files.public_key, &key.verifying_key())?;
-        rows.write_csv(&files.data, spec)
-            .with_context(|| format!("writing {}", files.data.display()))?;
         Ok(files)
     }
 

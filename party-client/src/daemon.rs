@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
-use shared_model::data::{Dataset, SplitFractions, load_csv};
+use shared_model::data::{Dataset, SplitFractions, load};
 use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
@@ -147,7 +147,10 @@ fn progress_bar(label: &str, epochs: u64) -> indicatif::ProgressBar {
 /// The site's rows, split deterministically by the spec's seed: training rows, validation rows
 /// and holdout rows.
 fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dataset, Dataset)> {
-    let ds = load_csv(&config.data, spec)?;
+    let (ds, report) = load(&config.data, spec)?;
+    if !report.is_clean() {
+        tracing::info!(data = %config.data.display(), spec = %spec.name, "{report}");
+    }
     let split = ds.split(
         spec.task.kind,
         SplitFractions::default(),

@@ -34,6 +34,12 @@ pub fn reason(file: &Path, e: &anyhow::Error) -> String {
         Some(CsvError::NotNumeric { line, column, .. }) => {
             format!("{name}: line {line}: column {column:?}: not a number")
         }
+        Some(CsvError::Blank { line, column, .. }) => format!(
+            "{name}: line {line}: column {column:?}: blank, and the task declares no missing-value policy for it"
+        ),
+        Some(CsvError::AllLeftOut { read, why, .. }) => {
+            format!("{name}: all {read} data rows were left out: {why}")
+        }
         Some(CsvError::NotFinite { line, column, .. }) => {
             format!("{name}: line {line}: column {column:?}: not a finite number")
         }
@@ -62,6 +68,7 @@ mod tests {
             line: 7,
             column: "mean_radius".into(),
             value: "supplier ACME lot 4411".into(),
+            hint: String::new(),
         });
         let r = reason(Path::new("/srv/plant/secret-line-3/batches.csv"), &e);
         assert_eq!(

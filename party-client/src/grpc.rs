@@ -276,6 +276,7 @@ impl PartyClient {
                 count: sums.count,
                 sum: sums.sum.clone(),
                 sum_sq: sums.sum_sq.clone(),
+                present: sums.present.clone(),
             }),
         };
         let req = self.req(msg, "SubmitFeatureSums");

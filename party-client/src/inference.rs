@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use shared_model::blob::BlobRole;
-use shared_model::data::{load_csv, read_columns};
+use shared_model::data::{load, read_encoded};
 use shared_model::eval::Metrics;
 use shared_model::manifest::{Manifest, SignedManifest};
 use shared_model::model::Model;
@@ -100,8 +100,12 @@ pub fn verify_manifest(
 const PREDICT_BATCH: usize = 65_536;
 
 /// Predicts every row of `data` and writes `out` as CSV: the `id_column` (if given), then
-/// `predicted_class,probability` for classification (the probability of the predicted class;
-/// for binary tasks also `probability_1`) or `prediction` for regression. Returns the row count.
+/// for classification `predicted_class` (its name where the spec names classes), `probability`
+/// (of the predicted class) and one `probability_<class>` per class (for binary tasks only the
+/// positive class's, `probability_1` when unnamed), or `prediction` for regression. Blank cells
+/// are filled as the spec declares (a `drop-row` column's with the mean: every row is
+/// predicted) and values outside a column's categories count as "other"; both are said on
+/// stderr. Returns the row count.
 pub fn predict_csv(
     spec: &ModelSpec,
     model: &Model,
@@ -109,7 +113,10 @@ pub fn predict_csv(
     id_column: Option<&str>,
     out: &Path,
 ) -> anyhow::Result<usize> {
-    let table = read_columns(data, &spec.task.features, id_column)?;
+    let (table, report) = read_encoded(data, spec, true, id_column)?;
+    for line in report.lines() {
+        eprintln!("warning: {}: {line}", data.display());
+    }
     let rows = table.offsets.len();
     let width = spec.input_width();
     let mut preds = Vec::with_capacity(rows * spec.task.kind.output_width());
@@ -121,9 +128,26 @@ pub fn predict_csv(
         let _ = write!(csv, "{},", quote(id));
     }
     let k = spec.task.kind.output_width();
+    let names: Vec<String> = (0..k.max(2)).map(|c| quote(&spec.class_name(c))).collect();
     match spec.task.kind {
-        TaskKind::Binary => csv += "predicted_class,probability,probability_1\n",
-        TaskKind::Multiclass { .. } => csv += "predicted_class,probability\n",
+        TaskKind::Binary => {
+            let _ = writeln!(
+                csv,
+                "predicted_class,probability,{}",
+                quote(&format!("probability_{}", spec.class_name(1)))
+            );
+        }
+        TaskKind::Multiclass { .. } => {
+            csv += "predicted_class,probability";
+            for c in 0..k {
+                let _ = write!(
+                    csv,
+                    ",{}",
+                    quote(&format!("probability_{}", spec.class_name(c)))
+                );
+            }
+            csv += "\n";
+        }
         TaskKind::Regression => csv += "prediction\n",
     }
     for (i, p) in preds.chunks_exact(k).enumerate() {
@@ -132,9 +156,9 @@ pub fn predict_csv(
         }
         match spec.task.kind {
             TaskKind::Binary => {
-                let class = u8::from(p[0] >= 0.5);
+                let class = usize::from(p[0] >= 0.5);
                 let prob = if class == 1 { p[0] } else { 1.0 - p[0] };
-                let _ = writeln!(csv, "{class},{prob},{}", p[0]);
+                let _ = writeln!(csv, "{},{prob},{}", names[class], p[0]);
             }
             TaskKind::Multiclass { .. } => {
                 let (class, prob) = p
@@ -142,7 +166,11 @@ pub fn predict_csv(
                     .copied()
                     .enumerate()
                     .fold((0, f32::MIN), |b, (c, v)| if v > b.1 { (c, v) } else { b });
-                let _ = writeln!(csv, "{class},{prob}");
+                let _ = write!(csv, "{},{prob}", names[class]);
+                for v in p {
+                    let _ = write!(csv, ",{v}");
+                }
+                csv += "\n";
             }
             TaskKind::Regression => {
                 let _ = writeln!(csv, "{}", p[0]);
@@ -164,7 +192,10 @@ fn quote(s: &str) -> String {
 
 /// The task kind's metrics of `model` on labelled rows (every row of `data`).
 pub fn evaluate_csv(spec: &ModelSpec, model: &Model, data: &Path) -> anyhow::Result<Metrics> {
-    let ds = load_csv(data, spec)?;
+    let (ds, report) = load(data, spec)?;
+    if !report.is_clean() {
+        eprintln!("{}: {report}", data.display());
+    }
     anyhow::ensure!(!ds.is_empty(), "{}: no rows to evaluate", data.display());
     Ok(model.evaluate(spec, &ds, CpuBackend::default()))
 }

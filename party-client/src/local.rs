@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
-use shared_model::data::{SplitFractions, load_csv};
+use shared_model::data::{SplitFractions, load};
 use shared_model::eval::{Metrics, evaluate};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
@@ -34,7 +34,10 @@ pub fn train_local(
     epochs: Option<u32>,
     split_seed: u64,
 ) -> anyhow::Result<LocalRun> {
-    let ds = load_csv(data, spec)?;
+    let (ds, report) = load(data, spec)?;
+    if !report.is_clean() {
+        eprintln!("{}: {report}", data.display());
+    }
     let split = ds.split(spec.task.kind, SplitFractions::default(), split_seed);
     let norm = FeatureSums::of_rows(&split.train.features, spec.input_width())
         .normalization()

@@ -1,7 +1,6 @@
 //! A site's local data: loading its CSV by column name as the spec says, with errors that name
 //! the file, line and column; and deterministic, stratified train/validation/holdout splits.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rand::SeedableRng;
@@ -68,7 +67,7 @@ pub enum CsvError {
         found: usize,
     },
     /// A value is not a number.
-    #[error("{path}: line {line}: column {column:?}: expected a number, found {value:?}")]
+    #[error("{path}: line {line}: column {column:?}: expected a number, found {value:?}{hint}")]
     NotNumeric {
         /// The file.
         path: PathBuf,
@@ -78,6 +77,31 @@ pub enum CsvError {
         column: String,
         /// The text found.
         value: String,
+        /// What to do about it, when it can be told (a feature column of names: declare it
+        /// categorical).
+        hint: String,
+    },
+    /// A blank (or `NA`, `NaN`, …) cell in a column whose missing-value policy is `error`.
+    #[error(
+        "{path}: line {line}: column {column:?}: the cell is blank (or NA/NaN) and the task has no missing-value policy for it: set `missing` (\"mean\", \"constant\", \"drop-row\") in [task.columns.{column:?}] or task.missing"
+    )]
+    Blank {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: u64,
+        /// The column.
+        column: String,
+    },
+    /// Every data row was left out (a blank target, or a blank in a `drop-row` column).
+    #[error("{path}: all {read} data rows were left out: {why}")]
+    AllLeftOut {
+        /// The file.
+        path: PathBuf,
+        /// Data rows read.
+        read: u64,
+        /// What left them out ([`LoadReport`]).
+        why: String,
     },
     /// A value is NaN or infinite.
     #[error("{path}: line {line}: column {column:?}: expected a finite number, found {value:?}")]
@@ -179,8 +203,17 @@ impl Dataset {
         out
     }
 
-    /// Writes the rows as a CSV with the spec's feature columns then its target column.
+    /// Writes the rows as a CSV with the spec's feature columns then its target column (class
+    /// names where the spec names classes). Only for plain numeric features: rows of encoded
+    /// categories or filled blanks cannot be written back — copy the source's records instead
+    /// ([`copy_records`]).
     pub fn write_csv(&self, path: &Path, spec: &ModelSpec) -> std::io::Result<()> {
+        if !spec.task.columns.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "rows of encoded categorical or missing-value columns cannot be written back as a CSV; copy the source's records",
+            ));
+        }
         let mut w = csv::Writer::from_path(path)?;
         let mut header: Vec<&str> = spec.task.features.iter().map(String::as_str).collect();
         header.push(&spec.task.target);
@@ -189,7 +222,7 @@ impl Dataset {
             let mut rec: Vec<String> = self.row(i).iter().map(|v| v.to_string()).collect();
             rec.push(match spec.task.kind {
                 TaskKind::Regression => self.targets[i].to_string(),
-                _ => (self.targets[i] as u64).to_string(),
+                _ => spec.class_name(self.targets[i] as usize),
             });
             w.write_record(&rec)?;
         }
@@ -199,6 +232,21 @@ impl Dataset {
     /// A deterministic split into train, validation and holdout rows. Classification tasks are
     /// stratified: each class is shuffled and cut in the same proportions.
     pub fn split(&self, kind: TaskKind, fractions: SplitFractions, seed: u64) -> Split {
+        let [train, validation, holdout] = self.split_indices(kind, fractions, seed);
+        Split {
+            train: self.subset(&train),
+            validation: self.subset(&validation),
+            holdout: self.subset(&holdout),
+        }
+    }
+
+    /// The rows of [`Self::split`]'s train, validation and holdout parts, each in row order.
+    pub fn split_indices(
+        &self,
+        kind: TaskKind,
+        fractions: SplitFractions,
+        seed: u64,
+    ) -> [Vec<usize>; 3] {
         let mut groups: Vec<Vec<usize>> = match kind {
             TaskKind::Regression => vec![(0..self.len()).collect()],
             _ => {
@@ -224,11 +272,7 @@ impl Dataset {
         for part in [&mut train, &mut validation, &mut holdout] {
             part.sort_unstable();
         }
-        Split {
-            train: self.subset(&train),
-            validation: self.subset(&validation),
-            holdout: self.subset(&holdout),
-        }
+        [train, validation, holdout]
     }
 }
 
@@ -261,242 +305,15 @@ pub struct Split {
     pub holdout: Dataset,
 }
 
-/// Loads a site's CSV: the spec's feature columns (by name, any order in the file, extra
-/// columns ignored) and its target column, validated for the task kind.
-pub fn load_csv(path: &Path, spec: &ModelSpec) -> Result<Dataset, CsvError> {
-    let table = read_columns(path, &spec.task.features, Some(&spec.task.target))?;
-    let mut targets = Vec::with_capacity(table.targets.len());
-    for (i, raw) in table.targets.iter().enumerate() {
-        targets.push(
-            parse_target(raw, spec.task.kind).ok_or_else(|| match spec.task.kind {
-                TaskKind::Regression => CsvError::NotNumeric {
-                    path: path.to_path_buf(),
-                    line: table.line(i),
-                    column: spec.task.target.clone(),
-                    value: raw.clone(),
-                },
-                kind => CsvError::BadLabel {
-                    path: path.to_path_buf(),
-                    line: table.line(i),
-                    column: spec.task.target.clone(),
-                    value: raw.clone(),
-                    expected: match kind {
-                        TaskKind::Binary => "0 or 1".to_string(),
-                        _ => format!("an integer from 0 to {}", kind.output_width() - 1),
-                    },
-                },
-            })?,
-        );
-    }
-    Ok(Dataset {
-        width: spec.input_width(),
-        features: table.features,
-        targets,
-    })
-}
+mod profile;
+mod read;
 
-fn parse_target(raw: &str, kind: TaskKind) -> Option<f32> {
-    match kind {
-        TaskKind::Regression => raw.parse::<f32>().ok().filter(|v| v.is_finite()),
-        kind => {
-            let classes = kind.output_width().max(2) as u64;
-            // accept "1" and "1.0", nothing fractional
-            let v: f64 = raw.parse().ok()?;
-            (v.fract() == 0.0 && v >= 0.0 && (v as u64) < classes).then_some(v as f32)
-        }
-    }
-}
+pub use profile::{ColumnProfile, MAX_DISTINCT, Profile, profile};
 
-/// Feature values of a CSV plus the raw text of an optional extra column, with the line each
-/// row came from.
-#[derive(Debug)]
-pub struct Table {
-    /// `rows × features.len()` values.
-    pub features: Vec<f32>,
-    /// The extra column's raw text per row (empty when none was asked for).
-    pub targets: Vec<String>,
-    /// The byte offset each row starts at ([`Table::line`] turns it into a line number).
-    pub offsets: Vec<u64>,
-    path: PathBuf,
-}
-
-impl Table {
-    /// The 1-based line row `i` starts on.
-    pub fn line(&self, i: usize) -> u64 {
-        line_of(&self.path, self.offsets[i])
-    }
-}
-
-/// The 1-based line of a record starting at a byte offset (1 if the file cannot be reread).
-/// In CRLF files the csv crate reports a record as starting at the `\n` that ends the line
-/// before, so that byte is counted as part of the previous line.
-fn line_of(path: &Path, byte: u64) -> u64 {
-    use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else {
-        return 1;
-    };
-    let mut head = Vec::new();
-    if file.take(byte + 1).read_to_end(&mut head).is_err() {
-        return 1;
-    }
-    1 + head.iter().filter(|&&b| b == b'\n').count() as u64
-}
-
-/// Reads named numeric feature columns and, optionally, one more column as raw text.
-pub fn read_columns(
-    path: &Path,
-    features: &[String],
-    extra: Option<&str>,
-) -> Result<Table, CsvError> {
-    let p = || path.to_path_buf();
-    let mut reader = reader(path)?;
-    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
-    if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
-        return Err(CsvError::Empty { path: p() });
-    }
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, name) in header.iter().enumerate() {
-        if index.insert(name, i).is_some() {
-            return Err(CsvError::DuplicateColumn {
-                path: p(),
-                column: name.to_string(),
-            });
-        }
-    }
-    let find = |column: &str| {
-        index
-            .get(column)
-            .copied()
-            .ok_or_else(|| CsvError::MissingColumn {
-                path: p(),
-                column: column.to_string(),
-                header: header.iter().take(20).collect::<Vec<_>>().join(", "),
-                hint: delimiter_hint(&header.iter().collect::<Vec<_>>()),
-            })
-    };
-    let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
-    let extra_col = extra.map(find).transpose()?;
-    let mut table = Table {
-        features: Vec::new(),
-        targets: Vec::new(),
-        offsets: Vec::new(),
-        path: path.to_path_buf(),
-    };
-    let mut record = csv::StringRecord::new();
-    loop {
-        match reader.read_record(&mut record) {
-            Ok(false) => break,
-            Ok(true) => {}
-            Err(e) => return Err(csv_error(path, e)),
-        }
-        // The csv crate's own line count is off for CRLF files; count newlines before the
-        // record's byte offset instead (only when an error needs it, since that rereads).
-        let byte = record.position().map_or(0, |pos| pos.byte());
-        let line = || line_of(path, byte);
-        if record.len() != header.len() {
-            return Err(CsvError::FieldCount {
-                path: p(),
-                line: line(),
-                expected: header.len(),
-                found: record.len(),
-            });
-        }
-        for (&c, name) in cols.iter().zip(features) {
-            let raw = &record[c];
-            let v: f32 = raw.parse().map_err(|_| CsvError::NotNumeric {
-                path: p(),
-                line: line(),
-                column: name.clone(),
-                value: raw.to_string(),
-            })?;
-            if !v.is_finite() {
-                return Err(CsvError::NotFinite {
-                    path: p(),
-                    line: line(),
-                    column: name.clone(),
-                    value: raw.to_string(),
-                });
-            }
-            table.features.push(v);
-        }
-        if let Some(c) = extra_col {
-            table.targets.push(record[c].to_string());
-        }
-        table.offsets.push(byte);
-    }
-    if table.offsets.is_empty() {
-        return Err(CsvError::NoRows { path: p() });
-    }
-    Ok(table)
-}
-
-/// The header's column names, as [`read_columns`] reads them (quoting, trimming, a UTF-8 byte
-/// order mark dropped).
-pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
-    let header = without_bom(reader(path)?.headers().map_err(|e| csv_error(path, e))?);
-    Ok(header.iter().map(str::to_string).collect())
-}
-
-/// The one way a site's CSV is opened: a header row, cells trimmed, rows of any length (the
-/// loader names a row whose field count differs).
-fn reader(path: &Path) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
-    let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(csv::ReaderBuilder::new()
-        .has_headers(true)
-        .flexible(true)
-        .trim(csv::Trim::All)
-        .from_reader(std::io::BufReader::new(file)))
-}
-
-/// A header whose first name lost the UTF-8 byte order mark a spreadsheet export may put first.
-fn without_bom(header: &csv::StringRecord) -> csv::StringRecord {
-    header
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            if i == 0 {
-                name.trim_start_matches('\u{feff}').trim()
-            } else {
-                name
-            }
-        })
-        .collect()
-}
-
-/// When a header read as one column holds `;`, a tab or `|`, the file is separated by that:
-/// says so (Yosegi reads comma-separated files), else nothing.
-pub fn delimiter_hint<S: AsRef<str>>(header: &[S]) -> String {
-    let [only] = header else {
-        return String::new();
-    };
-    [(';', "semicolons"), ('\t', "tabs"), ('|', "'|'")]
-        .iter()
-        .find(|(c, _)| only.as_ref().contains(*c))
-        .map(|(_, name)| {
-            format!(
-                "; the file looks separated by {name}: Yosegi reads comma-separated values — export it with commas"
-            )
-        })
-        .unwrap_or_default()
-}
-
-fn csv_error(path: &Path, e: csv::Error) -> CsvError {
-    let line = e.position().map_or(0, |p| p.line());
-    match e.into_kind() {
-        csv::ErrorKind::Io(source) => CsvError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        other => CsvError::Syntax {
-            path: path.to_path_buf(),
-            line,
-            message: format!("{other:?}"),
-        },
-    }
-}
+pub use read::{
+    LoadReport, Table, copy_records, delimiter_hint, header, load, load_csv, read_columns,
+    read_encoded,
+};
 
 #[cfg(test)]
 mod tests;

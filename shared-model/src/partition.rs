@@ -123,11 +123,9 @@ pub fn partition(
             cut(&order, &equal_sizes(n, parties))
         }
         Partition::Shift(feature) => {
+            // The network input the column feeds (a categorical column has none to sort by).
             let j = spec
-                .task
-                .features
-                .iter()
-                .position(|f| f == feature)
+                .input_of(feature)
                 .ok_or_else(|| PartitionError::UnknownFeature(feature.clone()))?;
             order.sort_by(|&a, &b| data.row(a)[j].total_cmp(&data.row(b)[j]).then(a.cmp(&b)));
             cut(&order, &equal_sizes(n, parties))

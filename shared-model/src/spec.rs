@@ -4,12 +4,13 @@
 //! of a canonical encoding of the *validated* spec, so formatting, comments, key order and
 //! spelled-out defaults do not change it, while any change of meaning does.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::encoding::{self, Column, Missing, RawColumn};
 use crate::ids::{Sha256, SpecId};
 
 /// The spec format this build reads and writes.
@@ -116,6 +117,16 @@ pub struct TaskSpec {
     pub target: String,
     /// Names of the feature columns, in the order the network sees them.
     pub features: Vec<String>,
+    /// The classes' names, when the target column holds names (`classes = ["ok", "scrap"]`):
+    /// the label of row is the index of its name; `predict` writes names. Binary tasks name the
+    /// negative class first. `None`: the labels are the numbers 0, 1, ….
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+    /// Feature columns that are not plain numbers refused when blank (`[task.columns.NAME]`,
+    /// with `task.missing` / `task.missing_indicator` applied): categories and missing values.
+    /// Left out of the spec id when empty, so specs without them keep their ids.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub columns: BTreeMap<String, Column>,
 }
 
 /// The multilayer perceptron.
@@ -271,7 +282,19 @@ struct RawTask {
     kind: String,
     target: String,
     features: Vec<String>,
-    classes: Option<usize>,
+    classes: Option<RawClasses>,
+    missing: Option<Missing>,
+    missing_indicator: Option<bool>,
+    #[serde(default)]
+    columns: BTreeMap<String, RawColumn>,
+}
+
+/// `classes = 3` or `classes = ["a", "b", "c"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawClasses {
+    Count(usize),
+    Names(Vec<String>),
 }
 
 #[derive(Deserialize)]
@@ -345,18 +368,30 @@ impl ModelSpec {
             toml_str(&self.name)
         );
         s += &format!("kind = \"{}\"\n", self.task.kind.name());
-        if let TaskKind::Multiclass { classes } = self.task.kind {
-            s += &format!("classes = {classes}\n");
+        match (&self.task.class_names, self.task.kind) {
+            (Some(names), _) => s += &format!("classes = [{}]\n", toml_list(names)),
+            (None, TaskKind::Multiclass { classes }) => s += &format!("classes = {classes}\n"),
+            _ => {}
         }
         s += &format!("target = {}\nfeatures = [", toml_str(&self.task.target));
-        s += &self
-            .task
-            .features
-            .iter()
-            .map(|f| toml_str(f))
-            .collect::<Vec<_>>()
-            .join(", ");
-        s += "]\n\n[model]\n";
+        s += &toml_list(&self.task.features);
+        s += "]\n";
+        for (name, c) in &self.task.columns {
+            s += &format!("\n[task.columns.{}]\n", toml_str(name));
+            if let Some(cats) = &c.categories {
+                s += &format!("categories = [{}]\n", toml_list(cats));
+            }
+            if c.missing != Missing::Error {
+                s += &format!("missing = \"{}\"\n", c.missing.name());
+            }
+            if let Some(f) = c.fill {
+                s += &format!("fill = {f:?}\n");
+            }
+            if c.indicator {
+                s += "indicator = true\n";
+            }
+        }
+        s += "\n[model]\n";
         s += &format!(
             "hidden = [{}]\nactivation = \"{}\"\ndropout = {:?}\n\n[training]\n",
             self.model
@@ -407,9 +442,47 @@ impl ModelSpec {
         s
     }
 
-    /// Number of input features.
+    /// Number of network inputs: one per numeric feature, one per category and "other" of a
+    /// categorical one, one per missing-value indicator.
     pub fn input_width(&self) -> usize {
-        self.task.features.len()
+        self.task
+            .features
+            .iter()
+            .map(|f| self.task.columns.get(f).map_or(1, Column::width))
+            .sum()
+    }
+
+    /// The name of each network input ([`encoding::input_names`]).
+    pub fn input_names(&self) -> Vec<String> {
+        encoding::input_names(&self.task.features, &self.task.columns)
+    }
+
+    /// The index of the network input a numeric feature column feeds (`None` for a
+    /// categorical column or a name that is not a feature).
+    pub fn input_of(&self, feature: &str) -> Option<usize> {
+        let mut at = 0;
+        for f in &self.task.features {
+            let c = self.task.columns.get(f);
+            if f == feature {
+                return c.is_none_or(|c| c.categories.is_none()).then_some(at);
+            }
+            at += c.map_or(1, Column::width);
+        }
+        None
+    }
+
+    /// The encoder of this task's feature columns ([`encoding::Encoder`]); `predicting` fills a
+    /// `drop-row` blank with the mean, since a row to predict cannot be left out.
+    pub fn encoder(&self, predicting: bool) -> encoding::Encoder {
+        encoding::Encoder::new(&self.task.features, &self.task.columns, predicting)
+    }
+
+    /// The name of class `i`: its declared name, else the number.
+    pub fn class_name(&self, i: usize) -> String {
+        match &self.task.class_names {
+            Some(names) => names.get(i).cloned().unwrap_or_else(|| i.to_string()),
+            None => i.to_string(),
+        }
     }
 
     /// Layer widths from input to output, e.g. `[30, 16, 8, 1]`.
@@ -483,7 +556,31 @@ impl fmt::Display for ModelSpec {
     }
 }
 
-fn toml_str(s: &str) -> String {
+fn check_class_names(names: &[String]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for (i, n) in names.iter().enumerate() {
+        if n.is_empty() || n.trim() != n || n.len() > 256 {
+            return Err(format!(
+                "class {i} must be 1 to 256 bytes with no surrounding spaces (cells are trimmed), found {n:?}"
+            ));
+        }
+        if !seen.insert(n.as_str()) {
+            return Err(format!("class {n:?} is named twice"));
+        }
+    }
+    Ok(())
+}
+
+fn toml_list(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|f| toml_str(f))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A string as a TOML basic string (quoted, escaped).
+pub fn toml_str(s: &str) -> String {
     // JSON string escaping is valid TOML basic-string escaping for the characters it produces;
     // TOML also forbids a raw DEL (U+007F), which JSON leaves as it is.
     serde_json::to_string(s)
@@ -509,14 +606,29 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             "expected a non-empty name of at most 128 bytes".into(),
         ));
     }
-    let kind = match (raw.task.kind.as_str(), raw.task.classes) {
+    let (count, class_names) = match raw.task.classes {
+        None => (None, None),
+        Some(RawClasses::Count(n)) => (Some(n), None),
+        Some(RawClasses::Names(names)) => {
+            check_class_names(&names).map_err(|m| invalid("task.classes", m))?;
+            (Some(names.len()), Some(names))
+        }
+    };
+    let kind = match (raw.task.kind.as_str(), count) {
         ("binary", None) => TaskKind::Binary,
+        ("binary", Some(2)) if class_names.is_some() => TaskKind::Binary,
+        ("binary", Some(n)) if class_names.is_some() => {
+            return Err(invalid(
+                "task.classes",
+                format!("a binary task names 2 classes (the negative first), found {n}"),
+            ));
+        }
         ("regression", None) => TaskKind::Regression,
         ("binary" | "regression", Some(_)) => {
             return Err(invalid(
                 "task.classes",
                 format!(
-                    "only multiclass tasks take `classes`; this task is {}",
+                    "only multiclass tasks take a count of `classes` (a binary one may name its two); this task is {}",
                     raw.task.kind
                 ),
             ));
@@ -535,7 +647,7 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
         ("multiclass", None) => {
             return Err(invalid(
                 "task.classes",
-                "a multiclass task must say how many classes it has".into(),
+                "a multiclass task must say how many classes it has, or name them".into(),
             ));
         }
         (other, _) => {
@@ -584,6 +696,13 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             ));
         }
     }
+    let columns = encoding::resolve(
+        &raw.task.features,
+        raw.task.missing,
+        raw.task.missing_indicator,
+        raw.task.columns,
+    )
+    .map_err(|(field, message)| invalid(field, message))?;
     if raw.model.hidden.len() > 64 {
         return Err(invalid(
             "model.hidden",
@@ -710,6 +829,8 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             kind,
             target: raw.task.target,
             features: raw.task.features,
+            class_names,
+            columns,
         },
         model: MlpSpec {
             hidden: raw.model.hidden,

@@ -32,6 +32,16 @@ pub enum StatsError {
         /// The count reported.
         count: u64,
     },
+    /// More rows with a value present than rows.
+    #[error("feature {index}: {present} rows with a value present, of {count} rows")]
+    Present {
+        /// Feature index.
+        index: usize,
+        /// Present count reported.
+        present: u64,
+        /// Rows reported.
+        count: u64,
+    },
     /// A reported sum is not finite or is impossible (e.g. negative sum of squares).
     #[error("feature {index}: reported sums are not valid (sum {sum}, sum of squares {sum_sq})")]
     Invalid {
@@ -53,6 +63,10 @@ pub struct FeatureSums {
     pub sum: Vec<f64>,
     /// Σ x² per feature.
     pub sum_sq: Vec<f64>,
+    /// Rows whose value is present, per feature, when some are missing (blanks to be filled
+    /// with the mean are left out of the sums); empty when every row has every value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub present: Vec<u64>,
 }
 
 impl FeatureSums {
@@ -62,21 +76,36 @@ impl FeatureSums {
             count: 0,
             sum: vec![0.0; width],
             sum_sq: vec![0.0; width],
+            present: Vec::new(),
         }
     }
 
-    /// Sums over the rows of a row-major matrix with `width` columns.
+    /// Sums over the rows of a row-major matrix with `width` columns; NaN marks a missing value,
+    /// left out of its feature's sums and counted out of [`Self::present`].
     pub fn of_rows(rows: &[f32], width: usize) -> Self {
         let mut s = Self::zeros(width);
+        let mut missing = vec![0u64; width];
         for row in rows.chunks_exact(width) {
             s.count += 1;
             for (j, &x) in row.iter().enumerate() {
+                if x.is_nan() {
+                    missing[j] += 1;
+                    continue;
+                }
                 let x = f64::from(x);
                 s.sum[j] += x;
                 s.sum_sq[j] += x * x;
             }
         }
+        if missing.iter().any(|&m| m > 0) {
+            s.present = missing.iter().map(|m| s.count - m).collect();
+        }
         s
+    }
+
+    /// Rows whose value of feature `j` is present.
+    pub fn present(&self, j: usize) -> u64 {
+        self.present.get(j).copied().unwrap_or(self.count)
     }
 
     /// Checks sums received from a site before they are stored: `width` features, at least one
@@ -92,8 +121,21 @@ impl FeatureSums {
         if self.count == 0 || self.count > MAX_ROWS {
             return Err(StatsError::Count { count: self.count });
         }
-        let n = self.count as f64;
+        if !self.present.is_empty() && self.present.len() != width {
+            return Err(StatsError::Width {
+                expected: width,
+                found: self.present.len(),
+            });
+        }
+        if let Some(index) = (0..width).find(|&j| self.present(j) > self.count) {
+            return Err(StatsError::Present {
+                index,
+                present: self.present(index),
+                count: self.count,
+            });
+        }
         for (index, (&sum, &sum_sq)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
+            let n = self.present(index) as f64;
             let impossible = sum * sum > n * sum_sq * (1.0 + 1e-9) + 1e-9;
             if !sum.is_finite() || !sum_sq.is_finite() || sum_sq < 0.0 || impossible {
                 return Err(StatsError::Invalid { index, sum, sum_sq });
@@ -110,29 +152,48 @@ impl FeatureSums {
                 found: other.sum.len(),
             });
         }
+        let width = self.sum.len();
+        if !other.present.is_empty() && other.present.len() != width {
+            return Err(StatsError::Width {
+                expected: width,
+                found: other.present.len(),
+            });
+        }
+        if !self.present.is_empty() || !other.present.is_empty() {
+            self.present = (0..width)
+                .map(|j| self.present(j).saturating_add(other.present(j)))
+                .collect();
+        }
         self.count = self
             .count
             .checked_add(other.count)
             .ok_or(StatsError::Count { count: u64::MAX })?;
-        for j in 0..self.sum.len() {
+        for j in 0..width {
             self.sum[j] += other.sum[j];
             self.sum_sq[j] += other.sum_sq[j];
         }
         Ok(())
     }
 
-    /// Global mean and (population) standard deviation; constant features get std 1.
+    /// Global mean and (population) standard deviation of the present values; constant
+    /// features (and features with no value present) get std 1 (mean 0 when none is present).
     pub fn normalization(&self) -> Result<Normalization, StatsError> {
         if self.count == 0 {
             return Err(StatsError::Empty);
         }
-        let n = self.count as f64;
         let mut mean = Vec::with_capacity(self.sum.len());
         let mut std = Vec::with_capacity(self.sum.len());
         for (index, (&sum, &sum_sq)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
             if !sum.is_finite() || !sum_sq.is_finite() || sum_sq < 0.0 {
                 return Err(StatsError::Invalid { index, sum, sum_sq });
             }
+            let present = self.present(index);
+            if present == 0 {
+                mean.push(0.0);
+                std.push(1.0);
+                continue;
+            }
+            let n = present as f64;
             let m = sum / n;
             let var = (sum_sq / n - m * m).max(0.0);
             let s = var.sqrt();
@@ -161,7 +222,8 @@ impl Normalization {
         }
     }
 
-    /// Normalises a row-major matrix into a new one.
+    /// Normalises a row-major matrix into a new one. A missing value (NaN) becomes 0: the
+    /// mean, which is what a blank declared `missing = "mean"` is filled with.
     pub fn apply(&self, rows: &[f32]) -> Vec<f32> {
         let w = self.mean.len();
         let mut out = Vec::with_capacity(rows.len());
@@ -169,7 +231,7 @@ impl Normalization {
             out.extend(
                 row.iter()
                     .zip(self.mean.iter().zip(&self.std))
-                    .map(|(x, (m, s))| (x - m) / s),
+                    .map(|(x, (m, s))| if x.is_nan() { 0.0 } else { (x - m) / s }),
             );
         }
         out
@@ -216,6 +278,7 @@ mod tests {
             count: 1,
             sum: vec![f64::NAN],
             sum_sq: vec![1.0],
+            present: Vec::new(),
         };
         assert!(matches!(
             bad.normalization(),

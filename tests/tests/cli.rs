@@ -226,7 +226,7 @@ fn experiments_derive_a_spec_from_the_target_column() {
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(
-        err.contains("line 1: no column named \"diagnosis\""),
+        err.contains("line 1: column \"diagnosis\" is missing from the header"),
         "{err}"
     );
 }

@@ -11,6 +11,7 @@ mod faults;
 mod federation;
 mod hand_run;
 mod operators;
+mod plant;
 mod policy;
 mod rotation;
 mod strategies;

@@ -166,6 +166,11 @@ impl Limits {
                     "contribution limits: `feature.{name}` is not a feature of the spec"
                 ));
             }
+            if spec.input_of(name).is_none() {
+                return Err(format!(
+                    "contribution limits: `feature.{name}` is a categorical column: a range is for numbers"
+                ));
+            }
             if !(r.min.is_finite() && r.max.is_finite() && r.min < r.max) {
                 return Err(format!(
                     "contribution limits: `feature.{name}` needs finite min < max, found [{}, {}]",
@@ -232,6 +237,11 @@ impl Limits {
                 count,
                 sum: s.sum.iter().map(|x| x * scale).collect(),
                 sum_sq: s.sum_sq.iter().map(|x| x * scale).collect(),
+                present: s
+                    .present
+                    .iter()
+                    .map(|&p| ((p as f64 * scale).round() as u64).min(count))
+                    .collect(),
             };
             total
                 .merge(&scaled)
@@ -244,11 +254,11 @@ impl Limits {
     /// feature must lie in its range, and its mean square must not exceed what values in the
     /// range allow (E[x²] ≤ (min + max)·E[x] − min·max, as E[(x − min)(x − max)] ≤ 0).
     pub fn check_sums(&self, spec: &ModelSpec, sums: &FeatureSums) -> Result<(), String> {
-        let n = sums.count as f64;
-        for (j, name) in spec.task.features.iter().enumerate() {
-            let Some(r) = self.features.get(name) else {
+        for name in &spec.task.features {
+            let (Some(r), Some(j)) = (self.features.get(name), spec.input_of(name)) else {
                 continue;
             };
+            let n = sums.present(j).max(1) as f64;
             let (Some(&sum), Some(&sum_sq)) = (sums.sum.get(j), sums.sum_sq.get(j)) else {
                 continue;
             };

@@ -51,6 +51,26 @@ pub enum SpecCommand {
         /// The ModelSpec TOML file.
         file: PathBuf,
     },
+    /// Write a commented spec inferred from a CSV: feature types (numbers, categories and
+    /// their vocabulary), missing-value policies, the task kind and its classes. Says what it
+    /// inferred and why on stderr; refuses an ambiguous column naming its lines.
+    Init {
+        /// The CSV (a sample of a plant's data, or pooled data for a demo).
+        #[arg(long)]
+        data: PathBuf,
+        /// The target column.
+        #[arg(long)]
+        target: String,
+        /// The task kind, instead of inferring it from the target's values.
+        #[arg(long, value_enum)]
+        kind: Option<crate::experiment::infer::Kind>,
+        /// A name seen fewer times in a categorical column counts as "other".
+        #[arg(long, default_value_t = crate::specinit::DEFAULT_MIN_COUNT)]
+        min_count: u64,
+        /// Where to write the spec (refuses an existing file); stdout when not given.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Validate a ModelSpec file and describe the network and its weight blobs.
     Show {
         /// The ModelSpec TOML file.
@@ -87,6 +107,32 @@ pub enum DataCommand {
         /// Output directory.
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Write a synthetic dataset: `--kind plant` is a plant-process export (line, product,
+    /// supplier and shift as text, sensor blanks, a batch id, targets `yield_kg` and `grade`,
+    /// each site with its own process shift).
+    Synth {
+        /// The dataset (plant).
+        #[arg(long, default_value = "plant")]
+        kind: String,
+        /// The target column written: yield_kg (regression) or grade (ok/rework/scrap).
+        #[arg(long, default_value = "yield_kg")]
+        target: String,
+        /// Rows per site.
+        #[arg(long, default_value_t = 300)]
+        rows: usize,
+        /// Sites, each with its own process.
+        #[arg(long, default_value_t = 3)]
+        sites: usize,
+        /// Share of sensor cells left blank.
+        #[arg(long, default_value_t = 0.05)]
+        blank_share: f64,
+        /// Seed.
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The CSV to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
     },
 }
 

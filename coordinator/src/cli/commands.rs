@@ -70,6 +70,41 @@ pub(super) fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
             let spec = ModelSpec::from_file(&file)?;
             println!("{}", spec.id());
         }
+        SpecCommand::Init {
+            data,
+            target,
+            kind,
+            min_count,
+            out,
+        } => {
+            let inferred = crate::specinit::infer_spec(&data, &target, kind, min_count)?;
+            for s in &inferred.said {
+                eprintln!("{}: {s}", data.display());
+            }
+            match out {
+                None => print!("{}", inferred.toml),
+                Some(out) => {
+                    use std::io::Write as _;
+                    let mut f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&out)
+                        .with_context(|| {
+                            format!(
+                                "creating {} (an existing file is not overwritten)",
+                                out.display()
+                            )
+                        })?;
+                    f.write_all(inferred.toml.as_bytes())?;
+                    eprintln!(
+                        "wrote {} (spec id {}, {} network inputs)",
+                        out.display(),
+                        inferred.spec.id(),
+                        inferred.spec.input_width()
+                    );
+                }
+            }
+        }
         SpecCommand::Show { file, json } => {
             let spec = ModelSpec::from_file(&file)?;
             let tensors = spec.tensors();
@@ -80,6 +115,8 @@ pub(super) fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
                     "kind": spec.task.kind.name(),
                     "target": spec.task.target,
                     "features": spec.task.features,
+                    "classes": spec.task.class_names,
+                    "inputs": spec.input_names(),
                     "layer_widths": spec.layer_widths(),
                     "parameters": spec.parameter_count(),
                     "max_blob_bytes": spec.max_blob_bytes(),
@@ -94,7 +131,29 @@ pub(super) fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
                     spec.task.kind.name(),
                     spec.task.target
                 );
-                println!("features     {}", spec.input_width());
+                println!(
+                    "features     {} columns, {} network inputs",
+                    spec.task.features.len(),
+                    spec.input_width()
+                );
+                for (name, c) in &spec.task.columns {
+                    let what = match &c.categories {
+                        Some(cats) => format!("categorical, {} categories + other", cats.len()),
+                        None => "numeric".into(),
+                    };
+                    println!(
+                        "  {name:<18} {what}, blanks: {}{}",
+                        c.missing.name(),
+                        if c.indicator {
+                            ", missing indicator"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if let Some(names) = &spec.task.class_names {
+                    println!("classes      {}", names.join(", "));
+                }
                 println!("layers       {:?}", spec.layer_widths());
                 println!("parameters   {}", spec.parameter_count());
                 println!("max blob     {} bytes", spec.max_blob_bytes());

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
-use shared_model::data::{Dataset, SplitFractions, load_csv, read_columns};
+use shared_model::data::{Dataset, SplitFractions, load_csv};
 use shared_model::ids::PartyId;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
@@ -40,50 +40,20 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
     Ok((spec, data))
 }
 
-/// A spec for a CSV from its header and target column: every other column is a feature; the
-/// task kind is `kind`, or inferred from the target's values ([`super::infer::kind`]: what it
-/// chose and why goes to stderr; an ambiguous column is refused naming its lines).
+/// A spec for a CSV and its target column, inferred as `spec init` does
+/// ([`crate::specinit::infer_spec`]); what it chose and why goes to stderr, an ambiguous
+/// column is refused naming its lines.
 pub fn derive_spec(
     path: &Path,
     target: &str,
     kind: Option<super::infer::Kind>,
 ) -> anyhow::Result<ModelSpec> {
-    let columns = shared_model::data::header(path)?;
-    anyhow::ensure!(
-        columns.iter().any(|c| c == target),
-        "{}: line 1: no column named {target:?} (columns: {}){}",
-        path.display(),
-        columns.join(", "),
-        shared_model::data::delimiter_hint(&columns)
-    );
-    let features: Vec<String> = columns.into_iter().filter(|c| c != target).collect();
-    let table = read_columns(path, &[], Some(target))?;
-    let mut values = Vec::with_capacity(table.targets.len());
-    for (i, v) in table.targets.iter().enumerate() {
-        let parsed = v.parse::<f64>().ok().filter(|x| x.is_finite());
-        values.push((
-            table.line(i),
-            parsed.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "{}: line {}: column {target:?}: expected a number, found {v:?} (class names as targets are not read yet: number the classes 0, 1, 2, …)",
-                    path.display(),
-                    table.line(i)
-                )
-            })?,
-        ));
+    let inferred =
+        crate::specinit::infer_spec(path, target, kind, crate::specinit::DEFAULT_MIN_COUNT)?;
+    for s in &inferred.said {
+        eprintln!("{}: {s}", path.display());
     }
-    let (kind, why) =
-        super::infer::kind(target, &values, kind).with_context(|| format!("{}", path.display()))?;
-    eprintln!("{}: {why}", path.display());
-    let quoted: Vec<String> = features.iter().map(|f| format!("{f:?}")).collect();
-    let text = format!(
-        "format = 1\nname = \"derived\"\n\n[task]\n{kind}\ntarget = {target:?}\nfeatures = [{}]\n\n[model]\nhidden = [16, 8]\n\n[training]\nlearning_rate = 0.01\nlocal_epochs = 5\nbatch_size = 32\nseed = 1\n",
-        quoted.join(", ")
-    );
-    Ok(ModelSpec::parse(
-        &text,
-        &format!("spec derived from {}", path.display()),
-    )?)
+    Ok(inferred.spec)
 }
 
 pub(super) fn grid(args: &ExperimentArgs) -> anyhow::Result<Vec<Point>> {

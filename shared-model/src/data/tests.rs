@@ -61,11 +61,19 @@ fn errors_name_file_line_and_column() {
         e.contains("line 3: column \"b\": expected a number, found \"x2\""),
         "{e}"
     );
-    let e = err("a,b,c,y\n1,2,NaN,0\n");
+    let e = err("a,b,c,y\n1,2,-inf,0\n");
     assert!(
-        e.contains("line 2: column \"c\": expected a finite number, found \"NaN\""),
+        e.contains("line 2: column \"c\": expected a finite number, found \"-inf\""),
         "{e}"
     );
+    // NaN, NA and empty cells are blanks: refused unless the task says how to fill them
+    for blank in ["NaN", "NA", ""] {
+        let e = err(&format!("a,b,c,y\n1,2,3,0\n1,2,{blank},0\n"));
+        assert!(
+            e.contains("line 3: column \"c\": the cell is blank") && e.contains("task.missing"),
+            "{e}"
+        );
+    }
     let e = err("a,b,c,y\n1,2,3,2\n");
     assert!(
         e.contains("line 2: column \"y\": label \"2\" is not a class of this task (0 or 1)"),
@@ -75,9 +83,9 @@ fn errors_name_file_line_and_column() {
     assert!(e.contains("label \"0.5\""), "{e}");
     let e = err("a,b,c,y,a\n1,2,3,0,1\n");
     assert!(e.contains("column \"a\" appears more than once"), "{e}");
-    let e = err("a,b,c,y\n1,,3,0\n");
+    let e = err("a,b,c,y\n1,2,3,0\n1,small,3,0\n");
     assert!(
-        e.contains("column \"b\": expected a number, found \"\""),
+        e.contains("line 3: column \"b\": expected a number, found \"small\" (a column of names or codes is declared categorical: [task.columns.\"b\"] categories"),
         "{e}"
     );
     let missing = load_csv(Path::new("/nonexistent/x.csv"), &spec())
@@ -183,4 +191,62 @@ fn a_file_separated_by_semicolons_or_tabs_is_named_so() {
     let (_d, path) = write("x,y\n1,1\n");
     let e = load_csv(&path, &spec()).unwrap_err().to_string();
     assert!(!e.contains("looks separated"), "{e}");
+}
+
+#[test]
+fn class_names_blank_targets_and_drop_row_are_loaded_and_reported() {
+    let named = ModelSpec::parse(
+        &SMALL.replace(
+            "kind = \"binary\"",
+            "kind = \"binary\"\nclasses = [\"pass\", \"fail\"]\nmissing = \"drop-row\"",
+        ),
+        "<t>",
+    )
+    .unwrap();
+    let (_d, path) = write("a,b,c,y\n1,2,3,fail\n4,5,6,\n7,,9,pass\n1,1,1,NA\n2,2,2,pass\n");
+    let (ds, report) = load(&path, &named).unwrap();
+    assert_eq!(ds.targets, vec![1.0, 0.0]);
+    assert_eq!(ds.features, vec![1.0, 2.0, 3.0, 2.0, 2.0, 2.0]);
+    assert_eq!((report.read, report.kept, report.blank_target), (5, 2, 2));
+    assert_eq!(report.counts.dropped, vec![0, 1, 0]);
+    assert_eq!(
+        report.to_string(),
+        "2 of 5 rows kept; 2 rows left out: the target is blank; 1 rows left out: \"b\" is blank (missing = \"drop-row\")"
+    );
+    let (_d2, path) = write("a,b,c,y\n1,2,3,maybe\n");
+    let e = load_csv(&path, &named).unwrap_err().to_string();
+    assert!(
+        e.contains("label \"maybe\" is not a class of this task (one of \"pass\", \"fail\")"),
+        "{e}"
+    );
+    let (_d3, path) = write("a,b,c,y\n1,2,3,\n");
+    let e = load_csv(&path, &named).unwrap_err().to_string();
+    assert!(
+        e.contains("all 1 data rows were left out: 1 rows left out: the target is blank"),
+        "{e}"
+    );
+}
+
+#[test]
+fn records_are_copied_as_written_to_each_part() {
+    let (d, path) = write("id,a,b,c,y\nr1,1,2,3,1\n\"r,2\",4, 5 ,6,0\nr3,7,8,9,1\n");
+    let (_, report) = load(&path, &spec()).unwrap();
+    let dests = [d.path().join("p1.csv"), d.path().join("p2.csv")];
+    copy_records(
+        &path,
+        &[
+            vec![report.offsets[1]],
+            vec![report.offsets[0], report.offsets[2]],
+        ],
+        &dests,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&dests[0]).unwrap(),
+        "id,a,b,c,y\n\"r,2\",4,5,6,0\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&dests[1]).unwrap(),
+        "id,a,b,c,y\nr1,1,2,3,1\nr3,7,8,9,1\n"
+    );
 }

@@ -128,6 +128,7 @@ pub fn sums(s: &pb::FeatureSums) -> FeatureSums {
         count: s.count,
         sum: s.sum.clone(),
         sum_sq: s.sum_sq.clone(),
+        present: s.present.clone(),
     }
 }
 

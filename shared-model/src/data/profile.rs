@@ -1,0 +1,132 @@
+//! What a CSV's columns hold, read once without a spec: for `spec init` and `--target` to infer
+//! feature types, missing-value policies and the task kind from the data, saying why.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::CsvError;
+use super::read::{csv_error, reader, without_bom};
+use crate::encoding::MISSING_TOKENS;
+
+/// Distinct text values remembered per column; a column with more is not a category.
+pub const MAX_DISTINCT: usize = 1000;
+
+/// One column of a CSV.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ColumnProfile {
+    /// The header's name.
+    pub name: String,
+    /// Blank (or `NA`, `NaN`, …) cells.
+    pub blank: u64,
+    /// Cells that are finite numbers.
+    pub numeric: u64,
+    /// Cells that are text (not blank, not a number), with the line of the first few.
+    pub text: u64,
+    /// The first lines holding text, with the text (at most 5).
+    pub text_lines: Vec<(u64, String)>,
+    /// Each distinct non-blank value and how often it occurs, while there are at most
+    /// [`MAX_DISTINCT`] of them (`None` beyond).
+    pub values: Option<HashMap<String, u64>>,
+}
+
+/// Every column of a CSV, and the target column's cells.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Profile {
+    /// Data rows.
+    pub rows: u64,
+    /// The columns, in header order.
+    pub columns: Vec<ColumnProfile>,
+    /// The target column's non-blank numeric cells with their lines, when asked for.
+    pub target_numbers: Vec<(u64, f64)>,
+}
+
+/// Reads `path` once and profiles every column; `target`'s numeric cells are also kept with
+/// their lines (the column must exist).
+pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
+    let mut reader = reader(path)?;
+    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
+    if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
+        return Err(CsvError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let target_col = match target {
+        None => None,
+        Some(t) => {
+            Some(
+                header
+                    .iter()
+                    .position(|h| h == t)
+                    .ok_or_else(|| CsvError::MissingColumn {
+                        path: path.to_path_buf(),
+                        column: t.to_string(),
+                        header: header.iter().take(20).collect::<Vec<_>>().join(", "),
+                        hint: super::delimiter_hint(&header.iter().collect::<Vec<_>>()),
+                    })?,
+            )
+        }
+    };
+    let mut p = Profile {
+        columns: header
+            .iter()
+            .map(|name| ColumnProfile {
+                name: name.to_string(),
+                values: Some(HashMap::new()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut record = csv::StringRecord::new();
+    while reader
+        .read_record(&mut record)
+        .map_err(|e| csv_error(path, e))?
+    {
+        let line = record.position().map_or(0, |pos| pos.line());
+        if record.len() != header.len() {
+            return Err(CsvError::FieldCount {
+                path: path.to_path_buf(),
+                line,
+                expected: header.len(),
+                found: record.len(),
+            });
+        }
+        p.rows += 1;
+        for (j, cell) in record.iter().enumerate() {
+            let c = &mut p.columns[j];
+            if MISSING_TOKENS.contains(&cell) {
+                c.blank += 1;
+                continue;
+            }
+            match cell.parse::<f64>() {
+                Ok(v) if v.is_finite() => {
+                    c.numeric += 1;
+                    if Some(j) == target_col {
+                        p.target_numbers.push((line, v));
+                    }
+                }
+                _ => {
+                    c.text += 1;
+                    if c.text_lines.len() < 5 {
+                        c.text_lines.push((line, cell.to_string()));
+                    }
+                }
+            }
+            if let Some(values) = &mut c.values {
+                if let Some(n) = values.get_mut(cell) {
+                    *n += 1;
+                } else if values.len() < MAX_DISTINCT {
+                    values.insert(cell.to_string(), 1);
+                } else {
+                    c.values = None;
+                }
+            }
+        }
+    }
+    if p.rows == 0 {
+        return Err(CsvError::NoRows {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(p)
+}

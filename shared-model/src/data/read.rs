@@ -1,0 +1,472 @@
+//! Reading a site's CSV: the columns the spec names, encoded as it declares
+//! ([`crate::encoding`]), each problem named by file, line and column.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::{CsvError, Dataset};
+use crate::encoding::{CellFault, Counts, Encoder, MISSING_TOKENS, Row};
+use crate::spec::{ModelSpec, TaskKind};
+
+/// What loading left out or filled in, for the site's log and the operator's report.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Data rows in the file.
+    pub read: u64,
+    /// Rows kept.
+    pub kept: u64,
+    /// Rows left out because the target cell was blank (a target is never imputed).
+    pub blank_target: u64,
+    /// Per feature column: blanks filled, rows dropped, values outside the vocabulary.
+    pub counts: Counts,
+    /// The feature columns, in the order of `counts`.
+    pub features: Vec<String>,
+    /// Where each kept row starts in the file, in row order (for [`copy_records`]).
+    pub offsets: Vec<u64>,
+}
+
+impl LoadReport {
+    /// True when nothing was left out or filled in.
+    pub fn is_clean(&self) -> bool {
+        self.read == self.kept && self.lines().is_empty()
+    }
+
+    /// One line per thing done, e.g. `12 blank cells of "temp" filled with the mean`.
+    pub fn lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.blank_target > 0 {
+            out.push(format!(
+                "{} rows left out: the target is blank",
+                self.blank_target
+            ));
+        }
+        for (j, f) in self.features.iter().enumerate() {
+            let at = |v: &Vec<u64>| v.get(j).copied().unwrap_or(0);
+            if at(&self.counts.dropped) > 0 {
+                out.push(format!(
+                    "{} rows left out: {f:?} is blank (missing = \"drop-row\")",
+                    at(&self.counts.dropped)
+                ));
+            }
+            if at(&self.counts.filled) > 0 {
+                out.push(format!(
+                    "{} blank cells of {f:?} filled as the task declares",
+                    at(&self.counts.filled)
+                ));
+            }
+            if at(&self.counts.unseen) > 0 {
+                out.push(format!(
+                    "{} values of {f:?} outside its declared categories counted as \"other\"",
+                    at(&self.counts.unseen)
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl fmt::Display for LoadReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {} rows kept", self.kept, self.read)?;
+        for l in self.lines() {
+            write!(f, "; {l}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads a site's CSV: the spec's feature columns (by name, any order in the file, extra
+/// columns ignored) encoded as declared, and its target column, validated for the task kind.
+pub fn load_csv(path: &Path, spec: &ModelSpec) -> Result<Dataset, CsvError> {
+    load(path, spec).map(|(d, _)| d)
+}
+
+/// [`load_csv`], with what loading left out or filled in.
+pub fn load(path: &Path, spec: &ModelSpec) -> Result<(Dataset, LoadReport), CsvError> {
+    let mut encoder = spec.encoder(false);
+    let mut table = read_table(
+        path,
+        &spec.task.features,
+        &mut encoder,
+        Some(&spec.task.target),
+        true,
+    )?;
+    let names: Option<HashMap<&str, usize>> = spec
+        .task
+        .class_names
+        .as_ref()
+        .map(|n| n.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
+    let mut targets = Vec::with_capacity(table.targets.len());
+    for (i, raw) in table.targets.iter().enumerate() {
+        let parsed = match &names {
+            Some(names) => names.get(raw.as_str()).map(|&i| i as f32),
+            None => parse_target(raw, spec.task.kind),
+        };
+        targets.push(parsed.ok_or_else(|| match spec.task.kind {
+            TaskKind::Regression => CsvError::NotNumeric {
+                path: path.to_path_buf(),
+                line: table.line(i),
+                column: spec.task.target.clone(),
+                value: raw.clone(),
+                hint: String::new(),
+            },
+            kind => CsvError::BadLabel {
+                path: path.to_path_buf(),
+                line: table.line(i),
+                column: spec.task.target.clone(),
+                value: raw.clone(),
+                expected: match (&spec.task.class_names, kind) {
+                    (Some(n), _) => format!("one of {}", quoted_list(n)),
+                    (None, TaskKind::Binary) => "0 or 1".to_string(),
+                    _ => format!("an integer from 0 to {}", kind.output_width() - 1),
+                },
+            },
+        })?);
+    }
+    table.targets = Vec::new();
+    let mut report = LoadReport {
+        read: table.read,
+        kept: targets.len() as u64,
+        blank_target: table.blank_extra,
+        counts: encoder.take_counts(),
+        features: spec.task.features.clone(),
+        offsets: std::mem::take(&mut table.offsets),
+    };
+    if report.kept == 0 {
+        return Err(CsvError::AllLeftOut {
+            path: path.to_path_buf(),
+            read: report.read,
+            why: report.lines().join("; "),
+        });
+    }
+    report.features.shrink_to_fit();
+    Ok((
+        Dataset {
+            width: spec.input_width(),
+            features: table.features,
+            targets,
+        },
+        report,
+    ))
+}
+
+fn quoted_list(names: &[String]) -> String {
+    let mut s = names
+        .iter()
+        .take(20)
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > 20 {
+        s += &format!(" and {} more", names.len() - 20);
+    }
+    s
+}
+
+fn parse_target(raw: &str, kind: TaskKind) -> Option<f32> {
+    match kind {
+        TaskKind::Regression => raw.parse::<f32>().ok().filter(|v| v.is_finite()),
+        kind => {
+            let classes = kind.output_width().max(2) as u64;
+            // accept "1" and "1.0", nothing fractional
+            let v: f64 = raw.parse().ok()?;
+            (v.fract() == 0.0 && v >= 0.0 && (v as u64) < classes).then_some(v as f32)
+        }
+    }
+}
+
+/// Encoded feature values of a CSV plus the raw text of an optional extra column, with where
+/// each kept row starts.
+#[derive(Debug)]
+pub struct Table {
+    /// `rows × inputs` values (NaN where a blank is to be filled with the mean).
+    pub features: Vec<f32>,
+    /// The extra column's raw text per row (empty when none was asked for).
+    pub targets: Vec<String>,
+    /// The byte offset each row starts at ([`Table::line`] turns it into a line number).
+    pub offsets: Vec<u64>,
+    /// Data rows read, kept or not.
+    pub read: u64,
+    /// Rows left out because the extra column was blank.
+    pub blank_extra: u64,
+    path: PathBuf,
+}
+
+impl Table {
+    /// The 1-based line row `i` starts on.
+    pub fn line(&self, i: usize) -> u64 {
+        line_of(&self.path, self.offsets[i])
+    }
+}
+
+/// The 1-based line of a record starting at a byte offset (1 if the file cannot be reread).
+/// In CRLF files the csv crate reports a record as starting at the `\n` that ends the line
+/// before, so that byte is counted as part of the previous line.
+fn line_of(path: &Path, byte: u64) -> u64 {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else {
+        return 1;
+    };
+    let mut head = Vec::new();
+    if file.take(byte + 1).read_to_end(&mut head).is_err() {
+        return 1;
+    }
+    1 + head.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+/// Reads named plain numeric columns (refused when blank) and, optionally, one more column as
+/// raw text.
+pub fn read_columns(
+    path: &Path,
+    features: &[String],
+    extra: Option<&str>,
+) -> Result<Table, CsvError> {
+    let mut encoder = Encoder::new(features, &Default::default(), false);
+    read_table(path, features, &mut encoder, extra, false)
+}
+
+/// Reads a spec's feature columns encoded as it declares (`predicting`: a `drop-row` blank is
+/// filled with the mean, no row is left out) and, optionally, one more column as raw text;
+/// returns the counts of blanks filled and unseen categories with the table.
+pub fn read_encoded(
+    path: &Path,
+    spec: &ModelSpec,
+    predicting: bool,
+    extra: Option<&str>,
+) -> Result<(Table, LoadReport), CsvError> {
+    let mut encoder = spec.encoder(predicting);
+    let table = read_table(path, &spec.task.features, &mut encoder, extra, false)?;
+    let report = LoadReport {
+        read: table.read,
+        kept: table.offsets.len() as u64,
+        blank_target: 0,
+        counts: encoder.take_counts(),
+        features: spec.task.features.clone(),
+        offsets: Vec::new(),
+    };
+    Ok((table, report))
+}
+
+/// The loader's one loop. `skip_blank_extra`: a row whose extra column is blank is left out
+/// and counted (a blank target), before its features are read.
+fn read_table(
+    path: &Path,
+    features: &[String],
+    encoder: &mut Encoder,
+    extra: Option<&str>,
+    skip_blank_extra: bool,
+) -> Result<Table, CsvError> {
+    let p = || path.to_path_buf();
+    let mut reader = reader(path)?;
+    let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
+    if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
+        return Err(CsvError::Empty { path: p() });
+    }
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in header.iter().enumerate() {
+        if index.insert(name, i).is_some() {
+            return Err(CsvError::DuplicateColumn {
+                path: p(),
+                column: name.to_string(),
+            });
+        }
+    }
+    let find = |column: &str| {
+        index
+            .get(column)
+            .copied()
+            .ok_or_else(|| CsvError::MissingColumn {
+                path: p(),
+                column: column.to_string(),
+                header: header.iter().take(20).collect::<Vec<_>>().join(", "),
+                hint: delimiter_hint(&header.iter().collect::<Vec<_>>()),
+            })
+    };
+    let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
+    let extra_col = extra.map(find).transpose()?;
+    let mut table = Table {
+        features: Vec::new(),
+        targets: Vec::new(),
+        offsets: Vec::new(),
+        read: 0,
+        blank_extra: 0,
+        path: path.to_path_buf(),
+    };
+    let mut record = csv::StringRecord::new();
+    loop {
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {}
+            Err(e) => return Err(csv_error(path, e)),
+        }
+        table.read += 1;
+        // The csv crate's own line count is off for CRLF files; count newlines before the
+        // record's byte offset instead (only when an error needs it, since that rereads).
+        let byte = record.position().map_or(0, |pos| pos.byte());
+        let line = || line_of(path, byte);
+        if record.len() != header.len() {
+            return Err(CsvError::FieldCount {
+                path: p(),
+                line: line(),
+                expected: header.len(),
+                found: record.len(),
+            });
+        }
+        if let Some(c) = extra_col
+            && skip_blank_extra
+            && MISSING_TOKENS.contains(&&record[c])
+        {
+            table.blank_extra += 1;
+            continue;
+        }
+        let cells: Vec<&str> = cols.iter().map(|&c| &record[c]).collect();
+        match encoder.encode(&cells, &mut table.features) {
+            Ok(Row::Kept) => {}
+            Ok(Row::Dropped(_)) => continue,
+            Err((j, fault)) => {
+                let column = features[j].clone();
+                return Err(match fault {
+                    CellFault::Blank => CsvError::Blank {
+                        path: p(),
+                        line: line(),
+                        column,
+                    },
+                    CellFault::NotFinite(value) => CsvError::NotFinite {
+                        path: p(),
+                        line: line(),
+                        column,
+                        value,
+                    },
+                    CellFault::NotNumeric(value) => CsvError::NotNumeric {
+                        path: p(),
+                        line: line(),
+                        hint: format!(
+                            " (a column of names or codes is declared categorical: [task.columns.{column:?}] categories = [...])"
+                        ),
+                        column,
+                        value,
+                    },
+                });
+            }
+        }
+        if let Some(c) = extra_col {
+            table.targets.push(record[c].to_string());
+        }
+        table.offsets.push(byte);
+    }
+    if table.read == 0 {
+        return Err(CsvError::NoRows { path: p() });
+    }
+    Ok(table)
+}
+
+/// Copies whole records of `source` (each named by the byte offset it starts at, as in
+/// [`Table::offsets`]) to several CSV files, each with the source's header: the cells exactly
+/// as written, whatever their encoding. `parts[k]` lists the records of `dests[k]`.
+pub fn copy_records(source: &Path, parts: &[Vec<u64>], dests: &[PathBuf]) -> Result<(), CsvError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CsvError::Io { path, source }
+    };
+    let mut owner: HashMap<u64, usize> = HashMap::new();
+    for (k, offsets) in parts.iter().enumerate() {
+        for &o in offsets {
+            owner.insert(o, k);
+        }
+    }
+    let mut reader = reader(source)?;
+    let header = without_bom(reader.headers().map_err(|e| csv_error(source, e))?);
+    let mut writers = Vec::with_capacity(dests.len());
+    for d in dests {
+        let mut w = csv::Writer::from_path(d).map_err(|e| csv_error(d, e))?;
+        w.write_record(&header).map_err(|e| csv_error(d, e))?;
+        writers.push(w);
+    }
+    let mut record = csv::StringRecord::new();
+    while reader
+        .read_record(&mut record)
+        .map_err(|e| csv_error(source, e))?
+    {
+        let byte = record.position().map_or(0, |pos| pos.byte());
+        if let Some(&k) = owner.get(&byte) {
+            writers[k]
+                .write_record(&record)
+                .map_err(|e| csv_error(&dests[k], e))?;
+        }
+    }
+    for (w, d) in writers.iter_mut().zip(dests) {
+        w.flush().map_err(io(d))?;
+    }
+    Ok(())
+}
+
+/// The header's column names, as the loader reads them (quoting, trimming, a UTF-8 byte order
+/// mark dropped).
+pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
+    let header = without_bom(reader(path)?.headers().map_err(|e| csv_error(path, e))?);
+    Ok(header.iter().map(str::to_string).collect())
+}
+
+/// The one way a site's CSV is opened: a header row, cells trimmed, rows of any length (the
+/// loader names a row whose field count differs).
+pub(super) fn reader(
+    path: &Path,
+) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
+    let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::io::BufReader::new(file)))
+}
+
+/// A header whose first name lost the UTF-8 byte order mark a spreadsheet export may put first.
+pub(super) fn without_bom(header: &csv::StringRecord) -> csv::StringRecord {
+    header
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            if i == 0 {
+                name.trim_start_matches('\u{feff}').trim()
+            } else {
+                name
+            }
+        })
+        .collect()
+}
+
+/// When a header read as one column holds `;`, a tab or `|`, the file is separated by that:
+/// says so (Yosegi reads comma-separated files), else nothing.
+pub fn delimiter_hint<S: AsRef<str>>(header: &[S]) -> String {
+    let [only] = header else {
+        return String::new();
+    };
+    [(';', "semicolons"), ('\t', "tabs"), ('|', "'|'")]
+        .iter()
+        .find(|(c, _)| only.as_ref().contains(*c))
+        .map(|(_, name)| {
+            format!(
+                "; the file looks separated by {name}: Yosegi reads comma-separated values — export it with commas"
+            )
+        })
+        .unwrap_or_default()
+}
+
+pub(super) fn csv_error(path: &Path, e: csv::Error) -> CsvError {
+    let line = e.position().map_or(0, |p| p.line());
+    match e.into_kind() {
+        csv::ErrorKind::Io(source) => CsvError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => CsvError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            message: format!("{other:?}"),
+        },
+    }
+}

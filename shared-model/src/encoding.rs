@@ -1,0 +1,429 @@
+//! How a CSV row becomes the network's input, as the spec declares it (data, never code): each
+//! feature column is a number or a category — one-hot over a vocabulary declared in the spec,
+//! plus an "other" slot for values outside it — and each says what a blank cell means.
+//!
+//! Missing values filled with the mean are read as NaN and counted out of the feature sums
+//! ([`crate::stats::FeatureSums::present`]): the federated mean of the cells that are present
+//! is the fill, and since it is also the normalisation's mean, a blank becomes 0 after
+//! normalisation — the published model carries the fill in `norm.mean` and needs no other
+//! tensor. A missing-value indicator is one more 0/1 input.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+/// Cells read as missing (after trimming), unless the column declares the text as a category.
+pub const MISSING_TOKENS: &[&str] = &[
+    "", "NA", "N/A", "n/a", "#N/A", "NaN", "nan", "null", "NULL", "None", "?",
+];
+
+/// Most categories one column may declare.
+pub const MAX_CATEGORIES: usize = 10_000;
+
+/// Most network inputs the encoded features may make.
+pub const MAX_INPUTS: usize = 100_000;
+
+/// The name of the slot of values outside a column's vocabulary.
+pub const OTHER: &str = "(other)";
+
+/// What a blank cell of a feature column means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Missing {
+    /// The file is refused at the first blank, naming line and column (the default).
+    #[default]
+    Error,
+    /// Filled with the federated mean of the present values (for a categorical column: each
+    /// category's share); a plant's own values never decide it.
+    Mean,
+    /// Filled with the column's `fill` (numeric columns).
+    Constant,
+    /// The row is left out of training and evaluation, and counted.
+    DropRow,
+    /// Counted as the "other" category (categorical columns).
+    Other,
+}
+
+impl Missing {
+    /// The policy's name as written in a spec.
+    pub fn name(self) -> &'static str {
+        match self {
+            Missing::Error => "error",
+            Missing::Mean => "mean",
+            Missing::Constant => "constant",
+            Missing::DropRow => "drop-row",
+            Missing::Other => "other",
+        }
+    }
+
+    fn is_error(&self) -> bool {
+        *self == Missing::Error
+    }
+}
+
+/// One feature column's declared encoding, when it is not a plain number refused when blank.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Column {
+    /// The vocabulary of a categorical column (one-hot over these and [`OTHER`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
+    /// What a blank cell means.
+    #[serde(skip_serializing_if = "Missing::is_error")]
+    pub missing: Missing,
+    /// The fill of `missing = "constant"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fill: Option<f64>,
+    /// Adds a 0/1 input that is 1 where the cell was blank.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub indicator: bool,
+}
+
+impl Column {
+    /// True when the column is a plain number refused when blank (left out of the spec).
+    pub fn is_plain(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Network inputs this column makes.
+    pub fn width(&self) -> usize {
+        self.categories.as_ref().map_or(1, |c| c.len() + 1) + usize::from(self.indicator)
+    }
+}
+
+/// The raw (TOML) form of a `[task.columns.NAME]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawColumn {
+    categories: Option<Vec<String>>,
+    missing: Option<Missing>,
+    fill: Option<f64>,
+    indicator: Option<bool>,
+}
+
+/// Resolves the task's columns: the task-wide `missing` / `missing_indicator` defaults applied,
+/// each column checked, and only columns that differ from a plain number kept (so a spec that
+/// spells out defaults keeps its id). Errors name the field.
+pub(crate) fn resolve(
+    features: &[String],
+    default_missing: Option<Missing>,
+    default_indicator: Option<bool>,
+    raw: BTreeMap<String, RawColumn>,
+) -> Result<BTreeMap<String, Column>, (&'static str, String)> {
+    if let Some(name) = raw.keys().find(|k| !features.contains(k)) {
+        return Err((
+            "task.columns",
+            format!("column {name:?} is not one of the task's features"),
+        ));
+    }
+    if default_missing == Some(Missing::Constant) {
+        return Err((
+            "task.missing",
+            "\"constant\" needs a fill per column: set it in [task.columns.NAME] with `fill`"
+                .into(),
+        ));
+    }
+    let mut raw = raw;
+    let mut out = BTreeMap::new();
+    let mut inputs = 0usize;
+    for name in features {
+        let r = raw.remove(name);
+        let categories = r.as_ref().and_then(|r| r.categories.clone());
+        let categorical = categories.is_some();
+        let explicit = r.as_ref().and_then(|r| r.missing);
+        let missing = match explicit.or(default_missing).unwrap_or_default() {
+            // The task-wide default means the natural thing for each kind of column.
+            Missing::Other if !categorical && explicit.is_none() => Missing::Mean,
+            m => m,
+        };
+        let fill = r.as_ref().and_then(|r| r.fill);
+        let indicator = r
+            .as_ref()
+            .and_then(|r| r.indicator)
+            .or(default_indicator)
+            .unwrap_or(false);
+        if let Some(cats) = &categories {
+            check_categories(name, cats)?;
+        }
+        match (missing, categorical, fill) {
+            (Missing::Other, false, _) => {
+                return Err((
+                    "task.columns.missing",
+                    format!(
+                        "column {name:?}: \"other\" is for categorical columns (declare `categories`)"
+                    ),
+                ));
+            }
+            (Missing::Constant, true, _) => {
+                return Err((
+                    "task.columns.missing",
+                    format!(
+                        "column {name:?}: a categorical column fills blanks with \"other\" or \"mean\", not a constant"
+                    ),
+                ));
+            }
+            (Missing::Constant, false, None) => {
+                return Err((
+                    "task.columns.fill",
+                    format!("column {name:?}: missing = \"constant\" needs `fill`"),
+                ));
+            }
+            (Missing::Constant, false, Some(f)) if !f.is_finite() => {
+                return Err((
+                    "task.columns.fill",
+                    format!("column {name:?}: expected a finite number, found {f}"),
+                ));
+            }
+            (m, _, Some(_)) if m != Missing::Constant => {
+                return Err((
+                    "task.columns.fill",
+                    format!("column {name:?}: `fill` is only read with missing = \"constant\""),
+                ));
+            }
+            _ => {}
+        }
+        let column = Column {
+            categories,
+            missing,
+            fill,
+            indicator,
+        };
+        inputs += column.width();
+        if !column.is_plain() {
+            out.insert(name.clone(), column);
+        }
+    }
+    if inputs > MAX_INPUTS {
+        return Err((
+            "task.columns",
+            format!(
+                "the encoded features would make {inputs} inputs; at most {MAX_INPUTS} are allowed"
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+fn check_categories(name: &str, cats: &[String]) -> Result<(), (&'static str, String)> {
+    if cats.is_empty() || cats.len() > MAX_CATEGORIES {
+        return Err((
+            "task.columns.categories",
+            format!(
+                "column {name:?}: expected 1 to {MAX_CATEGORIES} categories, found {}",
+                cats.len()
+            ),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in cats.iter().enumerate() {
+        if c.trim() != c || c.is_empty() || c.len() > 256 {
+            return Err((
+                "task.columns.categories",
+                format!(
+                    "column {name:?}: category {i} must be 1 to 256 bytes with no surrounding spaces (cells are trimmed), found {c:?}"
+                ),
+            ));
+        }
+        if !seen.insert(c.as_str()) {
+            return Err((
+                "task.columns.categories",
+                format!("column {name:?}: category {c:?} is listed twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why one cell could not be encoded.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CellFault {
+    /// Not a number (numeric column).
+    NotNumeric(String),
+    /// NaN or infinite written out (numeric column).
+    NotFinite(String),
+    /// Blank and the column's policy is `error`.
+    Blank,
+}
+
+/// What became of one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    /// Encoded into the output.
+    Kept,
+    /// Left out: a blank in a `drop-row` column (index into the features).
+    Dropped(usize),
+}
+
+/// Counts of what encoding did, per feature column.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Blank cells filled (mean, constant or "other"), per feature.
+    pub filled: Vec<u64>,
+    /// Rows dropped for a blank in this feature.
+    pub dropped: Vec<u64>,
+    /// Values outside a categorical column's vocabulary, counted as "other".
+    pub unseen: Vec<u64>,
+}
+
+#[derive(Debug)]
+enum Kind {
+    Numeric,
+    Categorical(HashMap<String, usize>, usize),
+}
+
+/// Turns rows of raw cells into network inputs, as a spec's columns declare.
+#[derive(Debug)]
+pub struct Encoder {
+    columns: Vec<(Kind, Column)>,
+    /// When true (prediction), a `drop-row` blank is filled with the mean instead: a row to
+    /// predict cannot be left out.
+    predicting: bool,
+    counts: Counts,
+}
+
+impl Encoder {
+    /// The encoder of a task's features (`columns` as resolved by the spec).
+    pub fn new(features: &[String], columns: &BTreeMap<String, Column>, predicting: bool) -> Self {
+        let columns: Vec<(Kind, Column)> = features
+            .iter()
+            .map(|f| {
+                let c = columns.get(f).cloned().unwrap_or_default();
+                let kind = match &c.categories {
+                    None => Kind::Numeric,
+                    Some(cats) => Kind::Categorical(
+                        cats.iter()
+                            .enumerate()
+                            .map(|(i, c)| (c.clone(), i))
+                            .collect(),
+                        cats.len(),
+                    ),
+                };
+                (kind, c)
+            })
+            .collect();
+        let n = columns.len();
+        Self {
+            columns,
+            predicting,
+            counts: Counts {
+                filled: vec![0; n],
+                dropped: vec![0; n],
+                unseen: vec![0; n],
+            },
+        }
+    }
+
+    /// Encodes one row's cells (one per feature, in order) onto `out`; on a fault nothing is
+    /// appended and the fault's feature index is returned with it.
+    pub fn encode(
+        &mut self,
+        cells: &[&str],
+        out: &mut Vec<f32>,
+    ) -> Result<Row, (usize, CellFault)> {
+        let start = out.len();
+        for (j, ((kind, col), cell)) in self.columns.iter().zip(cells).enumerate() {
+            let declared = match kind {
+                Kind::Categorical(index, _) => index.get(*cell).copied(),
+                Kind::Numeric => None,
+            };
+            let blank = declared.is_none() && MISSING_TOKENS.contains(cell);
+            if blank {
+                let policy = match col.missing {
+                    Missing::DropRow if self.predicting => Missing::Mean,
+                    m => m,
+                };
+                match policy {
+                    Missing::Error => {
+                        out.truncate(start);
+                        return Err((j, CellFault::Blank));
+                    }
+                    Missing::DropRow => {
+                        out.truncate(start);
+                        self.counts.dropped[j] += 1;
+                        return Ok(Row::Dropped(j));
+                    }
+                    Missing::Mean => match kind {
+                        Kind::Numeric => out.push(f32::NAN),
+                        Kind::Categorical(_, n) => out.extend(std::iter::repeat_n(f32::NAN, n + 1)),
+                    },
+                    Missing::Constant => out.push(col.fill.unwrap_or(0.0) as f32),
+                    Missing::Other => {
+                        if let Kind::Categorical(_, n) = kind {
+                            push_one_hot(out, *n, *n);
+                        }
+                    }
+                }
+                self.counts.filled[j] += 1;
+            } else {
+                match kind {
+                    Kind::Numeric => {
+                        let v: f32 = cell.parse().map_err(|_| {
+                            out.truncate(start);
+                            (j, CellFault::NotNumeric(cell.to_string()))
+                        })?;
+                        if !v.is_finite() {
+                            out.truncate(start);
+                            return Err((j, CellFault::NotFinite(cell.to_string())));
+                        }
+                        out.push(v);
+                    }
+                    Kind::Categorical(_, n) => {
+                        let slot = declared.unwrap_or_else(|| {
+                            self.counts.unseen[j] += 1;
+                            *n
+                        });
+                        push_one_hot(out, slot, *n);
+                    }
+                }
+            }
+            if col.indicator {
+                out.push(if blank { 1.0 } else { 0.0 });
+            }
+        }
+        Ok(Row::Kept)
+    }
+
+    /// What encoding has done so far.
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+
+    /// Takes the counts, leaving zeros.
+    pub fn take_counts(&mut self) -> Counts {
+        let n = self.columns.len();
+        std::mem::replace(
+            &mut self.counts,
+            Counts {
+                filled: vec![0; n],
+                dropped: vec![0; n],
+                unseen: vec![0; n],
+            },
+        )
+    }
+}
+
+fn push_one_hot(out: &mut Vec<f32>, slot: usize, categories: usize) {
+    out.extend((0..=categories).map(|i| if i == slot { 1.0 } else { 0.0 }));
+}
+
+/// The name of each network input, in order: a numeric feature's own name, `name=category`
+/// for each slot of a categorical one (`name=(other)` last), `name (missing)` for an indicator.
+pub fn input_names(features: &[String], columns: &BTreeMap<String, Column>) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in features {
+        let c = columns.get(f).cloned().unwrap_or_default();
+        match &c.categories {
+            None => out.push(f.clone()),
+            Some(cats) => {
+                out.extend(cats.iter().map(|k| format!("{f}={k}")));
+                out.push(format!("{f}={OTHER}"));
+            }
+        }
+        if c.indicator {
+            out.push(format!("{f} (missing)"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
