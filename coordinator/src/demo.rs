@@ -307,8 +307,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         .collect();
     let mut local = Vec::new();
     for rows_of_plant in &trained {
-        let norm =
-            FeatureSums::of_rows(&rows_of_plant.features, spec.input_width()).normalization()?;
+        let norm = FeatureSums::of_dataset(&spec, rows_of_plant).normalization_for(&spec)?;
         let opts = TrainOptions {
             epochs,
             ..TrainOptions::from_spec(&spec, args.seed)
@@ -331,7 +330,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     });
     let t0 = Instant::now();
     let pooled = Dataset::concat(&trained);
-    let norm = FeatureSums::of_rows(&pooled.features, spec.input_width()).normalization()?;
+    let norm = FeatureSums::of_dataset(&spec, &pooled).normalization_for(&spec)?;
     let opts = TrainOptions {
         epochs,
         ..TrainOptions::from_spec(&spec, args.seed)

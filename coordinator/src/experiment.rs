@@ -327,7 +327,7 @@ fn baselines(s: &Setup, point: &Point) -> anyhow::Result<(Metrics, Metrics)> {
     };
     let mut local = Vec::new();
     for (_, d) in &s.parties {
-        let norm = FeatureSums::of_rows(&d.features, s.spec.input_width()).normalization()?;
+        let norm = FeatureSums::of_dataset(&s.spec, d).normalization_for(&s.spec)?;
         let out = train(&s.spec, &Weights::initial(&s.spec, &norm), d, &opts)?;
         local.push(Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default()));
     }

@@ -326,7 +326,7 @@ mod tests {
         }
         engine.create_task("t", &spec_toml, &[], 0).unwrap();
         for (n, d) in names.iter().zip(&data) {
-            let sums = FeatureSums::of_rows(&d.features, spec.input_width());
+            let sums = FeatureSums::of_dataset(&spec, d);
             engine.submit_sums(n, "t/stats/0", &sums, 0).unwrap();
         }
         assert!(engine.tick(1).unwrap());

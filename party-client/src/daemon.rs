@@ -255,7 +255,7 @@ async fn handle(
     };
     match a.work {
         Work::Stats => {
-            let sums = FeatureSums::of_rows(&train_rows.features, spec.input_width());
+            let sums = FeatureSums::of_dataset(&spec, &train_rows);
             tracing::info!(task = %a.task, rows = sums.count, "reporting feature sums");
             c.submit_sums(&a.id, &sums).await?;
         }

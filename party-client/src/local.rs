@@ -39,8 +39,8 @@ pub fn train_local(
         eprintln!("{}: {report}", data.display());
     }
     let split = ds.split(spec.task.kind, SplitFractions::default(), split_seed);
-    let norm = FeatureSums::of_rows(&split.train.features, spec.input_width())
-        .normalization()
+    let norm = FeatureSums::of_dataset(spec, &split.train)
+        .normalization_for(spec)
         .with_context(|| format!("{}: cannot normalise the training rows", data.display()))?;
     let start = Weights::initial(spec, &norm);
     let mut opts = TrainOptions::from_spec(spec, spec.training.seed);

@@ -157,6 +157,7 @@ mod tests {
             &Normalization {
                 mean: vec![1.0; 3],
                 std: vec![1.0; 3],
+                target: None,
             },
         );
         let b = f.verified(&other, 1);

@@ -240,6 +240,7 @@ mod tests {
         let norm = Normalization {
             mean: vec![1.0, 2.0, 3.0],
             std: vec![0.5, 1.5, 2.5],
+            target: None,
         };
         Weights::initial(&ModelSpec::parse(SMALL, "<t>").unwrap(), &norm)
     }

@@ -227,7 +227,9 @@ impl Model {
     pub fn check_update_normalization(&self, update: &Weights, d: usize) -> Result<(), String> {
         let task = self.task_normalization();
         let n = update.normalization();
-        let same = n.mean.get(..d) == task.mean.get(..d) && n.std.get(..d) == task.std.get(..d);
+        let same = n.mean.get(..d) == task.mean.get(..d)
+            && n.std.get(..d) == task.std.get(..d)
+            && n.target == task.target;
         if same {
             Ok(())
         } else {

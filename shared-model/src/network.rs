@@ -169,7 +169,11 @@ pub fn predict(spec: &ModelSpec, weights: &Weights, rows: &[f32], backend: CpuBa
             TaskKind::Multiclass { .. } => softmax(z, 1),
             TaskKind::Regression => z,
         };
-        out.extend(to_vec(y));
+        match norm.target {
+            // a standardised target: the output is in standard units
+            Some(t) => out.extend(to_vec(y).into_iter().map(|z| t.unscale(z))),
+            None => out.extend(to_vec(y)),
+        }
     }
     out
 }
@@ -194,6 +198,7 @@ mod tests {
         let norm = Normalization {
             mean: vec![1.0, 0.0, 0.0],
             std: vec![2.0, 1.0, 1.0],
+            target: None,
         };
         let w = Weights::initial(&spec, &norm);
         let x = [3.0f32, -1.0, 0.5];

@@ -127,6 +127,12 @@ pub struct TaskSpec {
     /// Left out of the spec id when empty, so specs without them keep their ids.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub columns: BTreeMap<String, Column>,
+    /// Regression: the network learns the target standardised with the federated mean and
+    /// standard deviation of the training targets (from the statistics step, like the
+    /// features'); the blob carries them as `target.mean` / `target.std` and every prediction
+    /// is mapped back to the target's units. Left out of the spec id when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub standardize_target: bool,
 }
 
 /// The multilayer perceptron.
@@ -287,6 +293,8 @@ struct RawTask {
     missing_indicator: Option<bool>,
     #[serde(default)]
     columns: BTreeMap<String, RawColumn>,
+    #[serde(default)]
+    standardize_target: bool,
 }
 
 /// `classes = 3` or `classes = ["a", "b", "c"]`.
@@ -376,6 +384,9 @@ impl ModelSpec {
         s += &format!("target = {}\nfeatures = [", toml_str(&self.task.target));
         s += &toml_list(&self.task.features);
         s += "]\n";
+        if self.task.standardize_target {
+            s += "standardize_target = true\n";
+        }
         for (name, c) in &self.task.columns {
             s += &format!("\n[task.columns.{}]\n", toml_str(name));
             if let Some(cats) = &c.categories {
@@ -452,6 +463,12 @@ impl ModelSpec {
             .sum()
     }
 
+    /// Values per row a party sums in the statistics step: the network inputs, then the target
+    /// when the spec standardises it.
+    pub fn stats_width(&self) -> usize {
+        self.input_width() + usize::from(self.task.standardize_target)
+    }
+
     /// The name of each network input ([`encoding::input_names`]).
     pub fn input_names(&self) -> Vec<String> {
         encoding::input_names(&self.task.features, &self.task.columns)
@@ -494,8 +511,9 @@ impl ModelSpec {
     }
 
     /// The tensors a weight blob of this spec holds, in canonical order: the normalisation
-    /// (`norm.mean`, `norm.std`, one value per feature) then `layers.{i}.weight` `[out, in]` and
-    /// `layers.{i}.bias` `[out]` for each dense layer.
+    /// (`norm.mean`, `norm.std`, one value per input; `target.mean`, `target.std` `[1]` when the
+    /// target is standardised) then `layers.{i}.weight` `[out, in]` and `layers.{i}.bias`
+    /// `[out]` for each dense layer.
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let d = self.input_width();
         let mut out = vec![
@@ -508,6 +526,14 @@ impl ModelSpec {
                 shape: vec![d],
             },
         ];
+        if self.task.standardize_target {
+            for name in ["target.mean", "target.std"] {
+                out.push(TensorSpec {
+                    name: name.into(),
+                    shape: vec![1],
+                });
+            }
+        }
         for (i, pair) in self.layer_widths().windows(2).enumerate() {
             out.push(TensorSpec {
                 name: format!("layers.{i}.weight"),
@@ -696,6 +722,15 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             ));
         }
     }
+    if raw.task.standardize_target && kind != TaskKind::Regression {
+        return Err(invalid(
+            "task.standardize_target",
+            format!(
+                "only a regression target is standardised; this task is {}",
+                kind.name()
+            ),
+        ));
+    }
     let columns = encoding::resolve(
         &raw.task.features,
         raw.task.missing,
@@ -831,6 +866,7 @@ fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecError> {
             features: raw.task.features,
             class_names,
             columns,
+            standardize_target: raw.task.standardize_target,
         },
         model: MlpSpec {
             hidden: raw.model.hidden,

@@ -103,6 +103,45 @@ impl FeatureSums {
         s
     }
 
+    /// The statistics-step sums of a party's training rows for `spec`: each network input and,
+    /// when the spec standardises it, the target last ([`ModelSpec::stats_width`]).
+    pub fn of_dataset(spec: &crate::spec::ModelSpec, data: &crate::data::Dataset) -> Self {
+        let mut s = Self::of_rows(&data.features, spec.input_width());
+        if spec.task.standardize_target {
+            let (sum, sum_sq) = data.targets.iter().fold((0.0, 0.0), |(a, b), &y| {
+                let y = f64::from(y);
+                (a + y, b + y * y)
+            });
+            s.sum.push(sum);
+            s.sum_sq.push(sum_sq);
+            if !s.present.is_empty() {
+                s.present.push(s.count);
+            }
+        }
+        s
+    }
+
+    /// The task's normalisation from sums of [`Self::of_dataset`]'s width: the inputs' and,
+    /// when the spec standardises the target, the target's mean and standard deviation.
+    pub fn normalization_for(
+        &self,
+        spec: &crate::spec::ModelSpec,
+    ) -> Result<Normalization, StatsError> {
+        let mut n = self.normalization()?;
+        if spec.task.standardize_target {
+            let width = spec.stats_width();
+            if n.mean.len() != width {
+                return Err(StatsError::Width {
+                    expected: width,
+                    found: n.mean.len(),
+                });
+            }
+            let (mean, std) = (n.mean.pop(), n.std.pop());
+            n.target = mean.zip(std).map(|(mean, std)| TargetScale { mean, std });
+        }
+        Ok(n)
+    }
+
     /// Rows whose value of feature `j` is present.
     pub fn present(&self, j: usize) -> u64 {
         self.present.get(j).copied().unwrap_or(self.count)
@@ -200,17 +239,53 @@ impl FeatureSums {
             mean.push(m as f32);
             std.push(if s < MIN_STD { 1.0 } else { s as f32 });
         }
-        Ok(Normalization { mean, std })
+        Ok(Normalization {
+            mean,
+            std,
+            target: None,
+        })
     }
 }
 
-/// Per-feature affine normalisation `(x − mean) / std`.
+/// Per-feature affine normalisation `(x − mean) / std`, and the target's when a regression
+/// spec standardises it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Normalization {
     /// Mean per feature.
     pub mean: Vec<f32>,
     /// Standard deviation per feature (> 0).
     pub std: Vec<f32>,
+    /// The target's mean and standard deviation (`task.standardize_target`): the network
+    /// learns `(y − mean) / std` and its output `z` is read as `z · std + mean`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<TargetScale>,
+}
+
+/// A regression target's standardisation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetScale {
+    /// Mean of the training targets.
+    pub mean: f32,
+    /// Standard deviation of the training targets (> 0).
+    pub std: f32,
+}
+
+impl TargetScale {
+    /// No scaling.
+    pub const IDENTITY: Self = Self {
+        mean: 0.0,
+        std: 1.0,
+    };
+
+    /// A target in its units → what the network learns.
+    pub fn scale(&self, y: f32) -> f32 {
+        (y - self.mean) / self.std
+    }
+
+    /// The network's output → the target's units.
+    pub fn unscale(&self, z: f32) -> f32 {
+        z * self.std + self.mean
+    }
 }
 
 impl Normalization {
@@ -219,6 +294,7 @@ impl Normalization {
         Self {
             mean: vec![0.0; width],
             std: vec![1.0; width],
+            target: None,
         }
     }
 

@@ -114,7 +114,17 @@ pub fn train_observed(
     }
     let device = opts.backend.training_device();
     let width = data.width;
-    let x_all = start.normalization().apply(&data.features);
+    let norm = start.normalization();
+    let x_all = norm.apply(&data.features);
+    // A standardised regression target is learned as (y − mean) / std.
+    let scaled: Vec<f32>;
+    let targets: &[f32] = match norm.target {
+        Some(t) => {
+            scaled = data.targets.iter().map(|&y| t.scale(y)).collect();
+            &scaled
+        }
+        None => &data.targets,
+    };
     let mut model = Mlp::from_weights(start, &device, opts.frozen_layers);
     let base: Option<(f64, Vec<Tensor<2>>, Vec<Tensor<1>>)> =
         opts.fedprox_mu.filter(|mu| *mu > 0.0).map(|mu| {
@@ -158,7 +168,7 @@ pub fn train_observed(
                 rng: &mut rng,
             };
             let z = model.forward(x, spec.model.activation, Some(dropout));
-            let data_loss = task_loss(spec.task.kind, z, idx, &data.targets, &device);
+            let data_loss = task_loss(spec.task.kind, z, idx, targets, &device);
             loss_sum += f64::from(data_loss.clone().into_scalar::<f32>()) * b as f64;
             let mut loss = data_loss;
             if let Some((mu, ws, bs)) = &base {
@@ -236,6 +246,9 @@ fn task_loss(
         }
     }
 }
+
+#[cfg(test)]
+mod scaling_tests;
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::spec::{ModelSpec, TensorSpec};
-use crate::stats::Normalization;
+use crate::stats::{Normalization, TargetScale};
 
 /// One named tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,6 +69,14 @@ pub enum WeightsError {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights {
     tensors: Vec<NamedTensor>,
+    /// How many leading tensors are fixed (`norm.*`, and `target.*` when the target is
+    /// standardised): never trained, never merged.
+    fixed: usize,
+}
+
+/// True for the tensors a model carries but does not train.
+fn is_fixed(name: &str) -> bool {
+    name.starts_with("norm.") || name.starts_with("target.")
 }
 
 impl Weights {
@@ -95,7 +103,7 @@ impl Weights {
                 });
             }
             check_finite(&t)?;
-            if t.name == "norm.std"
+            if (t.name == "norm.std" || t.name == "target.std")
                 && let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| **v <= 0.0)
             {
                 return Err(WeightsError::BadStd { index, value });
@@ -105,13 +113,18 @@ impl Weights {
         if let Some(extra) = tensors.into_iter().next() {
             return Err(WeightsError::Unexpected { name: extra.name });
         }
-        Ok(Self { tensors: ordered })
+        let fixed = ordered.iter().take_while(|t| is_fixed(&t.name)).count();
+        Ok(Self {
+            tensors: ordered,
+            fixed,
+        })
     }
 
     /// The starting model of a task: PyTorch's default `nn.Linear` initialisation
     /// (uniform in ±1/√fan_in for weights and biases) drawn from a ChaCha8 stream seeded by the
     /// spec's seed, so every party and the coordinator derive the same model; plus the task's
-    /// normalisation.
+    /// normalisation (its `target`, when the spec standardises the target; none given is the
+    /// identity).
     pub fn initial(spec: &ModelSpec, norm: &Normalization) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(spec.training.seed);
         let mut tensors = vec![
@@ -126,7 +139,18 @@ impl Weights {
                 data: norm.std.clone(),
             },
         ];
-        for t in spec.tensors().into_iter().skip(2) {
+        if spec.task.standardize_target {
+            let t = norm.target.unwrap_or(TargetScale::IDENTITY);
+            for (name, v) in [("target.mean", t.mean), ("target.std", t.std)] {
+                tensors.push(NamedTensor {
+                    name: name.into(),
+                    shape: vec![1],
+                    data: vec![v],
+                });
+            }
+        }
+        let fixed = tensors.len();
+        for t in spec.tensors().into_iter().skip(fixed) {
             let fan_in = if t.shape.len() == 2 {
                 t.shape[1]
             } else {
@@ -159,22 +183,33 @@ impl Weights {
         self.tensors.iter().find(|t| t.name == name)
     }
 
-    /// The normalisation the model applies to raw features.
+    /// The normalisation the model applies to its inputs, and to the target if it
+    /// standardises it.
     pub fn normalization(&self) -> Normalization {
+        let target = match (self.get("target.mean"), self.get("target.std")) {
+            (Some(m), Some(s)) => Some(TargetScale {
+                mean: m.data[0],
+                std: s.data[0],
+            }),
+            _ => None,
+        };
         Normalization {
             mean: self.tensors[0].data.clone(),
             std: self.tensors[1].data.clone(),
+            target,
         }
     }
 
     /// The dense layers as (weight `[out, in]`, bias `[out]`) pairs, input side first.
     pub fn layers(&self) -> impl Iterator<Item = (&NamedTensor, &NamedTensor)> {
-        self.tensors[2..].chunks_exact(2).map(|p| (&p[0], &p[1]))
+        self.tensors[self.fixed..]
+            .chunks_exact(2)
+            .map(|p| (&p[0], &p[1]))
     }
 
     /// The trainable tensors (everything but the normalisation).
     pub fn trainable(&self) -> &[NamedTensor] {
-        &self.tensors[2..]
+        &self.tensors[self.fixed..]
     }
 
     /// Replaces the trainable values with `f(name, old values)`, keeping shapes; fails if the
@@ -184,13 +219,16 @@ impl Weights {
         mut f: impl FnMut(&NamedTensor) -> Vec<f32>,
     ) -> Result<Self, WeightsError> {
         let mut out = self.tensors.clone();
-        for t in &mut out[2..] {
+        for t in &mut out[self.fixed..] {
             let data = f(t);
             assert_eq!(data.len(), t.data.len(), "map_trainable must keep sizes");
             t.data = data;
             check_finite(t)?;
         }
-        Ok(Self { tensors: out })
+        Ok(Self {
+            tensors: out,
+            fixed: self.fixed,
+        })
     }
 
     /// Total number of f32 values, normalisation included.

@@ -68,10 +68,17 @@ fn a_plant_export_runs_from_spec_init_through_a_federation_to_named_predictions(
             .as_f64()
             .unwrap()
     };
-    // three classes: chance is about 0.33
-    assert!(f1("fedavg") > 0.6, "fedavg macro-F1 {}", f1("fedavg"));
+    // three classes: chance is about 0.33; the federation learns from names and blanks, and
+    // beats a plant alone
+    assert!(f1("fedavg") > 0.5, "fedavg macro-F1 {}", f1("fedavg"));
     assert!(
-        f1("data-sharing") > 0.6,
+        f1("fedavg") > f1("local-only"),
+        "fedavg {} vs local-only {}",
+        f1("fedavg"),
+        f1("local-only")
+    );
+    assert!(
+        f1("data-sharing") > 0.5,
         "data-sharing macro-F1 {}",
         f1("data-sharing")
     );
@@ -144,5 +151,39 @@ fn a_plant_export_runs_from_spec_init_through_a_federation_to_named_predictions(
                 .iter()
                 .any(|&q| (q - cells[2].parse::<f64>().unwrap()).abs() < 1e-6)
         );
+    }
+}
+
+/// A yield in kilograms (~150–330) at the demo's defaults: the inferred spec standardises the
+/// target with federated sums, so every strategy predicts better than the mean — before, every
+/// broadcast strategy scored R² < 0 on such a target.
+#[test]
+fn a_yield_far_from_unit_scale_is_learned_at_the_demo_defaults() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("report");
+    let printed = run_ok(
+        "coordinator",
+        &[
+            "demo",
+            "--data",
+            "plant",
+            "--target",
+            "yield_kg",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !printed.contains("FAILED") && !printed.contains("R² < 0"),
+        "{printed}"
+    );
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    for r in results.as_array().unwrap() {
+        let r2 = r["metrics"]["r2"].as_f64().unwrap();
+        let name = r["name"].as_str().unwrap();
+        // the series is weaker on small plants (docs/RESULTS.md), but not worse than the mean
+        let floor = if name.starts_with("series") { 0.0 } else { 0.4 };
+        assert!(r2 > floor, "{name}: R² {r2}\n{printed}");
     }
 }

@@ -171,7 +171,7 @@ pub fn record_sums(
             task.name
         )));
     }
-    sums.validate(spec.input_width())
+    sums.validate(spec.stats_width())
         .map_err(|e| e.to_string())
         .and_then(|()| task.limits.check_sums(spec, sums))
         .map_err(|e| {

@@ -140,18 +140,13 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
     // the default contribution limits, as a live task does.
     let sums: Vec<(PartyId, FeatureSums)> = parties
         .iter()
-        .map(|(n, d)| {
-            Ok((
-                PartyId::new(n)?,
-                FeatureSums::of_rows(&d.features, spec.input_width()),
-            ))
-        })
+        .map(|(n, d)| Ok((PartyId::new(n)?, FeatureSums::of_dataset(&spec, d))))
         .collect::<anyhow::Result<_>>()?;
     let normalised = |limits: Limits| -> anyhow::Result<Weights> {
         let pooled = limits
-            .pooled_sums(spec.input_width(), &sums)
+            .pooled_sums(spec.stats_width(), &sums)
             .map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Weights::initial(&spec, &pooled.normalization()?))
+        Ok(Weights::initial(&spec, &pooled.normalization_for(&spec)?))
     };
     let initial = normalised(Limits::default())?;
     let pooled_initial = normalised(Limits {

@@ -62,6 +62,7 @@ pub fn weights(spec: &ModelSpec, by: f32) -> Weights {
     let norm = Normalization {
         mean: (0..d).map(|i| i as f32 * 0.5).collect(),
         std: (0..d).map(|i| 1.0 + i as f32).collect(),
+        target: None,
     };
     Weights::initial(spec, &norm)
         .map_trainable(|t| t.data.iter().map(|v| v + by).collect())

@@ -146,9 +146,9 @@ impl Engine {
         }
         let norm = t
             .limits
-            .pooled_sums(spec.input_width(), &parts)
+            .pooled_sums(spec.stats_width(), &parts)
             .map_err(EngineError::Invalid)?
-            .normalization()
+            .normalization_for(spec)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         let initial = Model::Single(Weights::initial(spec, &norm));
         let model = self.publish_model(
