@@ -73,6 +73,14 @@ pub fn infer_spec(
             t.blank, p.rows
         ));
     }
+    if t.text > 0 && t.numeric * 10 >= (t.numeric + t.text) * 9 {
+        anyhow::bail!(
+            "{shown}: target {target:?} is ambiguous: {} numbers and {} text cells ({}); fix those lines, or give --kind and a spec naming the classes",
+            t.numeric,
+            t.text,
+            text_lines(t)
+        );
+    }
     let kind_lines = if t.text == 0 {
         let (lines, why) =
             infer::kind(target, &p.target_numbers, kind).with_context(|| format!("{shown}"))?;

@@ -278,6 +278,9 @@ pub struct Encoder {
     /// predict cannot be left out.
     predicting: bool,
     counts: Counts,
+    /// This row's fills (`true`) and unseen categories (`false`) by feature, committed to
+    /// `counts` only when the row is kept.
+    staged: Vec<(usize, bool)>,
 }
 
 impl Encoder {
@@ -304,6 +307,7 @@ impl Encoder {
         Self {
             columns,
             predicting,
+            staged: Vec::new(),
             counts: Counts {
                 filled: vec![0; n],
                 dropped: vec![0; n],
@@ -313,13 +317,18 @@ impl Encoder {
     }
 
     /// Encodes one row's cells (one per feature, in order) onto `out`; on a fault nothing is
-    /// appended and the fault's feature index is returned with it.
+    /// appended and the first fault's feature index is returned with it. A fault anywhere in
+    /// the row refuses it even when a `drop-row` blank would leave it out (whatever the column
+    /// order); counts are of rows kept only (a dropped row counts once, in its first
+    /// `drop-row` column).
     pub fn encode(
         &mut self,
         cells: &[&str],
         out: &mut Vec<f32>,
     ) -> Result<Row, (usize, CellFault)> {
         let start = out.len();
+        let mut drop: Option<usize> = None;
+        self.staged.clear();
         for (j, ((kind, col), cell)) in self.columns.iter().zip(cells).enumerate() {
             let declared = match kind {
                 Kind::Categorical(index, _) => index.get(*cell).copied(),
@@ -337,9 +346,9 @@ impl Encoder {
                         return Err((j, CellFault::Blank));
                     }
                     Missing::DropRow => {
-                        out.truncate(start);
-                        self.counts.dropped[j] += 1;
-                        return Ok(Row::Dropped(j));
+                        // the rest of the row is still checked; its values are discarded
+                        drop.get_or_insert(j);
+                        out.push(f32::NAN);
                     }
                     Missing::Mean => match kind {
                         Kind::Numeric => out.push(f32::NAN),
@@ -352,7 +361,7 @@ impl Encoder {
                         }
                     }
                 }
-                self.counts.filled[j] += 1;
+                self.staged.push((j, true));
             } else {
                 match kind {
                     Kind::Numeric => {
@@ -368,7 +377,7 @@ impl Encoder {
                     }
                     Kind::Categorical(_, n) => {
                         let slot = declared.unwrap_or_else(|| {
-                            self.counts.unseen[j] += 1;
+                            self.staged.push((j, false));
                             *n
                         });
                         push_one_hot(out, slot, *n);
@@ -377,6 +386,18 @@ impl Encoder {
             }
             if col.indicator {
                 out.push(if blank { 1.0 } else { 0.0 });
+            }
+        }
+        if let Some(j) = drop {
+            out.truncate(start);
+            self.counts.dropped[j] += 1;
+            return Ok(Row::Dropped(j));
+        }
+        for &(j, filled) in &self.staged {
+            if filled {
+                self.counts.filled[j] += 1;
+            } else {
+                self.counts.unseen[j] += 1;
             }
         }
         Ok(Row::Kept)

@@ -488,6 +488,26 @@ impl ModelSpec {
         None
     }
 
+    /// For each statistics-step value ([`Self::stats_width`]): true when a party's rows may
+    /// lack it — an input of a column whose blanks are filled with the mean (`missing = "mean"`;
+    /// `drop-row` and the rest fill or drop before summing, indicators and the target are always
+    /// present). The coordinator refuses sums reporting a value missing anywhere else.
+    pub fn may_be_missing(&self) -> Vec<bool> {
+        let mut out = Vec::with_capacity(self.stats_width());
+        for f in &self.task.features {
+            let c = self.task.columns.get(f).cloned().unwrap_or_default();
+            let values = c.categories.as_ref().map_or(1, |k| k.len() + 1);
+            out.extend(std::iter::repeat_n(c.missing == Missing::Mean, values));
+            if c.indicator {
+                out.push(false);
+            }
+        }
+        if self.task.standardize_target {
+            out.push(false);
+        }
+        out
+    }
+
     /// The encoder of this task's feature columns ([`encoding::Encoder`]); `predicting` fills a
     /// `drop-row` blank with the mean, since a row to predict cannot be left out.
     pub fn encoder(&self, predicting: bool) -> encoding::Encoder {
@@ -592,6 +612,11 @@ fn check_class_names(names: &[String]) -> Result<(), String> {
         }
         if !seen.insert(n.as_str()) {
             return Err(format!("class {n:?} is named twice"));
+        }
+        if encoding::MISSING_TOKENS.contains(&n.as_str()) {
+            return Err(format!(
+                "class {n:?} reads as a blank target (a row with it would be left out): rename it"
+            ));
         }
     }
     Ok(())

@@ -175,7 +175,9 @@ impl FeatureSums {
         }
         for (index, (&sum, &sum_sq)) in self.sum.iter().zip(&self.sum_sq).enumerate() {
             let n = self.present(index) as f64;
-            let impossible = sum * sum > n * sum_sq * (1.0 + 1e-9) + 1e-9;
+            // no value present: nothing to sum
+            let impossible = sum * sum > n * sum_sq * (1.0 + 1e-9) + 1e-9
+                || (n == 0.0 && (sum != 0.0 || sum_sq != 0.0));
             if !sum.is_finite() || !sum_sq.is_finite() || sum_sq < 0.0 || impossible {
                 return Err(StatsError::Invalid { index, sum, sum_sq });
             }
@@ -234,6 +236,12 @@ impl FeatureSums {
             }
             let n = present as f64;
             let m = sum / n;
+            // Sums that pass `validate` can still give a mean or spread beyond f32 (a lying
+            // party's 1e39): refused here, never a non-finite model.
+            let var_check = (sum_sq / n - m * m).max(0.0).sqrt();
+            if !(m.abs() < f64::from(f32::MAX) / 2.0 && var_check < f64::from(f32::MAX) / 2.0) {
+                return Err(StatsError::Invalid { index, sum, sum_sq });
+            }
             let var = (sum_sq / n - m * m).max(0.0);
             let s = var.sqrt();
             mean.push(m as f32);
@@ -415,5 +423,43 @@ mod tests {
         let mut zero = good;
         zero.count = 0;
         assert_eq!(zero.validate(2), Err(StatsError::Count { count: 0 }));
+    }
+}
+
+#[cfg(test)]
+mod lying_sums {
+    use super::*;
+
+    #[test]
+    fn sums_beyond_f32_or_with_nothing_present_are_refused_not_a_non_finite_model() {
+        let huge = FeatureSums {
+            count: 1,
+            sum: vec![1e39],
+            sum_sq: vec![1e78],
+            present: Vec::new(),
+        };
+        assert_eq!(huge.validate(1), Ok(()), "possible as f64 sums");
+        assert!(matches!(
+            huge.normalization(),
+            Err(StatsError::Invalid { index: 0, .. })
+        ));
+        let ghost = FeatureSums {
+            count: 5,
+            sum: vec![0.0, 3.0],
+            sum_sq: vec![1e12, 9.0],
+            present: vec![0, 5],
+        };
+        assert!(matches!(
+            ghost.validate(2),
+            Err(StatsError::Invalid { index: 0, .. })
+        ));
+        let too_many = FeatureSums {
+            present: vec![6, 5],
+            ..ghost
+        };
+        assert!(matches!(
+            too_many.validate(2),
+            Err(StatsError::Present { index: 0, .. }) | Err(StatsError::Invalid { .. })
+        ));
     }
 }

@@ -233,15 +233,26 @@ impl Limits {
         let mut total = FeatureSums::zeros(width);
         for ((party, s), count) in sums.iter().zip(counts) {
             let scale = count as f64 / s.count as f64;
+            // Each input's present count is scaled and rounded, and its sums by the same
+            // ratio, so its mean and spread stay the party's.
+            let (present, ratio): (Vec<u64>, Vec<f64>) = (0..s.sum.len())
+                .map(|j| {
+                    let p = s.present(j);
+                    // at least one, where any value is present: a capped party's few values
+                    // still count, with their own mean
+                    let q = ((p as f64 * scale).round() as u64).clamp(u64::from(p > 0), count);
+                    (q, if p == 0 { 0.0 } else { q as f64 / p as f64 })
+                })
+                .unzip();
             let scaled = FeatureSums {
                 count,
-                sum: s.sum.iter().map(|x| x * scale).collect(),
-                sum_sq: s.sum_sq.iter().map(|x| x * scale).collect(),
-                present: s
-                    .present
-                    .iter()
-                    .map(|&p| ((p as f64 * scale).round() as u64).min(count))
-                    .collect(),
+                sum: s.sum.iter().zip(&ratio).map(|(x, r)| x * r).collect(),
+                sum_sq: s.sum_sq.iter().zip(&ratio).map(|(x, r)| x * r).collect(),
+                present: if s.present.is_empty() {
+                    Vec::new()
+                } else {
+                    present
+                },
             };
             total
                 .merge(&scaled)
@@ -255,10 +266,17 @@ impl Limits {
     /// range allow (E[x²] ≤ (min + max)·E[x] − min·max, as E[(x − min)(x − max)] ≤ 0).
     pub fn check_sums(&self, spec: &ModelSpec, sums: &FeatureSums) -> Result<(), String> {
         for name in &spec.task.features {
-            let (Some(r), Some(j)) = (self.features.get(name), spec.input_of(name)) else {
+            let Some(r) = self.features.get(name) else {
                 continue;
             };
-            let n = sums.present(j).max(1) as f64;
+            let Some(j) = spec.input_of(name) else {
+                continue;
+            };
+            // a plant without this sensor in its training rows has nothing to check
+            if sums.present(j) == 0 {
+                continue;
+            }
+            let n = sums.present(j) as f64;
             let (Some(&sum), Some(&sum_sq)) = (sums.sum.get(j), sums.sum_sq.get(j)) else {
                 continue;
             };

@@ -173,6 +173,23 @@ pub fn record_sums(
     }
     sums.validate(spec.stats_width())
         .map_err(|e| e.to_string())
+        .and_then(|()| {
+            // a value may be missing only where the spec fills blanks with the mean
+            match spec
+                .may_be_missing()
+                .iter()
+                .enumerate()
+                .find(|&(j, &may)| !may && sums.present(j) != sums.count)
+            {
+                None => Ok(()),
+                Some((j, _)) => Err(format!(
+                    "input {j} ({}) reports {} of {} rows present, but the spec fills no blank of it with the mean",
+                    spec.input_names().get(j).map_or("the target", String::as_str),
+                    sums.present(j),
+                    sums.count
+                )),
+            }
+        })
         .and_then(|()| task.limits.check_sums(spec, sums))
         .map_err(|e| {
             Refusal::invalid(format!(

@@ -134,3 +134,23 @@ fn blank_targets_are_counted_and_left_out_never_filled() {
             .contains("1 rows left out: the target is blank")
     );
 }
+
+#[test]
+fn a_numeric_target_with_a_stray_text_cell_is_refused_not_read_as_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("x,y\n");
+    for i in 0..30 {
+        let y = if i == 3 {
+            "n/a?".to_string()
+        } else {
+            format!("{}.5", 100 + i)
+        };
+        text += &format!("{i},{y}\n");
+    }
+    let csv = write(&dir, "y.csv", &text);
+    let e = format!("{:#}", infer_spec(&csv, "y", None, 5).unwrap_err());
+    assert!(
+        e.contains("is ambiguous") && e.contains("line 5: \"n/a?\""),
+        "{e}"
+    );
+}

@@ -78,11 +78,12 @@ pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
         ..Default::default()
     };
     let mut record = csv::StringRecord::new();
+    let mut lines = LineCounter::open(path)?;
     while reader
         .read_record(&mut record)
         .map_err(|e| csv_error(path, e))?
     {
-        let line = record.position().map_or(0, |pos| pos.line());
+        let line = lines.line_at(record.position().map_or(0, |pos| pos.byte()));
         if record.len() != header.len() {
             return Err(CsvError::FieldCount {
                 path: path.to_path_buf(),
@@ -129,4 +130,46 @@ pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
         });
     }
     Ok(p)
+}
+
+/// Line numbers of byte offsets met in increasing order, counted in one pass beside the CSV
+/// reader (as the loader's `line_of` counts them: the newlines up to and including the byte, so
+/// a CRLF file's records are on their right lines).
+struct LineCounter {
+    file: std::io::BufReader<std::fs::File>,
+    /// Bytes consumed so far.
+    at: u64,
+    /// Newlines among them.
+    newlines: u64,
+}
+
+impl LineCounter {
+    fn open(path: &Path) -> Result<Self, CsvError> {
+        let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            file: std::io::BufReader::new(file),
+            at: 0,
+            newlines: 0,
+        })
+    }
+
+    fn line_at(&mut self, byte: u64) -> u64 {
+        use std::io::BufRead;
+        while self.at <= byte {
+            let Ok(buf) = self.file.fill_buf() else {
+                break;
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min((byte + 1 - self.at) as usize);
+            self.newlines += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.file.consume(take);
+            self.at += take as u64;
+        }
+        1 + self.newlines
+    }
 }

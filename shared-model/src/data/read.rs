@@ -369,6 +369,19 @@ pub fn copy_records(source: &Path, parts: &[Vec<u64>], dests: &[PathBuf]) -> Res
         let path = path.to_path_buf();
         move |source| CsvError::Io { path, source }
     };
+    let same = |d: &Path| match (std::fs::canonicalize(source), std::fs::canonicalize(d)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if let Some(d) = dests.iter().find(|d| same(d)) {
+        return Err(CsvError::Io {
+            path: d.clone(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "is the file being split: writing it would destroy the rows",
+            ),
+        });
+    }
     let mut owner: HashMap<u64, usize> = HashMap::new();
     for (k, offsets) in parts.iter().enumerate() {
         for &o in offsets {

@@ -250,3 +250,23 @@ fn records_are_copied_as_written_to_each_part() {
         "id,a,b,c,y\nr1,1,2,3,1\nr3,7,8,9,1\n"
     );
 }
+
+#[test]
+fn splitting_a_file_onto_itself_is_refused_before_a_byte_is_written() {
+    let (_d, path) = write("a,b,c,y\n1,2,3,1\n");
+    let before = std::fs::read_to_string(&path).unwrap();
+    let e = copy_records(&path, &[vec![0]], std::slice::from_ref(&path)).unwrap_err();
+    assert!(e.to_string().contains("is the file being split"), "{e}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+}
+
+#[test]
+fn the_profiler_names_the_right_lines_in_crlf_files() {
+    let (_d, path) = write("t,y\r\n1,0\r\n2,1\r\nhot,0\r\n");
+    let p = crate::data::profile(&path, Some("y")).unwrap();
+    assert_eq!(p.columns[0].text_lines, vec![(4, "hot".to_string())]);
+    assert_eq!(
+        p.target_numbers.iter().map(|(l, _)| *l).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+}

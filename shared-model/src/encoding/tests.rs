@@ -262,3 +262,35 @@ fn binary_tasks_may_name_their_two_classes() {
     let e = ModelSpec::parse(&three, "<t>").unwrap_err();
     assert!(e.to_string().contains("names 2 classes"), "{e}");
 }
+
+#[test]
+fn a_fault_anywhere_refuses_the_row_and_only_kept_rows_are_counted() {
+    let text = PLANT.replace("missing = \"mean\"\n", "missing = \"drop-row\"\n");
+    let s = ModelSpec::parse(&text, "<t>").unwrap();
+    let mut e = s.encoder(false);
+    let mut out = Vec::new();
+    // temp drops the row, but pressure is not a number: refused whatever the order
+    assert_eq!(
+        e.encode(&["", "L1", "high"], &mut out),
+        Err((2, CellFault::NotNumeric("high".into())))
+    );
+    // a dropped row's unseen category and filled blank are not counted
+    assert_eq!(e.encode(&["", "L7", ""], &mut out), Ok(Row::Dropped(0)));
+    assert!(out.is_empty());
+    assert_eq!(e.counts().unseen, [0, 0, 0]);
+    assert_eq!(e.counts().filled, [0, 0, 0]);
+    assert_eq!(e.counts().dropped, [1, 0, 0]);
+}
+
+#[test]
+fn only_inputs_filled_with_the_mean_may_be_missing_in_the_sums() {
+    // temp (mean) | line L1, L2, other (other) | pressure (constant), its indicator
+    assert_eq!(
+        plant().may_be_missing(),
+        [true, false, false, false, false, false]
+    );
+    let e = ModelSpec::parse(&PLANT.replace(r#""ok", "rework""#, r#""ok", "NA""#), "<t>")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("reads as a blank target"), "{e}");
+}

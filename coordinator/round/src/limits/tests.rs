@@ -315,3 +315,41 @@ fn limits_round_trip_through_toml_and_json_and_old_tasks_read_as_the_defaults() 
     assert_eq!(Limits::from_json("{}").unwrap(), Limits::default());
     assert_eq!(Limits::parse("", &spec(), &ps).unwrap(), Limits::default());
 }
+
+#[test]
+fn pooled_sums_keep_each_party_s_mean_where_values_are_missing_and_skip_absent_sensors() {
+    let mut spec = spec();
+    spec.task.columns.insert(
+        "a".into(),
+        shared_model::encoding::Column {
+            missing: shared_model::encoding::Missing::Mean,
+            ..Default::default()
+        },
+    );
+    // one party of 1000 rows (a present in 30, mean 50) capped to 10 rows
+    let big = FeatureSums {
+        count: 1000,
+        sum: vec![30.0 * 50.0, 1000.0],
+        sum_sq: vec![30.0 * 2500.0, 1000.0],
+        present: vec![30, 1000],
+    };
+    let limits = Limits {
+        max_weight: Some(10),
+        max_share: 1.0,
+        ..Limits::default()
+    };
+    let pooled = limits.pooled_sums(2, &[(party("plant-a"), big)]).unwrap();
+    assert_eq!(pooled.count, 10);
+    let n = pooled.normalization().unwrap();
+    assert!((n.mean[0] - 50.0).abs() < 1e-4, "{n:?}");
+    // a plant with no value of a ranged feature is not refused for it
+    let ranged =
+        Limits::parse("[feature.a]\nmin = 200.0\nmax = 300.0\n", &spec, &parties()).unwrap();
+    let absent = FeatureSums {
+        count: 4,
+        sum: vec![0.0, 4.0],
+        sum_sq: vec![0.0, 4.0],
+        present: vec![0, 4],
+    };
+    assert_eq!(ranged.check_sums(&spec, &absent), Ok(()));
+}
