@@ -311,8 +311,7 @@ mod read;
 pub use profile::{ColumnProfile, MAX_DISTINCT, Profile, profile};
 
 pub use read::{
-    LoadReport, Table, copy_records, delimiter_hint, header, load, load_csv, read_columns,
-    read_encoded,
+    LoadReport, Table, copy_records, delimiter_hint, header, load, load_csv, read_encoded,
 };
 
 #[cfg(test)]

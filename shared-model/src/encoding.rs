@@ -326,10 +326,21 @@ impl Encoder {
         cells: &[&str],
         out: &mut Vec<f32>,
     ) -> Result<Row, (usize, CellFault)> {
+        self.encode_with(|j| cells[j], out)
+    }
+
+    /// [`Self::encode`] with the cells read through `cell(feature index)` (the loader reads
+    /// them straight from its CSV record, allocating nothing per row).
+    pub fn encode_with<'c>(
+        &mut self,
+        cell: impl Fn(usize) -> &'c str,
+        out: &mut Vec<f32>,
+    ) -> Result<Row, (usize, CellFault)> {
         let start = out.len();
         let mut drop: Option<usize> = None;
         self.staged.clear();
-        for (j, ((kind, col), cell)) in self.columns.iter().zip(cells).enumerate() {
+        for (j, (kind, col)) in self.columns.iter().enumerate() {
+            let cell = &cell(j);
             let declared = match kind {
                 Kind::Categorical(index, _) => index.get(*cell).copied(),
                 Kind::Numeric => None,

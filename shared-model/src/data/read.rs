@@ -27,9 +27,9 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// True when nothing was left out or filled in.
+    /// True when nothing was left out or filled in (every row left out is in a line).
     pub fn is_clean(&self) -> bool {
-        self.read == self.kept && self.lines().is_empty()
+        self.lines().is_empty()
     }
 
     /// One line per thing done, e.g. `12 blank cells of "temp" filled with the mean`.
@@ -125,7 +125,7 @@ pub fn load(path: &Path, spec: &ModelSpec) -> Result<(Dataset, LoadReport), CsvE
         })?);
     }
     table.targets = Vec::new();
-    let mut report = LoadReport {
+    let report = LoadReport {
         read: table.read,
         kept: targets.len() as u64,
         blank_target: table.blank_extra,
@@ -140,7 +140,6 @@ pub fn load(path: &Path, spec: &ModelSpec) -> Result<(Dataset, LoadReport), CsvE
             why: report.lines().join("; "),
         });
     }
-    report.features.shrink_to_fit();
     Ok((
         Dataset {
             width: spec.input_width(),
@@ -213,17 +212,6 @@ fn line_of(path: &Path, byte: u64) -> u64 {
         return 1;
     }
     1 + head.iter().filter(|&&b| b == b'\n').count() as u64
-}
-
-/// Reads named plain numeric columns (refused when blank) and, optionally, one more column as
-/// raw text.
-pub fn read_columns(
-    path: &Path,
-    features: &[String],
-    extra: Option<&str>,
-) -> Result<Table, CsvError> {
-    let mut encoder = Encoder::new(features, &Default::default(), false);
-    read_table(path, features, &mut encoder, extra, false)
 }
 
 /// Reads a spec's feature columns encoded as it declares (`predicting`: a `drop-row` blank is
@@ -320,8 +308,7 @@ fn read_table(
             table.blank_extra += 1;
             continue;
         }
-        let cells: Vec<&str> = cols.iter().map(|&c| &record[c]).collect();
-        match encoder.encode(&cells, &mut table.features) {
+        match encoder.encode_with(|j| &record[cols[j]], &mut table.features) {
             Ok(Row::Kept) => {}
             Ok(Row::Dropped(_)) => continue,
             Err((j, fault)) => {
