@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use party_client::contribute::PlantRows;
 use serde::Serialize;
 use shared_model::blob::BlobRole;
 use shared_model::data::{Dataset, SplitFractions, load};
@@ -294,25 +295,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     // own validation and holdout).
     let epochs = spec.training.local_epochs * args.rounds;
     let t0 = Instant::now();
-    let trained: Vec<Dataset> = slices
-        .iter()
-        .map(|d| {
-            d.split(
-                spec.task.kind,
-                SplitFractions::default(),
-                spec.training.seed,
-            )
-            .train
-        })
-        .collect();
+    let plants: Vec<PlantRows> = slices.iter().map(|d| PlantRows::split(&spec, d)).collect();
+    // Early stopping, when the spec asks for it, on the validation rows, as at the plants.
+    let opts = |validation: Dataset| TrainOptions {
+        epochs,
+        validation: spec
+            .training
+            .early_stopping
+            .map(|_| std::sync::Arc::new(validation)),
+        ..TrainOptions::from_spec(&spec, args.seed)
+    };
     let mut local = Vec::new();
-    for rows_of_plant in &trained {
-        let norm = FeatureSums::of_dataset(&spec, rows_of_plant).normalization_for(&spec)?;
-        let opts = TrainOptions {
-            epochs,
-            ..TrainOptions::from_spec(&spec, args.seed)
-        };
-        let out = train(&spec, &Weights::initial(&spec, &norm), rows_of_plant, &opts)?;
+    for plant in &plants {
+        let norm = FeatureSums::of_dataset(&spec, &plant.train).normalization_for(&spec)?;
+        let o = opts(plant.validation.clone());
+        let out = train(&spec, &Weights::initial(&spec, &norm), &plant.train, &o)?;
         local.push(evaluate(
             &spec,
             &out.weights,
@@ -329,12 +326,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         failed: None,
     });
     let t0 = Instant::now();
-    let pooled = Dataset::concat(&trained);
+    let pooled = Dataset::concat(plants.iter().map(|p| &p.train));
     let norm = FeatureSums::of_dataset(&spec, &pooled).normalization_for(&spec)?;
-    let opts = TrainOptions {
-        epochs,
-        ..TrainOptions::from_spec(&spec, args.seed)
-    };
+    let opts = opts(Dataset::concat(plants.iter().map(|p| &p.validation)));
     let out = train(&spec, &Weights::initial(&spec, &norm), &pooled, &opts)?;
     rows.push(Row {
         name: "data-sharing (simulation only)".into(),
@@ -494,6 +488,8 @@ fn write_report(
                 values: std::collections::BTreeMap::from([(metric.to_string(), (value, 0.0))]),
                 per_round: vec![value],
                 runs: 1,
+                failed: 0,
+                failure: None,
             }
         })
         .collect();

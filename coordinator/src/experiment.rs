@@ -1,6 +1,8 @@
-//! `coordinator experiment`: the offline simulator behind docs/RESULTS.md. It runs the same
-//! training ([`local_update`]) and the same strategies ([`StrategyConfig::merge`],
-//! [`relay_step`]) as a live federation, with an in-memory transport that still encodes every
+//! `coordinator experiment`: the offline simulator behind docs/RESULTS.md. Each simulated plant
+//! splits its rows as a daemon does and takes its turn with the daemon's own code
+//! ([`contribute::prepare`]: local training, differential privacy, the membership gate — a
+//! withheld update is a decline, and the round fails as it would live); the coordinator side
+//! runs the same round rules and strategies, with an in-memory transport that still encodes every
 //! update as a blob, signs it with the party's ed25519 key and verifies it like the coordinator
 //! does — only the sockets and the database are left out. For each grid point (parties ×
 //! heterogeneity × rounds), strategy and seed it records the metrics of the merged model on rows
@@ -14,13 +16,16 @@ pub use crate::results::{Point, Summary, mean_std};
 
 pub mod infer;
 mod output;
+mod plant;
 mod setup;
 use output::write_report;
 pub use output::{summarize, table};
+use plant::{Attack, Turn, exchange, parse_attack};
 pub use setup::derive_spec;
 use setup::{Setup, grid, setup};
 
 use anyhow::Context as _;
+use party_client::contribute::{self, Prepared};
 use serde::Serialize;
 use shared_model::blob::{BlobMeta, BlobRole, encode};
 use shared_model::data::Dataset;
@@ -84,6 +89,11 @@ pub struct ExperimentArgs {
     /// The poisoning: `sign-flip:S` uploads base − S·(trained − base).
     #[arg(long, default_value = "sign-flip:10")]
     pub attack: String,
+    /// Updates a broadcast round needs (its quorum), as `round start --min-parties`: by
+    /// default every party. A party that declines (e.g. its membership audit withholds its
+    /// update, or it holds too few rows to audit) then fails the round, as it would live.
+    #[arg(long)]
+    pub min_parties: Option<u32>,
     /// Rows drawn for `--data synthetic`.
     #[arg(long, default_value_t = 3000)]
     pub synthetic_rows: usize,
@@ -116,123 +126,9 @@ pub struct Record {
     pub bytes: u64,
     /// Wall time.
     pub seconds: f64,
-}
-
-/// Poisoning of an update.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Attack {
-    SignFlip(f32),
-}
-
-fn parse_attack(s: &str) -> anyhow::Result<Attack> {
-    match s.split_once(':') {
-        Some(("sign-flip", v)) => {
-            Ok(Attack::SignFlip(v.parse().with_context(|| {
-                format!("--attack sign-flip:SCALE needs a number, found {v:?}")
-            })?))
-        }
-        _ => anyhow::bail!("--attack must be sign-flip:SCALE, found {s:?}"),
-    }
-}
-
-/// The party side and the coordinator side of one update, in memory: train, (poison,) encode,
-/// sign, verify. Returns the verified network and the bytes moved (update up).
-#[allow(clippy::too_many_arguments)]
-fn exchange(
-    s: &Setup,
-    cfg: &StrategyConfig,
-    party: usize,
-    base: &Model,
-    base_bytes: &[u8],
-    pass: u64,
-    round: RoundNo,
-    step: usize,
-    attack: Option<Attack>,
-    key: &shared_model::SigningKey,
-) -> anyhow::Result<(VerifiedUpdate, Sha256, u64)> {
-    let (name, data) = &s.parties[party];
-    // The seed follows the pass over the parties (the experiment's round), as it always has.
-    let seed = s.spec.training.seed ^ (pass << 20) ^ (party as u64) << 8;
-    let opts = cfg.train_options(&s.spec, step, seed);
-    let out = local_update(&s.spec, &cfg.name, name, base, data, &opts)?;
-    // The party's DP step, as the daemon runs it; the noise is seeded so a run is reproducible.
-    let out = match &s.spec.privacy.dp {
-        Some(d) => dp::privatize(
-            d,
-            &cfg.name,
-            base,
-            out,
-            &mut dp::seeded_rng(seed ^ 0xd1ff_9a7e),
-        )?,
-        None => out,
-    };
-    let mut weights = out.weights;
-    if let Some(Attack::SignFlip(scale)) = attack {
-        weights = match base.start_for(name) {
-            Some(b) if out.stage == 0 => weights.map_trainable(|t| {
-                let bt = b
-                    .trainable()
-                    .iter()
-                    .find(|x| x.name == t.name)
-                    .expect("same layout");
-                t.data
-                    .iter()
-                    .zip(&bt.data)
-                    .map(|(&w, &b)| b - scale * (w - b))
-                    .collect()
-            })?,
-            _ => weights.map_trainable(|t| t.data.iter().map(|w| -scale * w).collect())?,
-        };
-    }
-    if let (Some(d), Some(b)) = (&s.spec.privacy.dp, base.start_for(name))
-        && d.mode == DpMode::Central
-        && attack.is_some()
-    {
-        // A live coordinator rejects a delta beyond the clip in central mode (`dp_clip`): the
-        // most an attacker can send is a clipped one.
-        weights = dp::clip_delta(b, &weights, d.clip)
-            .map_err(|e| anyhow::anyhow!("clipping an attacker's update: {e}"))?
-            .0;
-    }
-    let bytes = encode(
-        &weights,
-        &BlobMeta {
-            spec_id: s.spec.id(),
-            role: BlobRole::Update,
-        },
-    );
-    let task = TaskId::new(TASK)?;
-    let party_id = PartyId::new(name)?;
-    let base_sha = Sha256::of(base_bytes);
-    let env = SignedUpdate::for_blob(
-        task.clone(),
-        s.spec.id(),
-        round,
-        StepNo(step as u64),
-        base_sha,
-        party_id.clone(),
-        &bytes,
-        out.samples as u64,
-        key,
-    );
-    let verified = verify(
-        &env,
-        &bytes,
-        &key.verifying_key(),
-        &Expectations {
-            task: &task,
-            spec: &s.spec,
-            round,
-            step: StepNo(step as u64),
-            base_model: base_sha,
-            party: &party_id,
-            // What the coordinator expects, from the base: not what the party says it trained.
-            stage: cfg.expected_stage(base),
-        },
-    )?;
-    base.check_update_normalization(verified.weights(), s.spec.input_width())
-        .map_err(|why| anyhow::anyhow!("update of {name}: {why}"))?;
-    Ok((verified, Sha256::of(&bytes), bytes.len() as u64))
+    /// The first round that failed, and why (the metrics are then of the last model published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 /// Runs one strategy at one point with one seed.
@@ -242,7 +138,8 @@ fn run_strategy(
     point: &Point,
     attackers: usize,
     attack: Attack,
-) -> anyhow::Result<(Metrics, Vec<f64>, u64)> {
+    min_parties: Option<u32>,
+) -> anyhow::Result<Run> {
     let keys: Vec<shared_model::SigningKey> = s
         .parties
         .iter()
@@ -253,6 +150,7 @@ fn run_strategy(
     let poisoned = |i: usize| (i < attackers).then_some(attack);
     let mut per_round = Vec::new();
     let mut bytes = 0u64;
+    let mut failed = None;
     // The server's rules on an in-memory federation: `round start --rounds N` queues the
     // rounds (a relay: N relays, one step per party), each opens, takes the verified updates
     // and closes with the engine's merge.
@@ -260,7 +158,7 @@ fn run_strategy(
     let reported: Vec<(String, u64)> = s
         .parties
         .iter()
-        .map(|(n, d)| (n.clone(), d.len() as u64))
+        .map(|(n, rows)| (n.clone(), rows.train.len() as u64))
         .collect();
     let mut sim = crate::simround::SimFederation::new(
         TASK,
@@ -269,7 +167,7 @@ fn run_strategy(
         Limits::default(),
         s.initial.clone(),
     )?;
-    sim.queue(cfg, point.rounds)?;
+    sim.queue(cfg, point.rounds, min_parties)?;
     let per_pass = if cfg.is_relay() {
         cfg.relay_order(&names).len()
     } else {
@@ -284,7 +182,7 @@ fn run_strategy(
         for party in &open.invited {
             let i = index(party.as_str());
             let step = open.step.0 as usize;
-            let (v, sha, up) = exchange(
+            let turn = exchange(
                 s,
                 cfg,
                 i,
@@ -296,13 +194,25 @@ fn run_strategy(
                 poisoned(i),
                 &keys[i],
             )?;
-            bytes += base_bytes.len() as u64 + up;
-            sim.accept(open.round, &v, sha)?;
-            updates.push(v);
+            bytes += base_bytes.len() as u64;
+            match turn {
+                Turn::Upload(v, sha, up) => {
+                    bytes += up;
+                    sim.accept(open.round, &v, sha)?;
+                    updates.push(*v);
+                }
+                Turn::Declined(reason) => sim.decline(open.round, party, &reason)?,
+            }
         }
         // Central DP's noise is seeded here, so a run is reproducible.
         let mut rng = dp::seeded_rng(s.spec.training.seed ^ pass);
-        sim.close(open.round, updates, &mut rng)?;
+        // A failed round does not end the run, as it does not end a live task's queue: the
+        // next round starts from the last published model, and the run is marked failed.
+        if let Err(reason) = sim.close(open.round, updates, &mut rng)?
+            && failed.is_none()
+        {
+            failed = Some(format!("round {} failed: {reason}", open.round));
+        }
         opened += 1;
         if opened.is_multiple_of(per_pass) {
             // Every party downloads the published model to evaluate it.
@@ -312,27 +222,50 @@ fn run_strategy(
             per_round.push(m.headline().1);
         }
     }
-    let m = sim
+    let metrics = sim
         .model()
         .evaluate(&s.spec, &s.holdout, CpuBackend::default());
-    Ok((m, per_round, bytes))
+    Ok(Run {
+        metrics,
+        per_round,
+        bytes,
+        failed,
+    })
 }
 
-/// The two baselines, with as many local epochs in total as a federation gives each party.
+/// One strategy's run at one point with one seed.
+struct Run {
+    metrics: Metrics,
+    per_round: Vec<f64>,
+    bytes: u64,
+    /// The first round that failed (e.g. every plant's membership audit withheld its update).
+    failed: Option<String>,
+}
+
+/// The two baselines, with as many local epochs in total as a federation gives each party,
+/// on the rows each party trains on (early stopping, if the spec asks, on its validation rows).
 fn baselines(s: &Setup, point: &Point) -> anyhow::Result<(Metrics, Metrics)> {
     let epochs = s.spec.training.local_epochs * point.rounds;
-    let opts = TrainOptions {
+    let opts = |validation: Dataset| TrainOptions {
         epochs,
+        validation: s
+            .spec
+            .training
+            .early_stopping
+            .map(|_| std::sync::Arc::new(validation)),
         ..TrainOptions::from_spec(&s.spec, s.spec.training.seed)
     };
     let mut local = Vec::new();
-    for (_, d) in &s.parties {
+    for (_, rows) in &s.parties {
+        let d = &rows.train;
         let norm = FeatureSums::of_dataset(&s.spec, d).normalization_for(&s.spec)?;
-        let out = train(&s.spec, &Weights::initial(&s.spec, &norm), d, &opts)?;
+        let o = opts(rows.validation.clone());
+        let out = train(&s.spec, &Weights::initial(&s.spec, &norm), d, &o)?;
         local.push(Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default()));
     }
-    let pooled = Dataset::concat(s.parties.iter().map(|(_, d)| d));
-    let out = train(&s.spec, &s.pooled_initial, &pooled, &opts)?;
+    let pooled = Dataset::concat(s.parties.iter().map(|(_, rows)| &rows.train));
+    let validation = Dataset::concat(s.parties.iter().map(|(_, rows)| &rows.validation));
+    let out = train(&s.spec, &s.pooled_initial, &pooled, &opts(validation))?;
     let sharing = Model::Single(out.weights).evaluate(&s.spec, &s.holdout, CpuBackend::default());
     Ok((crate::results::mean_metrics(&local), sharing))
 }
@@ -418,9 +351,17 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
                 }
                 let cfg = StrategyConfig::parse(name, &options_for(name, point.parties))?;
                 let t0 = Instant::now();
-                let (metrics, per_round, bytes) =
-                    run_strategy(&s, &cfg, point, args.attackers, attack)
-                        .with_context(|| format!("{cfg} at {point:?}, seed {seed}"))?;
+                let run = run_strategy(&s, &cfg, point, args.attackers, attack, args.min_parties)
+                    .with_context(|| format!("{cfg} at {point:?}, seed {seed}"))?;
+                if let Some(why) = &run.failed {
+                    bar.suspend(|| eprintln!("{cfg}, {point:?}, seed {seed}: {why}"));
+                }
+                let Run {
+                    metrics,
+                    per_round,
+                    bytes,
+                    failed,
+                } = run;
                 records.push(Record {
                     strategy: cfg.to_string(),
                     name: name.to_string(),
@@ -432,6 +373,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
                     per_round,
                     bytes,
                     seconds: t0.elapsed().as_secs_f64(),
+                    failed,
                 });
                 bar.inc(1);
             }
@@ -450,6 +392,7 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
                     metrics: m,
                     bytes: 0,
                     seconds: secs / 2.0,
+                    failed: None,
                 });
             }
             bar.inc(1);
@@ -491,6 +434,7 @@ mod tests {
             attackers: 0,
             attack: "sign-flip:10".into(),
             synthetic_rows: 100,
+            min_parties: None,
             out: PathBuf::from("x"),
         };
         let g = grid(&args).unwrap();

@@ -46,6 +46,11 @@ pub struct Summary {
     pub per_round: Vec<f64>,
     /// Seeds.
     pub runs: usize,
+    /// Of those, runs in which a round failed, with the first reason seen (the metrics of such
+    /// a run are of the last model it published).
+    pub failed: usize,
+    /// The first failure's reason.
+    pub failure: Option<String>,
 }
 
 /// The mean of several evaluations, metric by metric (the local-only baseline).

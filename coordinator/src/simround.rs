@@ -16,7 +16,9 @@ use shared_model::strategy::StrategyConfig;
 use shared_model::update::VerifiedUpdate;
 use shared_model::weights::Weights;
 use yosegi_round::close::{self, Candidate, CloseDecision, Outcome};
-use yosegi_round::decide::{self, Admission, QueueContext, RoundRequest, UploadContext};
+use yosegi_round::decide::{
+    self, Admission, DeclineContext, QueueContext, RoundRequest, UploadContext,
+};
 use yosegi_round::memory::Federation;
 use yosegi_round::merge::{MergePath, Merger};
 use yosegi_round::transition::{AcceptedUpdate, PublishedModel};
@@ -97,8 +99,14 @@ impl SimFederation {
     }
 
     /// Queues `count` rounds of `cfg` (for a relay, `count` relays of one step per party), as
-    /// `round start` does, with every party needed for a broadcast round's quorum.
-    pub fn queue(&mut self, cfg: &StrategyConfig, count: u32) -> anyhow::Result<()> {
+    /// `round start` does, with `min_parties` updates needed for a broadcast round's quorum
+    /// (`None`: every party).
+    pub fn queue(
+        &mut self,
+        cfg: &StrategyConfig,
+        count: u32,
+        min_parties: Option<u32>,
+    ) -> anyhow::Result<()> {
         let entry = &self.fed.tasks[&self.task];
         let n = entry.record.parties.len() as u32;
         let options: BTreeMap<String, String> = cfg.options();
@@ -113,7 +121,11 @@ impl SimFederation {
         let req = RoundRequest {
             strategy: &cfg.name,
             options: &options,
-            min_parties: if cfg.is_relay() { 1 } else { n },
+            min_parties: if cfg.is_relay() {
+                1
+            } else {
+                min_parties.unwrap_or(n).min(n)
+            },
             deadline_ms: 3_600_000,
             count,
         };
@@ -197,14 +209,36 @@ impl SimFederation {
         Ok(())
     }
 
+    /// `party` declines its invitation to `round` with `reason`, as a live plant does (e.g. its
+    /// membership audit withheld the update): it has answered, and sent nothing.
+    pub fn decline(&mut self, round: RoundNo, party: &PartyId, reason: &str) -> anyhow::Result<()> {
+        let entry = &self.fed.tasks[&self.task];
+        let r = entry.round(round).context("no such round")?;
+        let ctx = DeclineContext {
+            task: &entry.record,
+            round: Some(&r.record),
+            state: r
+                .parties
+                .iter()
+                .find(|p| &p.party == party)
+                .map(|p| &p.state),
+            version_exists: false,
+        };
+        let id = AssignmentId::train(&self.task, round);
+        let t = decide::decline(&id, party, reason, &ctx).map_err(|e| anyhow!("{e}"))?;
+        self.fed.apply(&t)?;
+        Ok(())
+    }
+
     /// Closes `round` with the server's rules and merge; `updates` are the verified updates it
-    /// accepted, in any order. Returns the published model, or why the round failed.
+    /// accepted, in any order. Returns the published model, or why the round failed (as the
+    /// live engine records it; the model stays the last one published).
     pub fn close(
         &mut self,
         round: RoundNo,
         updates: Vec<VerifiedUpdate>,
         rng: &mut impl Rng,
-    ) -> anyhow::Result<&Model> {
+    ) -> anyhow::Result<Result<&Model, String>> {
         let entry = &self.fed.tasks[&self.task];
         let r = entry.round(round).context("no such round")?;
         let mut updates = updates;
@@ -265,10 +299,10 @@ impl SimFederation {
             _ => None,
         };
         self.fed.apply(&t)?;
-        match failed {
-            Some(reason) => Err(anyhow!("round {round} failed: {reason}")),
+        Ok(match failed {
+            Some(reason) => Err(reason),
             None => Ok(&self.model),
-        }
+        })
     }
 }
 
@@ -346,7 +380,7 @@ mod tests {
             .collect();
         let mut sim =
             SimFederation::new("t", &spec, &reported, Limits::default(), initial).unwrap();
-        sim.queue(&cfg, rounds).unwrap();
+        sim.queue(&cfg, rounds, None).unwrap();
 
         let task = TaskId::new("t").unwrap();
         let mut now = 10;
@@ -415,6 +449,7 @@ mod tests {
             let simulated = sim
                 .close(open.round, updates, &mut shared_model::dp::seeded_rng(1))
                 .unwrap()
+                .expect("the round publishes")
                 .encode(spec.id(), BlobRole::Merged);
             let (manifest, live) = engine.model("t", None).unwrap();
             assert!(!manifest.bytes.is_empty());

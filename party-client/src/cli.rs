@@ -425,6 +425,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     "spec_id": spec.id().to_string(),
                     "rows": {"train": run.rows.0, "validation": run.rows.1, "holdout": run.rows.2},
                     "epoch_losses": run.epoch_losses,
+                    "early_stopping": run.early_stop.as_ref().map(|e| serde_json::json!({
+                        "best_epoch": e.best_epoch,
+                        "validation_losses": e.validation_losses,
+                    })),
                     "holdout": run.holdout,
                 });
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -439,6 +443,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
                     run.epoch_losses.first().copied().unwrap_or(f64::NAN),
                     run.epoch_losses.last().copied().unwrap_or(f64::NAN)
                 );
+                if let Some(e) = &run.early_stop {
+                    println!(
+                        "early stopping: kept epoch {} of {} trained (validation loss {:.4})",
+                        e.best_epoch,
+                        run.epoch_losses.len(),
+                        e.validation_losses[e.best_epoch as usize - 1]
+                    );
+                }
                 print_metrics(&run.holdout);
                 if let Some(path) = out {
                     println!("model written to {}", path.display());

@@ -11,23 +11,23 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
-use shared_model::data::{Dataset, SplitFractions, load};
+use shared_model::data::load_observed;
 use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::Manifest;
-use shared_model::membership;
 use shared_model::model::{Model, max_model_blob_bytes};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
-use shared_model::strategy::local_update_observed;
 use shared_model::train::TrainOptions;
 use shared_model::update::SignedUpdate;
 
 use crate::config::Config;
+use crate::contribute::{self, PlantRows, Prepared};
 use crate::grpc::{Assignment, PartyClient, Work, digest};
 use crate::policy;
+use crate::progress::Progress;
 use crate::state::PartyState;
 
 /// How long one long poll may wait.
@@ -128,40 +128,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// A progress bar for training epochs on an interactive terminal; hidden otherwise (logs only).
-fn progress_bar(label: &str, epochs: u64) -> indicatif::ProgressBar {
-    use std::io::IsTerminal as _;
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(epochs);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{prefix} [{bar:30}] epoch {pos}/{len} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(label.to_string());
-    bar
-}
-
 /// The site's rows, split deterministically by the spec's seed: training rows, validation rows
-/// and holdout rows.
-fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<(Dataset, Dataset, Dataset)> {
-    let (ds, report) = load(&config.data, spec)?;
+/// and holdout rows ([`PlantRows::split`]).
+fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<PlantRows> {
+    let size = std::fs::metadata(&config.data).map_or(0, |m| m.len());
+    let mut progress = Progress::new(&format!("loading {}", config.data.display()), size, "bytes");
+    let (ds, report) = load_observed(&config.data, spec, &mut |byte| progress.set(byte, ""))?;
+    progress.finish(size, &format!("{} rows", ds.len()));
     if !report.is_clean() {
         tracing::info!(data = %config.data.display(), spec = %spec.name, "{report}");
     }
-    let split = ds.split(
-        spec.task.kind,
-        SplitFractions::default(),
-        spec.training.seed,
-    );
+    let rows = PlantRows::split(spec, &ds);
     anyhow::ensure!(
-        !split.train.is_empty(),
+        !rows.train.is_empty(),
         "{}: no training rows after the split",
         config.data.display()
     );
-    Ok((split.train, split.validation, split.holdout))
+    Ok(rows)
 }
 
 /// A per-party, per-round training seed derived from the spec's seed.
@@ -242,7 +225,7 @@ async fn handle(
     }
     let (cfg, spec2) = (config.clone(), spec.clone());
     let loaded = tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await?;
-    let (train_rows, validation, holdout) = match loaded {
+    let rows = match loaded {
         Ok(rows) => rows,
         Err(e) => {
             // Declined, not retried: the operator sees where the data is wrong (not its
@@ -255,7 +238,7 @@ async fn handle(
     };
     match a.work {
         Work::Stats => {
-            let sums = FeatureSums::of_dataset(&spec, &train_rows);
+            let sums = FeatureSums::of_dataset(&spec, &rows.train);
             tracing::info!(task = %a.task, rows = sums.count, "reporting feature sums");
             c.submit_sums(&a.id, &sums).await?;
         }
@@ -307,8 +290,8 @@ async fn handle(
             if local_epochs > 0 {
                 opts.epochs = local_epochs;
             }
-            tracing::info!(task = %a.task, round = a.round, step = a.step, %strategy, rows = train_rows.len(), epochs = opts.epochs, "training");
-            let samples = train_rows.len() as u64;
+            tracing::info!(task = %a.task, round = a.round, step = a.step, %strategy, rows = rows.train.len(), epochs = opts.epochs, "training");
+            let samples = rows.train.len() as u64;
             let (spec2, key, party, task_id) = (
                 spec.clone(),
                 config.key.clone(),
@@ -317,58 +300,44 @@ async fn handle(
             );
             let (round, step, base_sha) = (RoundNo(a.round), StepNo(a.step), m.blob_sha256);
             // Training, evaluation, encoding and hashing are CPU work: off the async runtime.
-            let bar = progress_bar(
-                &format!("{} round {}", a.task, a.round),
+            let mut bar = Progress::new(
+                &format!("training {} round {}", a.task, a.round),
                 u64::from(opts.epochs),
+                "epochs",
             );
-            // The membership audit's threshold: the task's (by default the floor or the audit's
-            // chance level, whichever is higher), or the site's if stricter.
-            let task_threshold = spec.privacy.membership_max_advantage;
             let (task_name, round_no) = (a.task.clone(), a.round);
             let min_cohort = config.policy.min_other_parties.saturating_add(1);
+            let site_threshold = config.policy.max_membership_advantage;
             let trained = tokio::task::spawn_blocking(move || {
-                let out = local_update_observed(
+                // Train, privatise, audit: the same turn `coordinator experiment` simulates.
+                let prepared = contribute::prepare(
                     &spec2,
                     &strategy,
                     party.as_str(),
                     &base,
-                    &train_rows,
+                    &rows,
                     &opts,
-                    &mut |epoch, loss| {
-                        bar.set_position(u64::from(epoch));
-                        bar.set_message(format!("loss {loss:.4}"));
-                    },
+                    site_threshold,
+                    &mut dp::os_rng(),
+                    &mut |epoch, loss| bar.set(u64::from(epoch), &format!("loss {loss:.4}")),
                 )
                 .with_context(|| format!("task {task_name} round {round_no}: local training"))?;
-                bar.finish_and_clear();
-                // Differential privacy: the delta from the base is clipped, and in local
-                // mode noised, before the audit, the evaluation and the signature see it.
-                let out = match &spec2.privacy.dp {
-                    Some(d) => match dp::privatize(d, &strategy, &base, out, &mut dp::os_rng()) {
-                        Ok(out) => out,
-                        // Nothing to send (e.g. training diverged): say so, upload nothing.
-                        Err(e) => return anyhow::Ok(Err(format!("differential privacy: {e}"))),
-                    },
-                    None => out,
+                let c = match prepared {
+                    Prepared::Ready(c) => {
+                        let u = &c.update;
+                        bar.finish(u.epoch_losses.len() as u64, "");
+                        if let Some(e) = &u.early_stop {
+                            tracing::info!(task = %task_name, round = round_no, epochs = u.epoch_losses.len(), best_epoch = e.best_epoch, validation_loss = e.validation_losses[e.best_epoch as usize - 1], "early stopping kept the best epoch's weights");
+                        }
+                        c
+                    }
+                    Prepared::Withheld { reason, audit } => {
+                        bar.finish(0, "update withheld");
+                        return anyhow::Ok(Err((reason, audit)));
+                    }
                 };
-                // Before anything is signed: how much does the trained model give away about
-                // its training rows? Members: the training rows; non-members: the
-                // validation and holdout rows it never saw.
-                let non_members = Dataset::concat([&validation, &holdout]);
-                let audit = membership::audit(
-                    &out.result,
-                    &spec2,
-                    &train_rows,
-                    &non_members,
-                    CpuBackend::default(),
-                )
-                .with_context(|| format!("task {task_name} round {round_no}: membership audit"))?;
-                // Evaluated as what it yields: the network, or a relay's model after this step.
-                let stats = out
-                    .result
-                    .evaluate_stats(&spec2, &holdout, CpuBackend::default());
                 let bytes = blob::encode(
-                    &out.weights,
+                    &c.update.weights,
                     &BlobMeta {
                         spec_id: spec2.id(),
                         role: BlobRole::Update,
@@ -391,30 +360,26 @@ async fn handle(
                 } else {
                     env
                 };
-                anyhow::Ok(Ok((bytes, env, stats, audit)))
+                anyhow::Ok(Ok((bytes, env, c.local, c.audit, c.threshold)))
             })
             .await??;
-            let (bytes, env, local, audit): (Vec<u8>, SignedUpdate, MetricStats, _) = match trained
-            {
-                Ok(x) => x,
-                Err(reason) => {
-                    tracing::warn!(task = %a.task, round = a.round, %reason, "update withheld");
-                    c.decline(&a.id, &reason).await?;
-                    return Ok(());
-                }
-            };
-            let threshold = config
-                .policy
-                .membership_threshold(task_threshold.unwrap_or_else(|| {
-                    membership::default_threshold(audit.members, audit.non_members)
-                }));
-            if let Err(refused) = membership::check(&audit, threshold) {
-                // Only the audit's numbers leave the site, in the decline the operator sees.
-                let reason = refused.to_string();
-                tracing::warn!(task = %a.task, round = a.round, %audit, threshold, "update withheld: {reason}");
-                c.decline(&a.id, &reason).await?;
-                return Ok(());
-            }
+            let (bytes, env, local, audit, threshold): (Vec<u8>, SignedUpdate, MetricStats, _, _) =
+                match trained {
+                    Ok(x) => x,
+                    Err((reason, audit)) => {
+                        // Only numbers leave the site, in the decline the operator sees.
+                        match audit {
+                            Some(audit) => {
+                                tracing::warn!(task = %a.task, round = a.round, %audit, "update withheld: {reason}")
+                            }
+                            None => {
+                                tracing::warn!(task = %a.task, round = a.round, %reason, "update withheld")
+                            }
+                        }
+                        c.decline(&a.id, &reason).await?;
+                        return Ok(());
+                    }
+                };
             tracing::info!(task = %a.task, round = a.round, %audit, threshold, "membership audit passed");
             let sha = env.header.blob_sha256;
             let ack = c
@@ -444,7 +409,7 @@ async fn handle(
             state.accept(&a.task, version)?;
             let spec2 = spec.clone();
             let stats = tokio::task::spawn_blocking(move || {
-                model.evaluate_stats(&spec2, &holdout, CpuBackend::default())
+                model.evaluate_stats(&spec2, &rows.holdout, CpuBackend::default())
             })
             .await?;
             let (name, v) = stats.metrics().headline();

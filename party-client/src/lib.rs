@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contribute;
 pub mod daemon;
 pub mod dataerror;
 pub mod exit;
@@ -14,4 +15,5 @@ pub mod inference;
 pub mod local;
 pub mod pinning;
 pub mod policy;
+pub mod progress;
 pub mod state;

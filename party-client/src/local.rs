@@ -6,13 +6,15 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use shared_model::blob::{self, BlobMeta, BlobRole};
-use shared_model::data::{SplitFractions, load};
+use shared_model::data::{SplitFractions, load_observed};
 use shared_model::eval::{Metrics, evaluate};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
-use shared_model::train::{TrainOptions, train};
+use shared_model::train::{EarlyStop, TrainOptions, train_observed};
 use shared_model::weights::Weights;
+
+use crate::progress::Progress;
 
 /// What a local run produced.
 #[derive(Debug)]
@@ -25,6 +27,8 @@ pub struct LocalRun {
     pub rows: (usize, usize, usize),
     /// Mean training loss per epoch.
     pub epoch_losses: Vec<f64>,
+    /// What early stopping did, when the spec asks for it.
+    pub early_stop: Option<EarlyStop>,
 }
 
 /// Trains the spec on a CSV with the site's own normalisation.
@@ -34,7 +38,10 @@ pub fn train_local(
     epochs: Option<u32>,
     split_seed: u64,
 ) -> anyhow::Result<LocalRun> {
-    let (ds, report) = load(data, spec)?;
+    let size = std::fs::metadata(data).map_or(0, |m| m.len());
+    let mut progress = Progress::new(&format!("loading {}", data.display()), size, "bytes");
+    let (ds, report) = load_observed(data, spec, &mut |byte| progress.set(byte, ""))?;
+    progress.finish(size, &format!("{} rows", ds.len()));
     if !report.is_clean() {
         eprintln!("{}: {report}", data.display());
     }
@@ -47,8 +54,16 @@ pub fn train_local(
     if let Some(e) = epochs {
         opts.epochs = e;
     }
-    let out = train(spec, &start, &split.train, &opts)
-        .with_context(|| format!("training on {}", data.display()))?;
+    // Early stopping, when the spec asks for it, watches the validation rows.
+    if spec.training.early_stopping.is_some() {
+        opts.validation = Some(std::sync::Arc::new(split.validation.clone()));
+    }
+    let mut bar = Progress::new("training", u64::from(opts.epochs), "epochs");
+    let out = train_observed(spec, &start, &split.train, &opts, &mut |epoch, loss| {
+        bar.set(u64::from(epoch), &format!("loss {loss:.4}"))
+    })
+    .with_context(|| format!("training on {}", data.display()))?;
+    bar.finish(out.epoch_losses.len() as u64, "");
     let holdout = evaluate(spec, &out.weights, &split.holdout, CpuBackend::default());
     Ok(LocalRun {
         weights: out.weights,
@@ -59,6 +74,7 @@ pub fn train_local(
             split.holdout.len(),
         ),
         epoch_losses: out.epoch_losses,
+        early_stop: out.early_stop,
     })
 }
 

@@ -311,7 +311,8 @@ mod read;
 pub use profile::{ColumnProfile, MAX_DISTINCT, Profile, profile};
 
 pub use read::{
-    LoadReport, Table, copy_records, delimiter_hint, header, load, load_csv, read_encoded,
+    LoadReport, PROGRESS_RECORDS, Table, copy_records, delimiter_hint, header, load, load_csv,
+    load_observed, read_encoded,
 };
 
 #[cfg(test)]

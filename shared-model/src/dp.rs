@@ -196,6 +196,10 @@ pub fn central_merge(
     })?)
 }
 
+/// The noise generator of the DP step: ChaCha20, from [`os_rng`] at a site, [`seeded_rng`] in
+/// simulations.
+pub type NoiseRng = ChaCha20Rng;
+
 /// A ChaCha20 generator seeded from the operating system's random source: the noise of a real
 /// federation must not be predictable.
 pub fn os_rng() -> ChaCha20Rng {

@@ -21,6 +21,9 @@ use crate::network::{CpuBackend, predict};
 use crate::spec::{ModelSpec, TensorSpec};
 use crate::weights::{NamedTensor, Weights};
 
+mod stage;
+pub use stage::stage_start;
+
 /// Most members of an ensemble or stages of a series a blob may hold.
 pub const MAX_PARTS: usize = 64;
 

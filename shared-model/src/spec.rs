@@ -167,6 +167,22 @@ pub struct TrainingSpec {
     pub fedprox_mu: Option<f64>,
     /// L2 penalty coefficient on weights (not biases), ≥ 0.
     pub weight_decay: f64,
+    /// `[training.early_stopping]`: stop a local run when the validation loss stops
+    /// improving, keeping the best epoch's weights. Left out of the spec id when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// Early stopping of one local training run on the site's validation rows: after each epoch
+/// the data loss on the validation rows is measured; the run stops once it has not fallen by
+/// more than `min_delta` below its best for `patience` epochs, and returns the weights of the
+/// best epoch. Without validation rows the run trains every epoch.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct EarlyStopping {
+    /// Epochs without improvement before stopping, ≥ 1.
+    pub patience: u32,
+    /// The fall in validation loss that counts as an improvement, ≥ 0.
+    pub min_delta: f64,
 }
 
 /// A validated model specification.
@@ -345,6 +361,12 @@ impl ModelSpec {
         );
         if let Some(mu) = self.training.fedprox_mu {
             s += &format!("fedprox_mu = {mu:?}\n");
+        }
+        if let Some(e) = self.training.early_stopping {
+            s += &format!(
+                "\n[training.early_stopping]\npatience = {}\nmin_delta = {:?}\n",
+                e.patience, e.min_delta
+            );
         }
         if !self.privacy.is_default() {
             s += "\n[privacy]\n";

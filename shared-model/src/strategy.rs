@@ -29,9 +29,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::aggregate::{AggregateError, FedAvg};
 use crate::data::Dataset;
-use crate::model::{Member, Model, stage_dataset, stage_spec};
+use crate::model::{Member, Model, stage_dataset, stage_spec, stage_start};
 use crate::spec::ModelSpec;
-use crate::stats::{FeatureSums, Normalization};
 use crate::train::{TrainError, TrainOptions, train_observed};
 use crate::weights::Weights;
 
@@ -468,6 +467,8 @@ pub struct LocalUpdate {
     pub epoch_losses: Vec<f64>,
     /// Rows trained on.
     pub samples: usize,
+    /// What early stopping did, when the spec asks for it and the site has validation rows.
+    pub early_stop: Option<crate::train::EarlyStop>,
 }
 
 impl StrategyConfig {
@@ -555,29 +556,21 @@ pub fn local_update_observed(
         let stage = stage_spec(spec, j);
         let task_norm = base.task_normalization();
         let augmented = stage_dataset(spec, stages, data, opts.backend);
-        let start = if j == 0 {
-            match base {
-                Model::Single(w) => w.clone(),
-                _ => Weights::initial(&stage, &task_norm),
-            }
-        } else {
-            // The extra inputs (the chain's outputs) are normalised with this party's own
-            // statistics of them: only this party ever trains this stage.
-            let k = stage.input_width() - spec.input_width();
-            let outputs: Vec<f32> = augmented
-                .features
-                .chunks_exact(stage.input_width())
-                .flat_map(|r| r[spec.input_width()..].iter().copied())
-                .collect();
-            let extra = FeatureSums::of_rows(&outputs, k)
-                .normalization()
-                .unwrap_or_else(|_| Normalization::identity(k));
-            let mut norm = task_norm;
-            norm.mean.extend(extra.mean);
-            norm.std.extend(extra.std);
-            Weights::initial(&stage, &norm)
+        // A stage starts from the chain it extends (see `model::stage_start`).
+        let base_network = match base {
+            Model::Single(w) => Some(w),
+            _ => None,
         };
-        let out = train_observed(&stage, &start, &augmented, opts, on_epoch)?;
+        let start = stage_start(spec, stages, base_network, &task_norm, &augmented);
+        // Early stopping watches the validation rows as this stage sees them.
+        let stage_opts = TrainOptions {
+            validation: opts
+                .validation
+                .as_ref()
+                .map(|v| std::sync::Arc::new(stage_dataset(spec, stages, v, opts.backend))),
+            ..opts.clone()
+        };
+        let out = train_observed(&stage, &start, &augmented, &stage_opts, on_epoch)?;
         let result = relay_step(
             &Strategy::Series {
                 order: RelayOrder::Fixed,
@@ -591,6 +584,7 @@ pub fn local_update_observed(
             result,
             epoch_losses: out.epoch_losses,
             samples: out.samples,
+            early_stop: out.early_stop,
         });
     }
     let start = match base.start_for(party) {
@@ -604,6 +598,7 @@ pub fn local_update_observed(
         stage: 0,
         epoch_losses: out.epoch_losses,
         samples: out.samples,
+        early_stop: out.early_stop,
     })
 }
 
@@ -774,6 +769,7 @@ mod tests {
     use super::*;
     use crate::network::CpuBackend;
     use crate::spec::tests::SMALL;
+    use crate::stats::Normalization;
     use crate::train::train;
     use proptest::prelude::*;
 

@@ -18,6 +18,7 @@ use crate::data::Dataset;
 use crate::network::{CpuBackend, DropoutMasks, Mlp};
 use crate::spec::{ModelSpec, OptimizerKind, TaskKind};
 use crate::weights::Weights;
+use std::sync::Arc;
 
 /// Errors from training.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -58,6 +59,9 @@ pub struct TrainOptions {
     pub frozen_layers: usize,
     /// CPU backend.
     pub backend: CpuBackend,
+    /// The site's validation rows, for the spec's early stopping (`None`, or no rows: every
+    /// epoch is trained).
+    pub validation: Option<Arc<Dataset>>,
 }
 
 impl TrainOptions {
@@ -70,6 +74,7 @@ impl TrainOptions {
             fedprox_mu: spec.training.fedprox_mu,
             frozen_layers: 0,
             backend: CpuBackend::default(),
+            validation: None,
         }
     }
 }
@@ -83,6 +88,18 @@ pub struct TrainOutcome {
     pub epoch_losses: Vec<f64>,
     /// Rows trained on.
     pub samples: usize,
+    /// With early stopping: the epoch whose weights were kept (1-based), and the validation
+    /// loss after each epoch trained.
+    pub early_stop: Option<EarlyStop>,
+}
+
+/// What early stopping did in one run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyStop {
+    /// The epoch whose weights were kept (lowest validation loss), 1-based.
+    pub best_epoch: u32,
+    /// The validation data loss after each epoch trained.
+    pub validation_losses: Vec<f64>,
 }
 
 /// Trains `start` on `data` (raw features; the model's normalisation is applied).
@@ -117,14 +134,23 @@ pub fn train_observed(
     let norm = start.normalization();
     let x_all = norm.apply(&data.features);
     // A standardised regression target is learned as (y − mean) / std.
-    let scaled: Vec<f32>;
-    let targets: &[f32] = match norm.target {
-        Some(t) => {
-            scaled = data.targets.iter().map(|&y| t.scale(y)).collect();
-            &scaled
+    let scale = |d: &Dataset| -> Vec<f32> {
+        match norm.target {
+            Some(t) => d.targets.iter().map(|&y| t.scale(y)).collect(),
+            None => d.targets.clone(),
         }
-        None => &data.targets,
     };
+    let targets = scale(data);
+    let targets: &[f32] = &targets;
+    // Early stopping watches the data loss on the validation rows (normalised alike).
+    let watch = match (spec.training.early_stopping, &opts.validation) {
+        (Some(rule), Some(v)) if !v.is_empty() && v.width == width => {
+            Some((rule, norm.apply(&v.features), scale(v)))
+        }
+        _ => None,
+    };
+    let mut best: Option<(f64, u32, Mlp)> = None;
+    let mut validation_losses = Vec::new();
     let mut model = Mlp::from_weights(start, &device, opts.frozen_layers);
     let base: Option<(f64, Vec<Tensor<2>>, Vec<Tensor<1>>)> =
         opts.fedprox_mu.filter(|mu| *mu > 0.0).map(|mu| {
@@ -206,13 +232,62 @@ pub fn train_observed(
         }
         epoch_losses.push(mean);
         on_epoch(epoch, mean);
+        if let Some((rule, vx, vy)) = &watch {
+            let v = data_loss_of(spec, &model, vx, vy, width, &device);
+            validation_losses.push(v);
+            match &best {
+                Some((b, _, _)) if v >= b - rule.min_delta => {
+                    let since = epoch - best.as_ref().map_or(0, |(_, e, _)| *e);
+                    if since >= rule.patience {
+                        break;
+                    }
+                }
+                _ => best = Some((v, epoch, model.clone())),
+            }
+        }
     }
+    let (model, early_stop) = match best {
+        Some((_, best_epoch, kept)) => (
+            kept,
+            Some(EarlyStop {
+                best_epoch,
+                validation_losses,
+            }),
+        ),
+        None => (model, None),
+    };
     let weights = model.to_weights(start);
     Ok(TrainOutcome {
         weights,
         epoch_losses,
         samples: data.len(),
+        early_stop,
     })
+}
+
+/// The mean data loss (no penalties, no dropout) of `model` on normalised rows `x` with
+/// (scaled) targets `y`, in batches.
+fn data_loss_of(
+    spec: &ModelSpec,
+    model: &Mlp,
+    x: &[f32],
+    y: &[f32],
+    width: usize,
+    device: &Device,
+) -> f64 {
+    const CHUNK: usize = 1024;
+    let n = y.len();
+    let mut sum = 0.0f64;
+    for start in (0..n).step_by(CHUNK) {
+        let b = CHUNK.min(n - start);
+        let xb = x[start * width..(start + b) * width].to_vec();
+        let xt = Tensor::<2>::from_data(TensorData::new(xb, [b, width]), device);
+        let z = model.forward(xt, spec.model.activation, None);
+        let idx: Vec<usize> = (start..start + b).collect();
+        let l = task_loss(spec.task.kind, z, &idx, y, device);
+        sum += f64::from(l.into_scalar::<f32>()) * b as f64;
+    }
+    sum / n as f64
 }
 
 /// The mean data loss of logits `z: [b, out]` against the targets of rows `idx`.
@@ -249,6 +324,9 @@ fn task_loss(
 
 #[cfg(test)]
 mod scaling_tests;
+
+#[cfg(test)]
+mod early_stopping_tests;
 
 #[cfg(test)]
 mod tests {

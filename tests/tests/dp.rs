@@ -170,6 +170,7 @@ fn the_simulator_applies_dp_and_skips_refused_strategies() {
             attackers: 0,
             attack: "sign-flip:10".into(),
             synthetic_rows: 0,
+            min_parties: None,
             out: dir.path().join(name),
         })
         .unwrap()

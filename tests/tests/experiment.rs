@@ -22,6 +22,7 @@ fn args(out: &std::path::Path, attackers: usize) -> ExperimentArgs {
         attackers,
         attack: "sign-flip:10".into(),
         synthetic_rows: 0,
+        min_parties: None,
         out: out.to_path_buf(),
     }
 }
@@ -124,4 +125,53 @@ fn the_experiment_command_writes_results_table_and_plots() {
     );
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--sweep colour: unknown axis"));
+}
+
+/// The simulator runs each plant's membership gate as a live daemon does: plants whose
+/// network learns its rows by heart (labels that are noise, many epochs) withhold their
+/// updates, the round fails naming the audit, and the run is still written, marked failed.
+#[test]
+fn the_experiment_runs_the_plants_membership_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    // WDBC's rows with labels that have nothing to do with the features.
+    let text = std::fs::read_to_string(yosegi_tests::data("wdbc.csv")).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let target = header.split(',').position(|c| c == "malignant").unwrap();
+    let mut csv = format!("{header}\n");
+    for (i, line) in lines.enumerate() {
+        let mut cells: Vec<String> = line.split(',').map(str::to_string).collect();
+        cells[target] = (((i * 2_654_435_761) >> 9) & 1).to_string();
+        csv += &(cells.join(",") + "\n");
+    }
+    let data = dir.path().join("noise.csv");
+    std::fs::write(&data, csv).unwrap();
+    let spec = std::fs::read_to_string(yosegi_tests::data("wdbc.toml"))
+        .unwrap()
+        .replace("hidden = [16, 8]", "hidden = [64, 32]")
+        .replacen("local_epochs = ", "local_epochs = 100 # ", 1);
+    let spec_path = dir.path().join("noise.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let mut a = args(&dir.path().join("out"), 0);
+    a.data = data.to_string_lossy().into_owned();
+    a.spec = Some(spec_path);
+    a.parties = 3;
+    a.rounds = 1;
+    a.seeds = 1;
+    a.strategies = "fedavg,ensemble".into();
+    let records = run(&a).unwrap();
+    for name in ["fedavg", "ensemble"] {
+        let r = records.iter().find(|r| r.name == name).unwrap();
+        let why = r
+            .failed
+            .as_deref()
+            .unwrap_or_else(|| panic!("{name} passed the gate"));
+        assert!(
+            why.contains("round 1 failed") && why.contains("membership audit"),
+            "{name}: {why}"
+        );
+    }
+    let readme = std::fs::read_to_string(dir.path().join("out/README.md")).unwrap();
+    assert!(readme.contains("✗ failed in 1 of 1 runs"), "{readme}");
+    assert!(readme.contains("memorises its training rows"), "{readme}");
 }

@@ -39,6 +39,8 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
                     values: BTreeMap::new(),
                     per_round: Vec::new(),
                     runs: 0,
+                    failed: 0,
+                    failure: None,
                 });
                 groups.push(vec![r]);
             }
@@ -46,6 +48,8 @@ pub fn summarize(records: &[Record]) -> Vec<Summary> {
     }
     for (s, g) in out.iter_mut().zip(&groups) {
         s.runs = g.len();
+        s.failed = g.iter().filter(|r| r.failed.is_some()).count();
+        s.failure = g.iter().find_map(|r| r.failed.clone());
         let names: Vec<&str> = named_metrics(&g[0].metrics)
             .iter()
             .map(|(n, _)| *n)
@@ -158,9 +162,14 @@ pub fn table(summaries: &[Summary]) -> String {
     s += &"---:|".repeat(names.len());
     s.push('\n');
     for x in summaries {
+        let failed = if x.failed > 0 {
+            format!(" ✗ failed in {} of {} runs", x.failed, x.runs)
+        } else {
+            String::new()
+        };
         let _ = write!(
             s,
-            "| {} | {} | {} | {} |",
+            "| {} | {} | {} | {}{failed} |",
             x.point.parties, x.point.partition, x.point.rounds, x.strategy
         );
         for n in &names {
@@ -168,6 +177,21 @@ pub fn table(summaries: &[Summary]) -> String {
             let _ = write!(s, " {m:.4} ± {sd:.4} |");
         }
         s.push('\n');
+    }
+    let failures: Vec<&Summary> = summaries.iter().filter(|x| x.failed > 0).collect();
+    if !failures.is_empty() {
+        s += "\nA run marked ✗ had a round that failed (its metrics are of the last model it published), as a live task's round fails — e.g. when a plant's membership audit withholds its update:\n\n";
+        for x in failures {
+            let _ = writeln!(
+                s,
+                "- {} at {} parties, {}, {} rounds: {}",
+                x.strategy,
+                x.point.parties,
+                x.point.partition,
+                x.point.rounds,
+                x.failure.as_deref().unwrap_or_default()
+            );
+        }
     }
     s
 }

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use anyhow::Context as _;
+use party_client::contribute::PlantRows;
 use shared_model::data::{Dataset, SplitFractions, load_csv};
 use shared_model::ids::PartyId;
 use shared_model::partition::{Partition, partition};
@@ -109,7 +110,9 @@ pub(super) fn grid(args: &ExperimentArgs) -> anyhow::Result<Vec<Point>> {
 pub(super) struct Setup {
     pub(super) spec: ModelSpec,
     pub(super) holdout: Dataset,
-    pub(super) parties: Vec<(String, Dataset)>,
+    /// Each party's rows, split as its daemon splits them: it trains on `train`, its
+    /// membership gate audits against `validation` + `holdout`.
+    pub(super) parties: Vec<(String, PlantRows)>,
     /// The federation's initial model: normalised by the statistics step under the default
     /// contribution limits.
     pub(super) initial: Weights,
@@ -131,16 +134,24 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
     );
     let how: Partition = point.partition.parse()?;
     let parts = partition(&split.train, &spec, &how, point.parties, 5, seed)?;
-    let parties: Vec<(String, Dataset)> = parts
+    let parties: Vec<(String, PlantRows)> = parts
         .iter()
         .enumerate()
-        .map(|(i, idx)| (format!("party-{i:02}"), split.train.subset(idx)))
+        .map(|(i, idx)| {
+            let rows = PlantRows::split(&spec, &split.train.subset(idx));
+            (format!("party-{i:02}"), rows)
+        })
         .collect();
-    // The statistics step: normalisation from every party's feature sums, each counted within
-    // the default contribution limits, as a live task does.
+    // The statistics step: normalisation from every party's feature sums of its training
+    // rows, each counted within the default contribution limits, as a live task does.
     let sums: Vec<(PartyId, FeatureSums)> = parties
         .iter()
-        .map(|(n, d)| Ok((PartyId::new(n)?, FeatureSums::of_dataset(&spec, d))))
+        .map(|(n, rows)| {
+            Ok((
+                PartyId::new(n)?,
+                FeatureSums::of_dataset(&spec, &rows.train),
+            ))
+        })
         .collect::<anyhow::Result<_>>()?;
     let normalised = |limits: Limits| -> anyhow::Result<Weights> {
         let pooled = limits

@@ -82,8 +82,21 @@ pub fn load_csv(path: &Path, spec: &ModelSpec) -> Result<Dataset, CsvError> {
     load(path, spec).map(|(d, _)| d)
 }
 
+/// How many records [`load_observed`] reads between two progress calls.
+pub const PROGRESS_RECORDS: u64 = 16_384;
+
 /// [`load_csv`], with what loading left out or filled in.
 pub fn load(path: &Path, spec: &ModelSpec) -> Result<(Dataset, LoadReport), CsvError> {
+    load_observed(path, spec, &mut |_| {})
+}
+
+/// [`load`], calling `on_bytes(offset)` with the byte offset reached every
+/// [`PROGRESS_RECORDS`] records (for progress displays).
+pub fn load_observed(
+    path: &Path,
+    spec: &ModelSpec,
+    on_bytes: &mut dyn FnMut(u64),
+) -> Result<(Dataset, LoadReport), CsvError> {
     let mut encoder = spec.encoder(false);
     let mut table = read_table(
         path,
@@ -91,6 +104,7 @@ pub fn load(path: &Path, spec: &ModelSpec) -> Result<(Dataset, LoadReport), CsvE
         &mut encoder,
         Some(&spec.task.target),
         true,
+        on_bytes,
     )?;
     let names: Option<HashMap<&str, usize>> = spec
         .task
@@ -224,7 +238,14 @@ pub fn read_encoded(
     extra: Option<&str>,
 ) -> Result<(Table, LoadReport), CsvError> {
     let mut encoder = spec.encoder(predicting);
-    let table = read_table(path, &spec.task.features, &mut encoder, extra, false)?;
+    let table = read_table(
+        path,
+        &spec.task.features,
+        &mut encoder,
+        extra,
+        false,
+        &mut |_| {},
+    )?;
     let report = LoadReport {
         read: table.read,
         kept: table.offsets.len() as u64,
@@ -244,6 +265,7 @@ fn read_table(
     encoder: &mut Encoder,
     extra: Option<&str>,
     skip_blank_extra: bool,
+    on_bytes: &mut dyn FnMut(u64),
 ) -> Result<Table, CsvError> {
     let p = || path.to_path_buf();
     let mut reader = reader(path)?;
@@ -292,6 +314,9 @@ fn read_table(
         // The csv crate's own line count is off for CRLF files; count newlines before the
         // record's byte offset instead (only when an error needs it, since that rereads).
         let byte = record.position().map_or(0, |pos| pos.byte());
+        if table.read.is_multiple_of(PROGRESS_RECORDS) {
+            on_bytes(byte);
+        }
         let line = || line_of(path, byte);
         if record.len() != header.len() {
             return Err(CsvError::FieldCount {

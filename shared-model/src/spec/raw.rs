@@ -90,6 +90,20 @@ struct RawTraining {
     fedprox_mu: Option<f64>,
     #[serde(default)]
     weight_decay: f64,
+    early_stopping: Option<RawEarlyStopping>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEarlyStopping {
+    #[serde(default = "default_patience")]
+    patience: u32,
+    #[serde(default)]
+    min_delta: f64,
+}
+
+fn default_patience() -> u32 {
+    3
 }
 
 fn default_optimizer() -> OptimizerKind {
@@ -306,6 +320,20 @@ pub(super) fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecErro
             format!("expected a number ≥ 0, found {}", t.weight_decay),
         ));
     }
+    if let Some(e) = &t.early_stopping {
+        if !(1..=10_000).contains(&e.patience) {
+            return Err(invalid(
+                "training.early_stopping.patience",
+                format!("expected 1 to 10000 epochs, found {}", e.patience),
+            ));
+        }
+        if !(e.min_delta.is_finite() && e.min_delta >= 0.0) {
+            return Err(invalid(
+                "training.early_stopping.min_delta",
+                format!("expected a number ≥ 0, found {}", e.min_delta),
+            ));
+        }
+    }
     let privacy = match raw.privacy {
         None => PrivacySpec::default(),
         Some(p) => {
@@ -384,6 +412,10 @@ pub(super) fn validate(raw: RawSpec, origin: &str) -> Result<ModelSpec, SpecErro
             // μ = 0 means the same as no proximal term: one canonical form, one spec id.
             fedprox_mu: t.fedprox_mu.filter(|&mu| mu > 0.0),
             weight_decay: t.weight_decay,
+            early_stopping: t.early_stopping.as_ref().map(|e| EarlyStopping {
+                patience: e.patience,
+                min_delta: e.min_delta,
+            }),
         },
         privacy,
     };
