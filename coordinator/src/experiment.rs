@@ -90,8 +90,9 @@ pub struct ExperimentArgs {
     #[arg(long, default_value = "sign-flip:10")]
     pub attack: String,
     /// Updates a broadcast round needs (its quorum), as `round start --min-parties`: by
-    /// default every party. A party that declines (e.g. its membership audit withholds its
-    /// update, or it holds too few rows to audit) then fails the round, as it would live.
+    /// default every party; raised to what a strategy merges (Krum's 2f + 3). With fewer updates
+    /// than this (a plant declines: its membership audit withholds its update, or it holds too
+    /// few rows to audit) the round fails, as it would live.
     #[arg(long)]
     pub min_parties: Option<u32>,
     /// Rows drawn for `--data synthetic`.

@@ -100,7 +100,7 @@ impl SimFederation {
 
     /// Queues `count` rounds of `cfg` (for a relay, `count` relays of one step per party), as
     /// `round start` does, with `min_parties` updates needed for a broadcast round's quorum
-    /// (`None`: every party).
+    /// (`None`: every party; never fewer than the strategy merges).
     pub fn queue(
         &mut self,
         cfg: &StrategyConfig,
@@ -121,10 +121,15 @@ impl SimFederation {
         let req = RoundRequest {
             strategy: &cfg.name,
             options: &options,
+            // A quorum below what the strategy merges (Krum's 2f + 3) is raised to it, as
+            // an operator must at `round start`.
             min_parties: if cfg.is_relay() {
                 1
             } else {
-                min_parties.unwrap_or(n).min(n)
+                min_parties
+                    .unwrap_or(n)
+                    .max(cfg.min_updates() as u32)
+                    .min(n)
             },
             deadline_ms: 3_600_000,
             count,
