@@ -30,7 +30,13 @@ pub struct PlantRows {
 impl PlantRows {
     /// `rows` split deterministically by the spec's seed with the daemon's fractions.
     pub fn split(spec: &ModelSpec, rows: &Dataset) -> Self {
-        let s = rows.split(
+        Self::of(spec, rows.clone())
+    }
+
+    /// [`Self::split`], consuming the rows (the daemon's loader: no second copy of the file's
+    /// rows at the peak).
+    pub fn of(spec: &ModelSpec, rows: Dataset) -> Self {
+        let s = rows.into_split(
             spec.task.kind,
             SplitFractions::default(),
             spec.training.seed,

@@ -138,7 +138,7 @@ fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<PlantRows> {
     if !report.is_clean() {
         tracing::info!(data = %config.data.display(), spec = %spec.name, "{report}");
     }
-    let rows = PlantRows::split(spec, &ds);
+    let rows = PlantRows::of(spec, ds);
     anyhow::ensure!(
         !rows.train.is_empty(),
         "{}: no training rows after the split",

@@ -45,7 +45,7 @@ pub fn train_local(
     if !report.is_clean() {
         eprintln!("{}: {report}", data.display());
     }
-    let split = ds.split(spec.task.kind, SplitFractions::default(), split_seed);
+    let split = ds.into_split(spec.task.kind, SplitFractions::default(), split_seed);
     let norm = FeatureSums::of_dataset(spec, &split.train)
         .normalization_for(spec)
         .with_context(|| format!("{}: cannot normalise the training rows", data.display()))?;

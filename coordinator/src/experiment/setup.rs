@@ -138,7 +138,7 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
         .iter()
         .enumerate()
         .map(|(i, idx)| {
-            let rows = PlantRows::split(&spec, &split.train.subset(idx));
+            let rows = PlantRows::of(&spec, split.train.subset(idx));
             (format!("party-{i:02}"), rows)
         })
         .collect();

@@ -98,6 +98,41 @@ pub fn load_observed(
     on_bytes: &mut dyn FnMut(u64),
 ) -> Result<(Dataset, LoadReport), CsvError> {
     let mut encoder = spec.encoder(false);
+    let names: Option<HashMap<&str, usize>> = spec
+        .task
+        .class_names
+        .as_ref()
+        .map(|n| n.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
+    // Each kept row's target is parsed as it is read: no row's text is held.
+    let mut targets = Vec::new();
+    let mut parse = |raw: &str, byte: u64| -> Result<(), CsvError> {
+        let parsed = match &names {
+            Some(names) => names.get(raw).map(|&i| i as f32),
+            None => parse_target(raw, spec.task.kind),
+        };
+        let bad = || match spec.task.kind {
+            TaskKind::Regression => CsvError::NotNumeric {
+                path: path.to_path_buf(),
+                line: line_of(path, byte),
+                column: spec.task.target.clone(),
+                value: raw.to_string(),
+                hint: String::new(),
+            },
+            kind => CsvError::BadLabel {
+                path: path.to_path_buf(),
+                line: line_of(path, byte),
+                column: spec.task.target.clone(),
+                value: raw.to_string(),
+                expected: match (&spec.task.class_names, kind) {
+                    (Some(n), _) => format!("one of {}", quoted_list(n)),
+                    (None, TaskKind::Binary) => "0 or 1".to_string(),
+                    _ => format!("an integer from 0 to {}", kind.output_width() - 1),
+                },
+            },
+        };
+        targets.push(parsed.ok_or_else(bad)?);
+        Ok(())
+    };
     let mut table = read_table(
         path,
         &spec.task.features,
@@ -105,40 +140,8 @@ pub fn load_observed(
         Some(&spec.task.target),
         true,
         on_bytes,
+        &mut parse,
     )?;
-    let names: Option<HashMap<&str, usize>> = spec
-        .task
-        .class_names
-        .as_ref()
-        .map(|n| n.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
-    let mut targets = Vec::with_capacity(table.targets.len());
-    for (i, raw) in table.targets.iter().enumerate() {
-        let parsed = match &names {
-            Some(names) => names.get(raw.as_str()).map(|&i| i as f32),
-            None => parse_target(raw, spec.task.kind),
-        };
-        targets.push(parsed.ok_or_else(|| match spec.task.kind {
-            TaskKind::Regression => CsvError::NotNumeric {
-                path: path.to_path_buf(),
-                line: table.line(i),
-                column: spec.task.target.clone(),
-                value: raw.clone(),
-                hint: String::new(),
-            },
-            kind => CsvError::BadLabel {
-                path: path.to_path_buf(),
-                line: table.line(i),
-                column: spec.task.target.clone(),
-                value: raw.clone(),
-                expected: match (&spec.task.class_names, kind) {
-                    (Some(n), _) => format!("one of {}", quoted_list(n)),
-                    (None, TaskKind::Binary) => "0 or 1".to_string(),
-                    _ => format!("an integer from 0 to {}", kind.output_width() - 1),
-                },
-            },
-        })?);
-    }
-    table.targets = Vec::new();
     let report = LoadReport {
         read: table.read,
         kept: targets.len() as u64,
@@ -238,14 +241,20 @@ pub fn read_encoded(
     extra: Option<&str>,
 ) -> Result<(Table, LoadReport), CsvError> {
     let mut encoder = spec.encoder(predicting);
-    let table = read_table(
+    let mut texts = Vec::new();
+    let mut table = read_table(
         path,
         &spec.task.features,
         &mut encoder,
         extra,
         false,
         &mut |_| {},
+        &mut |raw, _| {
+            texts.push(raw.to_string());
+            Ok(())
+        },
     )?;
+    table.targets = texts;
     let report = LoadReport {
         read: table.read,
         kept: table.offsets.len() as u64,
@@ -266,6 +275,7 @@ fn read_table(
     extra: Option<&str>,
     skip_blank_extra: bool,
     on_bytes: &mut dyn FnMut(u64),
+    on_extra: &mut dyn FnMut(&str, u64) -> Result<(), CsvError>,
 ) -> Result<Table, CsvError> {
     let p = || path.to_path_buf();
     let mut reader = reader(path)?;
@@ -363,7 +373,7 @@ fn read_table(
             }
         }
         if let Some(c) = extra_col {
-            table.targets.push(record[c].to_string());
+            on_extra(&record[c], byte)?;
         }
         table.offsets.push(byte);
     }

@@ -152,6 +152,24 @@ fn split_is_deterministic_stratified_and_complete() {
         .collect();
     all.sort_by(f32::total_cmp);
     assert_eq!(all, ds.features);
+    // Consuming the rows gives the same parts, for every kind of task.
+    let wide = Dataset {
+        width: 3,
+        features: (0..3 * n).map(|i| (i as f32 * 0.7).sin()).collect(),
+        targets: (0..n).map(|i| (i % 3) as f32).collect(),
+    };
+    for kind in [
+        TaskKind::Binary,
+        TaskKind::Multiclass { classes: 3 },
+        TaskKind::Regression,
+    ] {
+        let d = if kind == TaskKind::Binary { &ds } else { &wide };
+        assert_eq!(
+            d.clone().into_split(kind, f, 4),
+            d.split(kind, f, 4),
+            "{kind:?}"
+        );
+    }
 }
 
 #[test]
