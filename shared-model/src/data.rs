@@ -332,6 +332,7 @@ pub struct Split {
     pub holdout: Dataset,
 }
 
+mod parquet;
 mod profile;
 mod read;
 

@@ -123,11 +123,13 @@ pub fn partition(
             cut(&order, &equal_sizes(n, parties))
         }
         Partition::Shift(feature) => {
-            // The network input the column feeds (a categorical column has none to sort by).
-            let j = spec
-                .input_of(feature)
+            // Rows sorted by the column's value: a number (a blank, NaN, sorts last), or for a
+            // categorical column its category in declared order ("other" last) — so each party
+            // gets a block of values, or of categories (a plant that makes other products).
+            let key = shift_key(spec, feature)
                 .ok_or_else(|| PartitionError::UnknownFeature(feature.clone()))?;
-            order.sort_by(|&a, &b| data.row(a)[j].total_cmp(&data.row(b)[j]).then(a.cmp(&b)));
+            let keys: Vec<f32> = (0..n).map(|i| key(data.row(i))).collect();
+            order.sort_by(|&a, &b| keys[a].total_cmp(&keys[b]).then(a.cmp(&b)));
             cut(&order, &equal_sizes(n, parties))
         }
         Partition::Quantity(alpha) => {
@@ -174,6 +176,34 @@ pub fn partition(
         part.sort_unstable();
     }
     Ok(out)
+}
+
+/// What `shift:FEATURE` sorts an encoded row by.
+type ShiftKey = Box<dyn Fn(&[f32]) -> f32>;
+
+/// The feature's input, or the index of the hot input of a categorical feature's one-hot block.
+/// `None` if FEATURE is not a feature of the spec.
+fn shift_key(spec: &ModelSpec, feature: &str) -> Option<ShiftKey> {
+    let mut at = 0;
+    for f in &spec.task.features {
+        let column = spec.task.columns.get(f);
+        if f == feature {
+            return Some(match column.and_then(|c| c.categories.as_ref()) {
+                None => Box::new(move |row: &[f32]| row[at]),
+                Some(cats) => {
+                    let slots = cats.len() + 1;
+                    Box::new(move |row: &[f32]| {
+                        row[at..at + slots]
+                            .iter()
+                            .position(|&v| v == 1.0)
+                            .unwrap_or(slots) as f32
+                    })
+                }
+            });
+        }
+        at += column.map_or(1, |c| c.width());
+    }
+    None
 }
 
 fn equal_sizes(n: usize, parties: usize) -> Vec<usize> {
@@ -323,6 +353,42 @@ mod tests {
         assert_eq!(
             partition(&ds, &spec, &Partition::Shift("nope".into()), 2, 1, 0),
             Err(PartitionError::UnknownFeature("nope".into()))
+        );
+    }
+
+    #[test]
+    fn shift_by_a_categorical_column_deals_blocks_of_categories_and_blanks_sort_last() {
+        // b is categorical (p, q, r + other), c numeric with blanks filled with the mean.
+        let text = SMALL
+            .replacen("[model]", "[task.columns.b]\ncategories = [\"p\", \"q\", \"r\"]\n[task.columns.c]\nmissing = \"mean\"\n[model]", 1);
+        let spec = ModelSpec::parse(&text, "<t>").unwrap();
+        assert_eq!(spec.input_width(), 6);
+        let n = 90;
+        let mut ds = Dataset::empty(6);
+        for i in 0..n {
+            let mut hot = [0.0f32; 4];
+            hot[i % 4] = 1.0; // p, q, r, other in turn
+            ds.features.push(i as f32);
+            ds.features.extend_from_slice(&hot);
+            ds.features
+                .push(if i % 5 == 0 { f32::NAN } else { i as f32 });
+            ds.targets.push((i % 2) as f32);
+        }
+        let parts = partition(&ds, &spec, &Partition::Shift("b".into()), 2, 1, 0).unwrap();
+        check_complete(&parts, n);
+        let category = |i: usize| ds.row(i)[1..5].iter().position(|&v| v == 1.0).unwrap();
+        let last0 = parts[0].iter().map(|&i| category(i)).max().unwrap();
+        let first1 = parts[1].iter().map(|&i| category(i)).min().unwrap();
+        assert!(last0 <= first1, "categories in declared order, other last");
+        assert!(parts[1].iter().any(|&i| category(i) == 3));
+        let parts = partition(&ds, &spec, &Partition::Shift("c".into()), 3, 1, 0).unwrap();
+        check_complete(&parts, n);
+        assert!(parts[2].iter().any(|&i| ds.row(i)[5].is_nan()));
+        assert!(
+            parts[0]
+                .iter()
+                .chain(&parts[1])
+                .all(|&i| !ds.row(i)[5].is_nan())
         );
     }
 

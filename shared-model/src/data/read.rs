@@ -105,7 +105,7 @@ pub fn load_observed(
         .map(|n| n.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect());
     // Each kept row's target is parsed as it is read: no row's text is held.
     let mut targets = Vec::new();
-    let mut parse = |raw: &str, byte: u64| -> Result<(), CsvError> {
+    let mut parse = |raw: &str, line: &dyn Fn() -> u64| -> Result<(), CsvError> {
         let parsed = match &names {
             Some(names) => names.get(raw).map(|&i| i as f32),
             None => parse_target(raw, spec.task.kind),
@@ -113,14 +113,14 @@ pub fn load_observed(
         let bad = || match spec.task.kind {
             TaskKind::Regression => CsvError::NotNumeric {
                 path: path.to_path_buf(),
-                line: line_of(path, byte),
+                line: line(),
                 column: spec.task.target.clone(),
                 value: raw.to_string(),
                 hint: String::new(),
             },
             kind => CsvError::BadLabel {
                 path: path.to_path_buf(),
-                line: line_of(path, byte),
+                line: line(),
                 column: spec.task.target.clone(),
                 value: raw.to_string(),
                 expected: match (&spec.task.class_names, kind) {
@@ -207,12 +207,31 @@ pub struct Table {
     /// Rows left out because the extra column was blank.
     pub blank_extra: u64,
     path: PathBuf,
+    /// Read from Parquet: `offsets` are row numbers, not byte offsets.
+    parquet: bool,
 }
 
 impl Table {
-    /// The 1-based line row `i` starts on.
+    pub(super) fn new(path: &Path, parquet: bool) -> Self {
+        Self {
+            features: Vec::new(),
+            targets: Vec::new(),
+            offsets: Vec::new(),
+            read: 0,
+            blank_extra: 0,
+            path: path.to_path_buf(),
+            parquet,
+        }
+    }
+
+    /// The 1-based line row `i` starts on (for Parquet: its row number + 1, the line it would
+    /// have in a CSV export with a header).
     pub fn line(&self, i: usize) -> u64 {
-        line_of(&self.path, self.offsets[i])
+        if self.parquet {
+            self.offsets[i] + 1
+        } else {
+            line_of(&self.path, self.offsets[i])
+        }
     }
 }
 
@@ -249,7 +268,7 @@ pub fn read_encoded(
         extra,
         false,
         &mut |_| {},
-        &mut |raw, _| {
+        &mut |raw: &str, _: &dyn Fn() -> u64| {
             texts.push(raw.to_string());
             Ok(())
         },
@@ -266,8 +285,9 @@ pub fn read_encoded(
     Ok((table, report))
 }
 
-/// The loader's one loop. `skip_blank_extra`: a row whose extra column is blank is left out
-/// and counted (a blank target), before its features are read.
+/// The loader's one loop (a Parquet file goes to [`super::parquet::read_table`], which shares
+/// [`Rows::take`]). `skip_blank_extra`: a row whose extra column is blank is left out and
+/// counted (a blank target), before its features are read.
 fn read_table(
     path: &Path,
     features: &[String],
@@ -275,43 +295,36 @@ fn read_table(
     extra: Option<&str>,
     skip_blank_extra: bool,
     on_bytes: &mut dyn FnMut(u64),
-    on_extra: &mut dyn FnMut(&str, u64) -> Result<(), CsvError>,
+    on_extra: OnExtra<'_>,
 ) -> Result<Table, CsvError> {
+    if super::parquet::is_parquet(path) {
+        return super::parquet::read_table(
+            path,
+            features,
+            encoder,
+            extra,
+            skip_blank_extra,
+            on_bytes,
+            on_extra,
+        );
+    }
     let p = || path.to_path_buf();
     let mut reader = reader(path)?;
     let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
         return Err(CsvError::Empty { path: p() });
     }
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, name) in header.iter().enumerate() {
-        if index.insert(name, i).is_some() {
-            return Err(CsvError::DuplicateColumn {
-                path: p(),
-                column: name.to_string(),
-            });
-        }
-    }
-    let find = |column: &str| {
-        index
-            .get(column)
-            .copied()
-            .ok_or_else(|| CsvError::MissingColumn {
-                path: p(),
-                column: column.to_string(),
-                header: header.iter().take(20).collect::<Vec<_>>().join(", "),
-                hint: delimiter_hint(&header.iter().collect::<Vec<_>>()),
-            })
-    };
-    let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
-    let extra_col = extra.map(find).transpose()?;
-    let mut table = Table {
-        features: Vec::new(),
-        targets: Vec::new(),
-        offsets: Vec::new(),
-        read: 0,
-        blank_extra: 0,
-        path: path.to_path_buf(),
+    let names: Vec<&str> = header.iter().collect();
+    let (cols, extra_col) = columns(path, &names, features, extra)?;
+    let mut rows = Rows {
+        path,
+        features,
+        cols,
+        extra_col,
+        skip_blank_extra,
+        encoder,
+        on_extra,
+        table: Table::new(path, false),
     };
     let mut record = csv::StringRecord::new();
     loop {
@@ -320,11 +333,11 @@ fn read_table(
             Ok(true) => {}
             Err(e) => return Err(csv_error(path, e)),
         }
-        table.read += 1;
+        rows.table.read += 1;
         // The csv crate's own line count is off for CRLF files; count newlines before the
         // record's byte offset instead (only when an error needs it, since that rereads).
         let byte = record.position().map_or(0, |pos| pos.byte());
-        if table.read.is_multiple_of(PROGRESS_RECORDS) {
+        if rows.table.read.is_multiple_of(PROGRESS_RECORDS) {
             on_bytes(byte);
         }
         let line = || line_of(path, byte);
@@ -336,18 +349,95 @@ fn read_table(
                 found: record.len(),
             });
         }
-        if let Some(c) = extra_col
-            && skip_blank_extra
-            && MISSING_TOKENS.contains(&&record[c])
-        {
-            table.blank_extra += 1;
-            continue;
+        rows.take(|i| &record[i], byte, &line)?;
+    }
+    let table = rows.table;
+    if table.read == 0 {
+        return Err(CsvError::NoRows { path: p() });
+    }
+    Ok(table)
+}
+
+/// What the loader does with a kept row's extra column: its text and the row's line (lazily).
+pub(super) type OnExtra<'a> = &'a mut dyn FnMut(&str, &dyn Fn() -> u64) -> Result<(), CsvError>;
+
+/// The input columns of `features` and of `extra` among a file's column `names`, each missing
+/// one named with the header (and a delimiter hint).
+pub(super) fn columns(
+    path: &Path,
+    names: &[&str],
+    features: &[String],
+    extra: Option<&str>,
+) -> Result<(Vec<usize>, Option<usize>), CsvError> {
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    for (i, name) in names.iter().enumerate() {
+        if index.insert(name, i).is_some() {
+            return Err(CsvError::DuplicateColumn {
+                path: path.to_path_buf(),
+                column: name.to_string(),
+            });
         }
-        match encoder.encode_with(|j| &record[cols[j]], &mut table.features) {
+    }
+    let find = |column: &str| {
+        index
+            .get(column)
+            .copied()
+            .ok_or_else(|| CsvError::MissingColumn {
+                path: path.to_path_buf(),
+                column: column.to_string(),
+                header: names
+                    .iter()
+                    .take(20)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                hint: delimiter_hint(names),
+            })
+    };
+    let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
+    let extra_col = extra.map(find).transpose()?;
+    Ok((cols, extra_col))
+}
+
+/// The rows being read: each source (CSV records, Parquet rows) hands every row to
+/// [`Rows::take`], so blanks, encoding faults and their errors are the same whatever the file.
+pub(super) struct Rows<'a> {
+    pub(super) path: &'a Path,
+    pub(super) features: &'a [String],
+    pub(super) cols: Vec<usize>,
+    pub(super) extra_col: Option<usize>,
+    pub(super) skip_blank_extra: bool,
+    pub(super) encoder: &'a mut Encoder,
+    pub(super) on_extra: OnExtra<'a>,
+    pub(super) table: Table,
+}
+
+impl Rows<'_> {
+    /// One row: `cell(i)` is the text of the file's column i, `pos` where the row starts (a
+    /// byte offset in a CSV, the 1-based row number in Parquet), `line()` the line to name.
+    pub(super) fn take<'r>(
+        &mut self,
+        cell: impl Fn(usize) -> &'r str,
+        pos: u64,
+        line: &dyn Fn() -> u64,
+    ) -> Result<(), CsvError> {
+        let p = || self.path.to_path_buf();
+        if let Some(c) = self.extra_col
+            && self.skip_blank_extra
+            && MISSING_TOKENS.contains(&cell(c))
+        {
+            self.table.blank_extra += 1;
+            return Ok(());
+        }
+        let cols = &self.cols;
+        match self
+            .encoder
+            .encode_with(|j| cell(cols[j]), &mut self.table.features)
+        {
             Ok(Row::Kept) => {}
-            Ok(Row::Dropped(_)) => continue,
+            Ok(Row::Dropped(_)) => return Ok(()),
             Err((j, fault)) => {
-                let column = features[j].clone();
+                let column = self.features[j].clone();
                 return Err(match fault {
                     CellFault::Blank => CsvError::Blank {
                         path: p(),
@@ -372,15 +462,12 @@ fn read_table(
                 });
             }
         }
-        if let Some(c) = extra_col {
-            on_extra(&record[c], byte)?;
+        if let Some(c) = self.extra_col {
+            (self.on_extra)(cell(c), line)?;
         }
-        table.offsets.push(byte);
+        self.table.offsets.push(pos);
+        Ok(())
     }
-    if table.read == 0 {
-        return Err(CsvError::NoRows { path: p() });
-    }
-    Ok(table)
 }
 
 /// Copies whole records of `source` (each named by the byte offset it starts at, as in
@@ -448,6 +535,17 @@ pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
 pub(super) fn reader(
     path: &Path,
 ) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
+    // Loading, evaluating and predicting read Parquet; what reads text records (spec init's
+    // profile, data split's record copies) does not.
+    if super::parquet::is_parquet(path) {
+        return Err(CsvError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "a Parquet file: this command reads CSV (training, evaluation and prediction read Parquet too); export it as CSV",
+            ),
+        });
+    }
     let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
         path: path.to_path_buf(),
         source,

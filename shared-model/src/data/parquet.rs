@@ -1,0 +1,131 @@
+//! Parquet input beside CSV: the same loader rules, row by row. Each cell is turned into the
+//! text a CSV export of it would hold — a null is a blank, a number its shortest exact decimal
+//! form, a boolean 1/0, a string itself — and handed to the same [`Rows::take`] as a CSV record,
+//! so declared categories, blank policies, labels and every error are the same as for CSV. An
+//! error names the row as the line it would have in such an export (row n is line n + 1, the
+//! header being line 1). Read through the `parquet` crate's row API (Apache Arrow's Rust
+//! implementation), any codec but brotli.
+
+use std::path::Path;
+
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use parquet::record::Field;
+
+use super::read::{OnExtra, Rows, Table, columns};
+use super::{CsvError, PROGRESS_RECORDS};
+use crate::encoding::Encoder;
+
+/// Whether `path` is a Parquet file: it starts and ends with the `PAR1` magic.
+pub(super) fn is_parquet(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = [0u8; 4];
+    let mut tail = [0u8; 4];
+    f.read_exact(&mut head).is_ok()
+        && &head == b"PAR1"
+        && f.seek(SeekFrom::End(-4)).is_ok()
+        && f.read_exact(&mut tail).is_ok()
+        && &tail == b"PAR1"
+}
+
+fn parquet_error(path: &Path, e: parquet::errors::ParquetError) -> CsvError {
+    CsvError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a readable Parquet file: {e}"),
+        ),
+    }
+}
+
+/// The text a CSV export would hold for one cell.
+fn cell_text(field: &Field) -> String {
+    match field {
+        Field::Null => String::new(),
+        Field::Bool(b) => u8::from(*b).to_string(),
+        Field::Byte(v) => v.to_string(),
+        Field::Short(v) => v.to_string(),
+        Field::Int(v) => v.to_string(),
+        Field::Long(v) => v.to_string(),
+        Field::UByte(v) => v.to_string(),
+        Field::UShort(v) => v.to_string(),
+        Field::UInt(v) => v.to_string(),
+        Field::ULong(v) => v.to_string(),
+        Field::Float(v) => v.to_string(),
+        Field::Double(v) => v.to_string(),
+        Field::Float16(v) => f32::from(*v).to_string(),
+        Field::Str(s) => s.clone(),
+        Field::Bytes(b) => String::from_utf8_lossy(b.data()).into_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// [`super::read`]'s loader loop over a Parquet file's rows.
+pub(super) fn read_table(
+    path: &Path,
+    features: &[String],
+    encoder: &mut Encoder,
+    extra: Option<&str>,
+    skip_blank_extra: bool,
+    on_bytes: &mut dyn FnMut(u64),
+    on_extra: OnExtra<'_>,
+) -> Result<Table, CsvError> {
+    let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let size = file.metadata().map_or(0, |m| m.len());
+    let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
+    let meta = reader.metadata().file_metadata();
+    let total = meta.num_rows().max(0) as u64;
+    let names: Vec<String> = meta
+        .schema_descr()
+        .root_schema()
+        .get_fields()
+        .iter()
+        .map(|f| f.name().to_string())
+        .collect();
+    if names.is_empty() {
+        return Err(CsvError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (cols, extra_col) = columns(path, &refs, features, extra)?;
+    let mut rows = Rows {
+        path,
+        features,
+        cols,
+        extra_col,
+        skip_blank_extra,
+        encoder,
+        on_extra,
+        table: Table::new(path, true),
+    };
+    let iter = reader
+        .get_row_iter(None)
+        .map_err(|e| parquet_error(path, e))?;
+    let mut cells: Vec<String> = Vec::with_capacity(names.len());
+    for row in iter {
+        let row = row.map_err(|e| parquet_error(path, e))?;
+        rows.table.read += 1;
+        let n = rows.table.read;
+        if n.is_multiple_of(PROGRESS_RECORDS) && total > 0 {
+            on_bytes(size * n / total);
+        }
+        cells.clear();
+        cells.extend(row.get_column_iter().map(|(_, f)| cell_text(f)));
+        rows.take(|i| cells[i].as_str(), n, &|| n + 1)?;
+    }
+    if rows.table.read == 0 {
+        return Err(CsvError::NoRows {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(rows.table)
+}
+
+#[cfg(test)]
+mod tests;
