@@ -276,6 +276,10 @@ pub fn run(args: &ExperimentArgs) -> anyhow::Result<Vec<Record>> {
     let started = Instant::now();
     anyhow::ensure!(args.seeds >= 1, "--seeds must be at least 1");
     anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(
+        args.min_parties != Some(0),
+        "--min-parties must be at least 1 (it is clamped to each grid point's parties)"
+    );
     let attack = parse_attack(&args.attack)?;
     let names: Vec<&str> = if args.strategies == "all" {
         NAMES.to_vec()

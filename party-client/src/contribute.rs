@@ -132,12 +132,19 @@ pub fn prepare(
         None => out,
     };
     // Before anything is signed: how much does the trained model give away about its training
-    // rows? Members: the training rows; non-members: the validation and holdout rows.
+    // rows? Members: the training rows; non-members: the rows it never saw — the validation and
+    // holdout rows, or only the holdout when early stopping chose the epoch on the validation
+    // rows (their losses would flatter the model, understating the leak).
+    let non_members = if out.early_stop.is_some() {
+        rows.holdout.clone()
+    } else {
+        rows.non_members()
+    };
     let audit = membership::audit(
         &out.result,
         spec,
         &rows.train,
-        &rows.non_members(),
+        &non_members,
         CpuBackend::default(),
     )?;
     let threshold = threshold(spec, &audit, site_max_advantage);
@@ -223,6 +230,22 @@ mod tests {
             }
             Prepared::Ready(_) => panic!("the stricter site threshold refuses it"),
         }
+    }
+
+    #[test]
+    fn with_early_stopping_the_audit_uses_only_rows_that_chose_nothing() {
+        let (mut spec, data) = wdbc();
+        spec.training.early_stopping = Some(shared_model::spec::EarlyStopping {
+            patience: 2,
+            min_delta: 0.0,
+        });
+        let rows = PlantRows::split(&spec, &data);
+        let Prepared::Ready(c) = turn(&spec, &rows, 2, None) else {
+            panic!("an honest two-epoch WDBC model passes the default gate")
+        };
+        assert!(c.update.early_stop.is_some());
+        // The validation rows picked the epoch: they are not the audit's non-members.
+        assert_eq!(c.audit.non_members, rows.holdout.len());
     }
 
     #[test]

@@ -300,6 +300,7 @@ async fn handle(
             );
             let (round, step, base_sha) = (RoundNo(a.round), StepNo(a.step), m.blob_sha256);
             // Training, evaluation, encoding and hashing are CPU work: off the async runtime.
+            let epochs = u64::from(opts.epochs);
             let mut bar = Progress::new(
                 &format!("training {} round {}", a.task, a.round),
                 u64::from(opts.epochs),
@@ -332,7 +333,7 @@ async fn handle(
                         c
                     }
                     Prepared::Withheld { reason, audit } => {
-                        bar.finish(0, "update withheld");
+                        bar.finish(epochs, "update withheld");
                         return anyhow::Ok(Err((reason, audit)));
                     }
                 };

@@ -236,12 +236,14 @@ pub fn train_observed(
             let v = data_loss_of(spec, &model, vx, vy, width, &device);
             validation_losses.push(v);
             match &best {
-                Some((b, _, _)) if v >= b - rule.min_delta => {
+                // Not an improvement (a NaN loss never is one).
+                Some((b, _, _)) if !(v < b - rule.min_delta) => {
                     let since = epoch - best.as_ref().map_or(0, |(_, e, _)| *e);
                     if since >= rule.patience {
                         break;
                     }
                 }
+                _ if v.is_nan() => {}
                 _ => best = Some((v, epoch, model.clone())),
             }
         }

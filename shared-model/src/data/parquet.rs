@@ -1,6 +1,8 @@
 //! Parquet input beside CSV: the same loader rules, row by row. Each cell is turned into the
 //! text a CSV export of it would hold — a null is a blank, a number its shortest exact decimal
-//! form, a boolean 1/0, a string itself — and handed to the same [`Rows::take`] as a CSV record,
+//! form (a double 1.0 is `1`, where pandas would write `1.0`: declare categories of a
+//! float-coded column accordingly), a boolean 1/0, a string itself, trimmed as CSV cells are —
+//! and handed to the same [`Rows::take`] as a CSV record,
 //! so declared categories, blank policies, labels and every error are the same as for CSV. An
 //! error names the row as the line it would have in such an export (row n is line n + 1, the
 //! header being line 1). Read through the `parquet` crate's row API (Apache Arrow's Rust
@@ -15,9 +17,13 @@ use super::read::{OnExtra, Rows, Table, columns};
 use super::{CsvError, PROGRESS_RECORDS};
 use crate::encoding::Encoder;
 
-/// Whether `path` is a Parquet file: it starts and ends with the `PAR1` magic.
+/// Whether `path` is a Parquet file: a regular file of at least 12 bytes (magic, footer
+/// length, magic) that starts and ends with the `PAR1` magic.
 pub(super) fn is_parquet(path: &Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};
+    if !std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() >= 12) {
+        return false;
+    }
     let Ok(mut f) = std::fs::File::open(path) else {
         return false;
     };
@@ -56,8 +62,9 @@ fn cell_text(field: &Field) -> String {
         Field::Float(v) => v.to_string(),
         Field::Double(v) => v.to_string(),
         Field::Float16(v) => f32::from(*v).to_string(),
-        Field::Str(s) => s.clone(),
-        Field::Bytes(b) => String::from_utf8_lossy(b.data()).into_owned(),
+        // Trimmed, as the CSV reader trims every cell.
+        Field::Str(s) => s.trim().to_string(),
+        Field::Bytes(b) => String::from_utf8_lossy(b.data()).trim().to_string(),
         other => other.to_string(),
     }
 }
@@ -85,7 +92,7 @@ pub(super) fn read_table(
         .root_schema()
         .get_fields()
         .iter()
-        .map(|f| f.name().to_string())
+        .map(|f| f.name().trim().to_string())
         .collect();
     if names.is_empty() {
         return Err(CsvError::Empty {
@@ -113,7 +120,7 @@ pub(super) fn read_table(
         rows.table.read += 1;
         let n = rows.table.read;
         if n.is_multiple_of(PROGRESS_RECORDS) && total > 0 {
-            on_bytes(size * n / total);
+            on_bytes((u128::from(size) * u128::from(n) / u128::from(total)) as u64);
         }
         cells.clear();
         cells.extend(row.get_column_iter().map(|(_, f)| cell_text(f)));

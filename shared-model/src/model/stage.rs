@@ -2,18 +2,20 @@
 //! network for one round's few epochs on one party's rows is the Series Network's weak point:
 //! under label skew the last party may hold one or two classes, and a fresh stage learns to
 //! answer only those — the chain collapses (macro-F1 0.2 where FedAvg reaches 0.8). So a stage
-//! starts from the chain it extends, and every stage predicts what the chain before it does
-//! until its own rows teach it otherwise:
+//! starts from the chain it extends (a warm start):
 //!
 //! - stage 0 starts from the base network (the task's initial model on the first relay);
-//! - stage 1 starts as stage 0 with zero weights on its extra inputs (the chain's output);
-//! - stage j ≥ 2 starts as stage j − 1 (the same layout and normalisation).
+//! - stage 1 starts as stage 0 with zero weights on its extra inputs (the chain's output): before
+//!   training, the two-stage chain predicts exactly what stage 0 does;
+//! - stage j ≥ 2 starts from stage j − 1's weights (the same layout and normalisation). It is not
+//!   an exact copy of the chain before it — stage j − 1 learnt to correct y_{j−2}, and stage j
+//!   first applies that correction to y_{j−1} — but it starts from what the chain has learnt,
+//!   not from nothing.
 //!
 //! The extra inputs are normalised by a rule no single party's rows can skew: probabilities
 //! (classification) are used as they are, in [0, 1]; a regression chain's values by the task's
 //! federated target scale when the spec standardises the target, else (the only choice left)
-//! by stage 1's party's statistics of them — and later stages inherit stage 1's, so a stage is
-//! exactly its predecessor before training. (With per-party statistics a party whose rows the
+//! by stage 1's party's statistics of them — and later stages inherit stage 1's. (With per-party statistics a party whose rows the
 //! chain already classifies confidently sees a near-constant output, a std of 10⁻⁴, and feeds
 //! the next stage inputs of ±1000 on any other row.)
 

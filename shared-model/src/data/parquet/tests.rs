@@ -78,7 +78,7 @@ fn a_parquet_file_loads_as_its_csv_export_does() {
     let spec = ModelSpec::parse(SPEC, "pq.toml").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let a = [Some(1.5), None, Some(-2.25), Some(1e-3)];
-    let b = [Some("x"), Some("y"), None, Some("z")];
+    let b = [Some("x"), Some(" y "), None, Some("z")];
     let y = [1, 0, 0, 1];
     let csv = dir.path().join("t.csv");
     std::fs::write(&csv, "a,b,y\n1.5,x,1\n,y,0\n-2.25,,0\n0.001,z,1\n").unwrap();
