@@ -237,7 +237,7 @@ pub fn train_observed(
             validation_losses.push(v);
             match &best {
                 // Not an improvement (a NaN loss never is one).
-                Some((b, _, _)) if !(v < b - rule.min_delta) => {
+                Some((b, _, _)) if v.is_nan() || v >= b - rule.min_delta => {
                     let since = epoch - best.as_ref().map_or(0, |(_, e, _)| *e);
                     if since >= rule.patience {
                         break;
