@@ -69,25 +69,37 @@ fn cell_text(field: &Field) -> String {
     }
 }
 
-/// [`super::read`]'s loader loop over a Parquet file's rows.
-pub(super) fn read_table(
+/// A Parquet file's column names and its rows as the text of their cells (for `spec init`'s
+/// profile).
+#[allow(clippy::type_complexity)]
+pub(super) fn text_rows(
     path: &Path,
-    features: &[String],
-    encoder: &mut Encoder,
-    extra: Option<&str>,
-    skip_blank_extra: bool,
-    on_bytes: &mut dyn FnMut(u64),
-    on_extra: OnExtra<'_>,
-) -> Result<Table, CsvError> {
+) -> Result<
+    (
+        Vec<String>,
+        Box<dyn Iterator<Item = Result<Vec<String>, CsvError>>>,
+    ),
+    CsvError,
+> {
+    let (reader, names) = open(path)?;
+    let path = path.to_path_buf();
+    let rows = reader.into_iter().map(move |row| match row {
+        Ok(row) => Ok(row.get_column_iter().map(|(_, f)| cell_text(f)).collect()),
+        Err(e) => Err(parquet_error(&path, e)),
+    });
+    Ok((names, Box::new(rows)))
+}
+
+/// The file's reader and its (trimmed) column names; an empty schema is an empty file.
+fn open(path: &Path) -> Result<(SerializedFileReader<std::fs::File>, Vec<String>), CsvError> {
     let file = std::fs::File::open(path).map_err(|source| CsvError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let size = file.metadata().map_or(0, |m| m.len());
     let reader = SerializedFileReader::new(file).map_err(|e| parquet_error(path, e))?;
-    let meta = reader.metadata().file_metadata();
-    let total = meta.num_rows().max(0) as u64;
-    let names: Vec<String> = meta
+    let names: Vec<String> = reader
+        .metadata()
+        .file_metadata()
         .schema_descr()
         .root_schema()
         .get_fields()
@@ -99,6 +111,22 @@ pub(super) fn read_table(
             path: path.to_path_buf(),
         });
     }
+    Ok((reader, names))
+}
+
+/// [`super::read`]'s loader loop over a Parquet file's rows.
+pub(super) fn read_table(
+    path: &Path,
+    features: &[String],
+    encoder: &mut Encoder,
+    extra: Option<&str>,
+    skip_blank_extra: bool,
+    on_bytes: &mut dyn FnMut(u64),
+    on_extra: OnExtra<'_>,
+) -> Result<Table, CsvError> {
+    let size = std::fs::metadata(path).map_or(0, |m| m.len());
+    let (reader, names) = open(path)?;
+    let total = reader.metadata().file_metadata().num_rows().max(0) as u64;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let (cols, extra_col) = columns(path, &refs, features, extra)?;
     let mut rows = Rows {

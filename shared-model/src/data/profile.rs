@@ -29,7 +29,7 @@ pub struct ColumnProfile {
     pub values: Option<HashMap<String, u64>>,
 }
 
-/// Every column of a CSV, and the target column's cells.
+/// Every column of a CSV or Parquet file, and the target column's cells.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Profile {
     /// Data rows.
@@ -43,6 +43,23 @@ pub struct Profile {
 /// Reads `path` once and profiles every column; `target`'s numeric cells are also kept with
 /// their lines (the column must exist).
 pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
+    if super::parquet::is_parquet(path) {
+        let (names, rows) = super::parquet::text_rows(path)?;
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut p = start(path, &refs, target)?;
+        let target_col = target.and_then(|t| refs.iter().position(|h| *h == t));
+        for (n, row) in rows.enumerate() {
+            let row = row?;
+            // Row n is named as the line it would have in a CSV export with a header.
+            take(
+                &mut p,
+                row.iter().map(String::as_str),
+                n as u64 + 2,
+                target_col,
+            );
+        }
+        return finish(path, p);
+    }
     let mut reader = reader(path)?;
     let header = without_bom(reader.headers().map_err(|e| csv_error(path, e))?);
     if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
@@ -50,33 +67,9 @@ pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
             path: path.to_path_buf(),
         });
     }
-    let target_col = match target {
-        None => None,
-        Some(t) => {
-            Some(
-                header
-                    .iter()
-                    .position(|h| h == t)
-                    .ok_or_else(|| CsvError::MissingColumn {
-                        path: path.to_path_buf(),
-                        column: t.to_string(),
-                        header: header.iter().take(20).collect::<Vec<_>>().join(", "),
-                        hint: super::delimiter_hint(&header.iter().collect::<Vec<_>>()),
-                    })?,
-            )
-        }
-    };
-    let mut p = Profile {
-        columns: header
-            .iter()
-            .map(|name| ColumnProfile {
-                name: name.to_string(),
-                values: Some(HashMap::new()),
-                ..Default::default()
-            })
-            .collect(),
-        ..Default::default()
-    };
+    let names: Vec<&str> = header.iter().collect();
+    let mut p = start(path, &names, target)?;
+    let target_col = target.and_then(|t| names.iter().position(|h| *h == t));
     let mut record = csv::StringRecord::new();
     let mut lines = LineCounter::open(path)?;
     while reader
@@ -92,38 +85,82 @@ pub fn profile(path: &Path, target: Option<&str>) -> Result<Profile, CsvError> {
                 found: record.len(),
             });
         }
-        p.rows += 1;
-        for (j, cell) in record.iter().enumerate() {
-            let c = &mut p.columns[j];
-            if MISSING_TOKENS.contains(&cell) {
-                c.blank += 1;
-                continue;
-            }
-            match cell.parse::<f64>() {
-                Ok(v) if v.is_finite() => {
-                    c.numeric += 1;
-                    if Some(j) == target_col {
-                        p.target_numbers.push((line, v));
-                    }
+        take(&mut p, record.iter(), line, target_col);
+    }
+    finish(path, p)
+}
+
+/// An empty profile of columns `names`; `target` must be one of them.
+fn start(path: &Path, names: &[&str], target: Option<&str>) -> Result<Profile, CsvError> {
+    if let Some(t) = target
+        && !names.contains(&t)
+    {
+        return Err(CsvError::MissingColumn {
+            path: path.to_path_buf(),
+            column: t.to_string(),
+            header: names
+                .iter()
+                .take(20)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", "),
+            hint: super::delimiter_hint(names),
+        });
+    }
+    Ok(Profile {
+        columns: names
+            .iter()
+            .map(|name| ColumnProfile {
+                name: name.to_string(),
+                values: Some(HashMap::new()),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
+
+/// One row's cells, in column order.
+fn take<'c>(
+    p: &mut Profile,
+    cells: impl Iterator<Item = &'c str>,
+    line: u64,
+    target_col: Option<usize>,
+) {
+    p.rows += 1;
+    for (j, cell) in cells.enumerate() {
+        let c = &mut p.columns[j];
+        if MISSING_TOKENS.contains(&cell) {
+            c.blank += 1;
+            continue;
+        }
+        match cell.parse::<f64>() {
+            Ok(v) if v.is_finite() => {
+                c.numeric += 1;
+                if Some(j) == target_col {
+                    p.target_numbers.push((line, v));
                 }
-                _ => {
-                    c.text += 1;
-                    if c.text_lines.len() < 5 {
-                        c.text_lines.push((line, cell.to_string()));
-                    }
-                }
             }
-            if let Some(values) = &mut c.values {
-                if let Some(n) = values.get_mut(cell) {
-                    *n += 1;
-                } else if values.len() < MAX_DISTINCT {
-                    values.insert(cell.to_string(), 1);
-                } else {
-                    c.values = None;
+            _ => {
+                c.text += 1;
+                if c.text_lines.len() < 5 {
+                    c.text_lines.push((line, cell.to_string()));
                 }
             }
         }
+        if let Some(values) = &mut c.values {
+            if let Some(n) = values.get_mut(cell) {
+                *n += 1;
+            } else if values.len() < MAX_DISTINCT {
+                values.insert(cell.to_string(), 1);
+            } else {
+                c.values = None;
+            }
+        }
     }
+}
+
+fn finish(path: &Path, p: Profile) -> Result<Profile, CsvError> {
     if p.rows == 0 {
         return Err(CsvError::NoRows {
             path: path.to_path_buf(),

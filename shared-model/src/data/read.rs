@@ -535,14 +535,14 @@ pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
 pub(super) fn reader(
     path: &Path,
 ) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
-    // Loading, evaluating and predicting read Parquet; what reads text records (spec init's
-    // profile, data split's record copies) does not.
+    // Loading, evaluating, predicting and spec init's profile read Parquet; what copies text
+    // records (data split) does not.
     if super::parquet::is_parquet(path) {
         return Err(CsvError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "a Parquet file: this command reads CSV (training, evaluation and prediction read Parquet too); export it as CSV",
+                "a Parquet file: this command reads CSV (training, evaluation, prediction and spec init read Parquet too); export it as CSV",
             ),
         });
     }

@@ -104,6 +104,11 @@ fn a_parquet_file_loads_as_its_csv_export_does() {
         let (table, _) = read_encoded(&pq, &spec, true, Some("y")).unwrap();
         assert_eq!(table.targets, ["1", "0", "0", "1"]);
         assert_eq!(table.line(2), 4, "row 3 is line 4 of its CSV export");
+        // spec init's profile sees the same columns, counts, values and lines.
+        assert_eq!(
+            crate::data::profile(&pq, Some("y")).unwrap(),
+            crate::data::profile(&csv, Some("y")).unwrap()
+        );
         // What reads CSV records only says so.
         let e = crate::data::header(&pq).unwrap_err().to_string();
         assert!(e.contains("a Parquet file: this command reads CSV"), "{e}");
