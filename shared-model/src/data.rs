@@ -335,6 +335,7 @@ pub struct Split {
 mod parquet;
 mod profile;
 mod read;
+mod rows;
 
 pub use profile::{ColumnProfile, MAX_DISTINCT, Profile, profile};
 

@@ -13,7 +13,8 @@ use std::path::Path;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::Field;
 
-use super::read::{OnExtra, Rows, Table, columns};
+use super::read::Table;
+use super::rows::{OnExtra, Rows};
 use super::{CsvError, PROGRESS_RECORDS};
 use crate::encoding::Encoder;
 
@@ -128,17 +129,16 @@ pub(super) fn read_table(
     let (reader, names) = open(path)?;
     let total = reader.metadata().file_metadata().num_rows().max(0) as u64;
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    let (cols, extra_col) = columns(path, &refs, features, extra)?;
-    let mut rows = Rows {
+    let mut rows = Rows::new(
         path,
+        &refs,
         features,
-        cols,
-        extra_col,
+        extra,
         skip_blank_extra,
         encoder,
         on_extra,
-        table: Table::new(path, true),
-    };
+        true,
+    )?;
     let iter = reader
         .get_row_iter(None)
         .map_err(|e| parquet_error(path, e))?;

@@ -95,17 +95,7 @@ fn start(path: &Path, names: &[&str], target: Option<&str>) -> Result<Profile, C
     if let Some(t) = target
         && !names.contains(&t)
     {
-        return Err(CsvError::MissingColumn {
-            path: path.to_path_buf(),
-            column: t.to_string(),
-            header: names
-                .iter()
-                .take(20)
-                .copied()
-                .collect::<Vec<_>>()
-                .join(", "),
-            hint: super::delimiter_hint(names),
-        });
+        return Err(super::rows::missing_column(path, t, names));
     }
     Ok(Profile {
         columns: names

@@ -5,8 +5,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::rows::{OnExtra, Rows};
 use super::{CsvError, Dataset};
-use crate::encoding::{CellFault, Counts, Encoder, MISSING_TOKENS, Row};
+use crate::encoding::{Counts, Encoder};
 use crate::spec::{ModelSpec, TaskKind};
 
 /// What loading left out or filled in, for the site's log and the operator's report.
@@ -315,17 +316,16 @@ fn read_table(
         return Err(CsvError::Empty { path: p() });
     }
     let names: Vec<&str> = header.iter().collect();
-    let (cols, extra_col) = columns(path, &names, features, extra)?;
-    let mut rows = Rows {
+    let mut rows = Rows::new(
         path,
+        &names,
         features,
-        cols,
-        extra_col,
+        extra,
         skip_blank_extra,
         encoder,
         on_extra,
-        table: Table::new(path, false),
-    };
+        false,
+    )?;
     let mut record = csv::StringRecord::new();
     loop {
         match reader.read_record(&mut record) {
@@ -356,118 +356,6 @@ fn read_table(
         return Err(CsvError::NoRows { path: p() });
     }
     Ok(table)
-}
-
-/// What the loader does with a kept row's extra column: its text and the row's line (lazily).
-pub(super) type OnExtra<'a> = &'a mut dyn FnMut(&str, &dyn Fn() -> u64) -> Result<(), CsvError>;
-
-/// The input columns of `features` and of `extra` among a file's column `names`, each missing
-/// one named with the header (and a delimiter hint).
-pub(super) fn columns(
-    path: &Path,
-    names: &[&str],
-    features: &[String],
-    extra: Option<&str>,
-) -> Result<(Vec<usize>, Option<usize>), CsvError> {
-    let mut index: HashMap<&str, usize> = HashMap::new();
-    for (i, name) in names.iter().enumerate() {
-        if index.insert(name, i).is_some() {
-            return Err(CsvError::DuplicateColumn {
-                path: path.to_path_buf(),
-                column: name.to_string(),
-            });
-        }
-    }
-    let find = |column: &str| {
-        index
-            .get(column)
-            .copied()
-            .ok_or_else(|| CsvError::MissingColumn {
-                path: path.to_path_buf(),
-                column: column.to_string(),
-                header: names
-                    .iter()
-                    .take(20)
-                    .copied()
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                hint: delimiter_hint(names),
-            })
-    };
-    let cols: Vec<usize> = features.iter().map(|f| find(f)).collect::<Result<_, _>>()?;
-    let extra_col = extra.map(find).transpose()?;
-    Ok((cols, extra_col))
-}
-
-/// The rows being read: each source (CSV records, Parquet rows) hands every row to
-/// [`Rows::take`], so blanks, encoding faults and their errors are the same whatever the file.
-pub(super) struct Rows<'a> {
-    pub(super) path: &'a Path,
-    pub(super) features: &'a [String],
-    pub(super) cols: Vec<usize>,
-    pub(super) extra_col: Option<usize>,
-    pub(super) skip_blank_extra: bool,
-    pub(super) encoder: &'a mut Encoder,
-    pub(super) on_extra: OnExtra<'a>,
-    pub(super) table: Table,
-}
-
-impl Rows<'_> {
-    /// One row: `cell(i)` is the text of the file's column i, `pos` where the row starts (a
-    /// byte offset in a CSV, the 1-based row number in Parquet), `line()` the line to name.
-    pub(super) fn take<'r>(
-        &mut self,
-        cell: impl Fn(usize) -> &'r str,
-        pos: u64,
-        line: &dyn Fn() -> u64,
-    ) -> Result<(), CsvError> {
-        let p = || self.path.to_path_buf();
-        if let Some(c) = self.extra_col
-            && self.skip_blank_extra
-            && MISSING_TOKENS.contains(&cell(c))
-        {
-            self.table.blank_extra += 1;
-            return Ok(());
-        }
-        let cols = &self.cols;
-        match self
-            .encoder
-            .encode_with(|j| cell(cols[j]), &mut self.table.features)
-        {
-            Ok(Row::Kept) => {}
-            Ok(Row::Dropped(_)) => return Ok(()),
-            Err((j, fault)) => {
-                let column = self.features[j].clone();
-                return Err(match fault {
-                    CellFault::Blank => CsvError::Blank {
-                        path: p(),
-                        line: line(),
-                        column,
-                    },
-                    CellFault::NotFinite(value) => CsvError::NotFinite {
-                        path: p(),
-                        line: line(),
-                        column,
-                        value,
-                    },
-                    CellFault::NotNumeric(value) => CsvError::NotNumeric {
-                        path: p(),
-                        line: line(),
-                        hint: format!(
-                            " (a column of names or codes is declared categorical: [task.columns.{column:?}] categories = [...])"
-                        ),
-                        column,
-                        value,
-                    },
-                });
-            }
-        }
-        if let Some(c) = self.extra_col {
-            (self.on_extra)(cell(c), line)?;
-        }
-        self.table.offsets.push(pos);
-        Ok(())
-    }
 }
 
 /// Copies whole records of `source` (each named by the byte offset it starts at, as in
