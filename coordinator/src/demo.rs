@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use party_client::contribute::PlantRows;
 use serde::Serialize;
-use shared_model::blob::BlobRole;
+use shared_model::blob::{self, BlobRole};
 use shared_model::data::{Dataset, SplitFractions, load};
+use shared_model::discovery;
 use shared_model::eval::{Metrics, evaluate};
-use shared_model::model::Model;
+use shared_model::model::{Model, model_limits};
 use shared_model::network::CpuBackend;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
-use shared_model::stats::{FeatureSums, Normalization};
+use shared_model::stats::Normalization;
 use shared_model::strategy::{StrategyConfig, options_for};
 use shared_model::train::{TrainOptions, train};
 use shared_model::weights::Weights;
@@ -57,6 +58,10 @@ pub struct DemoArgs {
     /// What --target is, when its values leave it open (inferred otherwise, and said).
     #[arg(long, value_enum, requires = "target")]
     pub kind: Option<crate::experiment::infer::Kind>,
+    /// With --target (or --data plant): text columns' vocabularies are found in the
+    /// statistics step from the plants' counts (`discover`), not written into the spec.
+    #[arg(long)]
+    pub discover: bool,
     /// How rows are dealt to plants: iid, dirichlet:ALPHA, quantity:ALPHA, shift:FEATURE.
     #[arg(long, default_value = "iid")]
     pub partition: String,
@@ -113,12 +118,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
                 target.column()
             ));
             (
-                crate::experiment::derive_spec(&p, target.column(), args.kind)?,
+                crate::experiment::derive_spec(&p, target.column(), args.kind, args.discover)?,
                 p,
             )
         }
         (Some(d), Some(s), _) => (ModelSpec::from_file(s)?, d.clone()),
-        (Some(d), None, Some(t)) => (crate::experiment::derive_spec(d, t, args.kind)?, d.clone()),
+        (Some(d), None, Some(t)) => (
+            crate::experiment::derive_spec(d, t, args.kind, args.discover)?,
+            d.clone(),
+        ),
         (Some(d), None, None) => {
             anyhow::bail!("--data {} needs --spec or --target", d.display())
         }
@@ -156,6 +164,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     if !loaded.is_clean() {
         progress(&format!("{}: {loaded}", data_path.display()));
     }
+    // A spec that discovers vocabularies: the plants find them live; the baselines and the
+    // evaluation here hold the rows with one slot per value the file has (`discovery`), and
+    // encode them as each model's vocabularies say.
+    let wide = discovery::wide_spec(&spec, &loaded.counts.seen);
+    let all = if spec.discovers() {
+        load(&data_path, &wide)?.0
+    } else {
+        all
+    };
     let [pool_idx, _, holdout_idx] = all.split_indices(
         spec.task.kind,
         SplitFractions {
@@ -165,7 +182,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
         args.seed,
     );
     let (pool, holdout) = (all.subset(&pool_idx), all.subset(&holdout_idx));
-    let parts = partition(&pool, &spec, &how, args.parties, 10, args.seed)?;
+    let parts = partition(&pool, &wide, &how, args.parties, 10, args.seed)?;
     let slices: Vec<Dataset> = parts.iter().map(|idx| pool.subset(idx)).collect();
     // Each plant's file holds its rows exactly as the source wrote them (names, blanks and all).
     let records: Vec<Vec<u64>> = parts
@@ -253,17 +270,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
             progress(&format!("{strategy}: {why}"));
         }
         let (_, bytes, _) = op.pull(&task, 0, &fed.coordinator_key).await?;
-        let model = Model::decode(&bytes, &spec, BlobRole::Merged)?;
-        let metrics = model.evaluate(&spec, &holdout, CpuBackend::default());
+        let task_spec = blob::spec_for(&bytes, &spec, model_limits(&spec))?;
+        let model = Model::decode(&bytes, &task_spec, BlobRole::Merged)?;
+        let metrics = model.evaluate(
+            &task_spec,
+            &discovery::recode(&wide, &task_spec, &holdout),
+            CpuBackend::default(),
+        );
         // Blob bytes over the network: every invited plant downloads the round's base model and
         // uploads one network; every plant downloads each published model to evaluate it.
         let network = Weights::initial(&spec, &Normalization::identity(spec.input_width()));
         let mut base_len = Model::Single(network.clone())
-            .encode(spec.id(), BlobRole::Initial)
+            .encode(&spec, BlobRole::Initial)
             .len() as u64;
-        let update_len = Model::Single(network)
-            .encode(spec.id(), BlobRole::Update)
-            .len() as u64;
+        let update_len = Model::Single(network).encode(&spec, BlobRole::Update).len() as u64;
         let mut blob_bytes = 0u64;
         for r in &rounds {
             let invited = r.parties.len() as u64;
@@ -307,13 +327,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     };
     let mut local = Vec::new();
     for plant in &plants {
-        let norm = FeatureSums::of_dataset(&spec, &plant.train).normalization_for(&spec)?;
-        let o = opts(plant.validation.clone());
-        let out = train(&spec, &Weights::initial(&spec, &norm), &plant.train, &o)?;
+        let all_rows = [&plant.train, &plant.validation, &plant.holdout];
+        let (s, norm) = discovery::fix_alone(&wide, &spec, &plant.train, &all_rows)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let o = opts(discovery::recode(&wide, &s, &plant.validation));
+        let train_rows = discovery::recode(&wide, &s, &plant.train);
+        let out = train(&s, &Weights::initial(&s, &norm), &train_rows, &o)?;
+        let holdout_s = discovery::recode(&wide, &s, &holdout);
         local.push(evaluate(
-            &spec,
+            &s,
             &out.weights,
-            &holdout,
+            &holdout_s,
             CpuBackend::default(),
         ));
     }
@@ -327,13 +351,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     });
     let t0 = Instant::now();
     let pooled = Dataset::concat(plants.iter().map(|p| &p.train));
-    let norm = FeatureSums::of_dataset(&spec, &pooled).normalization_for(&spec)?;
-    let opts = opts(Dataset::concat(plants.iter().map(|p| &p.validation)));
-    let out = train(&spec, &Weights::initial(&spec, &norm), &pooled, &opts)?;
+    let every_row: Vec<&Dataset> = plants
+        .iter()
+        .flat_map(|p| [&p.train, &p.validation, &p.holdout])
+        .collect();
+    let (s, norm) =
+        discovery::fix_alone(&wide, &spec, &pooled, &every_row).map_err(|e| anyhow::anyhow!(e))?;
+    let validation = Dataset::concat(plants.iter().map(|p| &p.validation));
+    let opts = opts(discovery::recode(&wide, &s, &validation));
+    let pooled = discovery::recode(&wide, &s, &pooled);
+    let out = train(&s, &Weights::initial(&s, &norm), &pooled, &opts)?;
+    let holdout_s = discovery::recode(&wide, &s, &holdout);
     rows.push(Row {
         name: "data-sharing (simulation only)".into(),
         rounds: 0,
-        metrics: evaluate(&spec, &out.weights, &holdout, CpuBackend::default()),
+        metrics: evaluate(&s, &out.weights, &holdout_s, CpuBackend::default()),
         blob_bytes: 0,
         seconds: t0.elapsed().as_secs_f64(),
         failed: None,

@@ -64,6 +64,10 @@ pub struct ExperimentArgs {
     /// What --target is, when its values leave it open (inferred otherwise, and said).
     #[arg(long, value_enum, requires = "target")]
     pub kind: Option<infer::Kind>,
+    /// With --target (or --data plant): text columns' vocabularies are found in the
+    /// statistics step from the plants' counts (`discover`), not written into the spec.
+    #[arg(long)]
+    pub discover: bool,
     /// Number of parties.
     #[arg(long, default_value_t = 3)]
     pub parties: usize,
@@ -178,7 +182,7 @@ fn run_strategy(
     while let Some(open) = sim.open_next()? {
         let pass = (opened / per_pass) as u64 + 1;
         let base = sim.model().clone();
-        let base_bytes = base.encode(s.spec.id(), BlobRole::Merged);
+        let base_bytes = base.encode(&s.spec, BlobRole::Merged);
         let mut updates = Vec::with_capacity(open.invited.len());
         for party in &open.invited {
             let i = index(party.as_str());
@@ -218,7 +222,7 @@ fn run_strategy(
         if opened.is_multiple_of(per_pass) {
             // Every party downloads the published model to evaluate it.
             let model = sim.model();
-            bytes += names.len() as u64 * model.encode(s.spec.id(), BlobRole::Merged).len() as u64;
+            bytes += names.len() as u64 * model.encode(&s.spec, BlobRole::Merged).len() as u64;
             let m = model.evaluate(&s.spec, &s.holdout, CpuBackend::default());
             per_round.push(m.headline().1);
         }
@@ -430,6 +434,7 @@ mod tests {
             spec: None,
             target: None,
             kind: None,
+            discover: false,
             parties: 3,
             partition: "iid".into(),
             strategies: "all".into(),

@@ -76,7 +76,7 @@ impl SimFederation {
             limits,
         })?;
         let model = Model::Single(initial);
-        let sha = Sha256::of(&model.encode(spec.id(), BlobRole::Initial));
+        let sha = Sha256::of(&model.encode(spec, BlobRole::Initial));
         fed.apply(&Transition::FixNormalization {
             task: task.clone(),
             normalization_json: String::new(),
@@ -291,7 +291,7 @@ impl SimFederation {
                 {
                     Ok(m) => {
                         let version = entry.latest().map_or(0, |m| m.version.0) + 1;
-                        let sha = Sha256::of(&m.encode(self.spec.id(), BlobRole::Merged));
+                        let sha = Sha256::of(&m.encode(&self.spec, BlobRole::Merged));
                         self.model = m;
                         closing.publish(published(version, round.0, sha))
                     }
@@ -406,10 +406,7 @@ mod tests {
                 let opts = cfg.train_options(&spec, open.step.0 as usize, 7 + open.round.0);
                 let out =
                     local_update(&spec, strategy, party.as_str(), &base, &data[i], &opts).unwrap();
-                let meta = BlobMeta {
-                    spec_id: spec.id(),
-                    role: BlobRole::Update,
-                };
+                let meta = BlobMeta::new(&spec, BlobRole::Update);
                 let bytes = encode(&out.weights, &meta);
                 let env = SignedUpdate::for_blob(
                     task.clone(),
@@ -455,7 +452,7 @@ mod tests {
                 .close(open.round, updates, &mut shared_model::dp::seeded_rng(1))
                 .unwrap()
                 .expect("the round publishes")
-                .encode(spec.id(), BlobRole::Merged);
+                .encode(&spec, BlobRole::Merged);
             let (manifest, live) = engine.model("t", None).unwrap();
             assert!(!manifest.bytes.is_empty());
             assert!(

@@ -40,6 +40,7 @@ pub fn infer_spec(
     target: &str,
     kind: Option<Kind>,
     min_count: u64,
+    discover: bool,
 ) -> anyhow::Result<Inferred> {
     let p = profile(path, Some(target))?;
     let shown = path.display();
@@ -47,7 +48,7 @@ pub fn infer_spec(
     let mut features = Vec::new();
     let mut columns = String::new();
     for c in p.columns.iter().filter(|c| c.name != target) {
-        if let Some(text) = feature(c, p.rows, min_count, &mut said)
+        if let Some(text) = feature(c, p.rows, min_count, discover, &mut said)
             .with_context(|| format!("{shown}: column {:?}", c.name))?
         {
             features.push(c.name.clone());
@@ -124,6 +125,7 @@ fn feature(
     c: &ColumnProfile,
     rows: u64,
     min_count: u64,
+    discover: bool,
     said: &mut Vec<String>,
 ) -> anyhow::Result<Option<String>> {
     let name = &c.name;
@@ -166,6 +168,26 @@ fn feature(
         ));
         return Ok(None);
     };
+    if discover {
+        let slots = (2 * values.len()).clamp(8, MAX_INFERRED_CATEGORIES * 2);
+        let blank_policy = if c.blank > 0 {
+            ", blanks count as \"other\""
+        } else {
+            ""
+        };
+        said.push(format!(
+            "{name:?}: {} names here{blanks} → categorical, its vocabulary found in the statistics step ({slots} slots; a name is kept when {min_count} rows across the plants hold it{blank_policy}); no name is written into the spec",
+            values.len()
+        ));
+        let mut text = format!(
+            "\n[task.columns.{}]\ndiscover = {slots}\nmin_count = {min_count}\n",
+            toml_str(name)
+        );
+        if c.blank > 0 {
+            text += "missing = \"other\"\n";
+        }
+        return Ok(Some(text));
+    }
     let mut kept: Vec<(&String, u64)> = values
         .iter()
         .filter(|(_, n)| **n >= min_count)

@@ -181,7 +181,12 @@ pub struct VerifyArgs {
 impl VerifyArgs {
     /// Loads the model — verified against its manifest when one is given, saying what was
     /// checked on stderr — decoding exactly the bytes that were checked.
-    fn load(&self, spec: &ModelSpec, model: &std::path::Path) -> anyhow::Result<Model> {
+    /// The model and the spec it follows ([`crate::inference::load_model`]).
+    fn load(
+        &self,
+        spec: &ModelSpec,
+        model: &std::path::Path,
+    ) -> anyhow::Result<(ModelSpec, Model)> {
         let (Some(manifest), Some(key)) = (&self.manifest, &self.coordinator_key) else {
             eprintln!(
                 "note: {} used without a manifest: its origin is not checked (give --manifest and --coordinator-key)",
@@ -365,7 +370,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             out,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
-            let m = verify.load(&spec, &model)?;
+            let (spec, m) = verify.load(&spec, &model)?;
             let n = crate::inference::predict_csv(&spec, &m, &data, id_column.as_deref(), &out)?;
             println!(
                 "{n} rows predicted with a {} model of spec {} → {}",
@@ -382,7 +387,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             json,
         } => {
             let spec = ModelSpec::from_file(&spec)?;
-            let m = verify.load(&spec, &model)?;
+            let (spec, m) = verify.load(&spec, &model)?;
             let metrics = crate::inference::evaluate_csv(&spec, &m, &data)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&metrics)?);
@@ -418,7 +423,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             let spec = ModelSpec::from_file(&spec)?;
             let run = train_local(&spec, &data, epochs, split_seed)?;
             if let Some(path) = &out {
-                write_blob(path, &spec, &run.weights)?;
+                write_blob(path, &run.spec, &run.weights)?;
             }
             if json {
                 let v = serde_json::json!({

@@ -4,8 +4,10 @@
 //! no rollback, blob hash), train locally with burn, clip (and in local mode noise) the update
 //! when the task has differential privacy, evaluate on the local holdout, sign and upload the
 //! blob. Evaluation: verify the published model the same way and report statistics.
-//! Only feature sums, signed blobs and metric statistics leave the site.
+//! Only feature sums (with, for a spec's `discover` columns, how many rows hold each value,
+//! unless the site's policy withholds them), signed blobs and metric statistics leave the site.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -16,7 +18,7 @@ use shared_model::dp;
 use shared_model::eval::MetricStats;
 use shared_model::ids::{ModelVersion, RoundNo, Sha256, StepNo, TaskId};
 use shared_model::manifest::Manifest;
-use shared_model::model::{Model, max_model_blob_bytes};
+use shared_model::model::{Model, max_model_blob_bytes, model_limits};
 use shared_model::network::CpuBackend;
 use shared_model::spec::ModelSpec;
 use shared_model::stats::FeatureSums;
@@ -130,7 +132,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// The site's rows, split deterministically by the spec's seed: training rows, validation rows
 /// and holdout rows ([`PlantRows::split`]).
-fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<PlantRows> {
+///
+/// Also returns the rows holding each value of the spec's `discover` columns (by feature index),
+/// what the statistics step reports.
+fn local_data(
+    config: &Config,
+    spec: &ModelSpec,
+) -> anyhow::Result<(PlantRows, Vec<BTreeMap<String, u64>>)> {
     let size = std::fs::metadata(&config.data).map_or(0, |m| m.len());
     let mut progress = Progress::new(&format!("loading {}", config.data.display()), size, "bytes");
     let (ds, report) = load_observed(&config.data, spec, &mut |byte| progress.set(byte, ""))?;
@@ -144,7 +152,16 @@ fn local_data(config: &Config, spec: &ModelSpec) -> anyhow::Result<PlantRows> {
         "{}: no training rows after the split",
         config.data.display()
     );
-    Ok(rows)
+    Ok((rows, report.counts.seen))
+}
+
+/// The site's rows encoded as `spec` says, loaded off the async runtime.
+async fn load_rows(
+    config: &Config,
+    spec: &ModelSpec,
+) -> anyhow::Result<(PlantRows, Vec<BTreeMap<String, u64>>)> {
+    let (cfg, spec) = (config.clone(), spec.clone());
+    tokio::task::spawn_blocking(move || local_data(&cfg, &spec)).await?
 }
 
 /// A per-party, per-round training seed derived from the spec's seed.
@@ -161,7 +178,7 @@ async fn fetch_model(
     spec: &ModelSpec,
     task: &str,
     version: u64,
-) -> anyhow::Result<(Manifest, Model)> {
+) -> anyhow::Result<(Manifest, Model, ModelSpec)> {
     let (signed, bytes) = c
         .download(task, version, max_model_blob_bytes(spec))
         .await?;
@@ -179,9 +196,37 @@ async fn fetch_model(
     } else {
         BlobRole::Merged
     };
-    let model = Model::decode(&bytes, spec, role)
+    // The vocabularies the statistics step found travel in the task's models.
+    let spec = blob::spec_for(&bytes, spec, model_limits(spec))
         .with_context(|| format!("model version {version} of {task}"))?;
-    Ok((m, model))
+    let model = Model::decode(&bytes, &spec, role)
+        .with_context(|| format!("model version {version} of {task}"))?;
+    Ok((m, model, spec))
+}
+
+/// The site's rows encoded with the vocabularies the task's model carries, when its spec
+/// discovers some (the rows loaded before knowing them counted every value as "other");
+/// `None` when they no longer load (the work is declined, naming the fault).
+async fn reload_for(
+    c: &mut PartyClient,
+    config: &Config,
+    (id, task, round): (&str, &str, u64),
+    spec: &ModelSpec,
+    rows: PlantRows,
+) -> anyhow::Result<Option<PlantRows>> {
+    if !spec.discovers() {
+        return Ok(Some(rows));
+    }
+    drop(rows);
+    match load_rows(config, spec).await {
+        Ok((rows, _)) => Ok(Some(rows)),
+        Err(e) => {
+            let reason = crate::dataerror::reason(&config.data, &e);
+            tracing::error!(task = %task, round, assignment = %id, error = %format!("{e:#}"), "the site's data does not load for this task: declining the work");
+            c.decline(id, &reason).await?;
+            Ok(None)
+        }
+    }
 }
 
 async fn handle(
@@ -223,9 +268,8 @@ async fn handle(
         c.decline(&a.id, &reason).await?;
         return Ok(());
     }
-    let (cfg, spec2) = (config.clone(), spec.clone());
-    let loaded = tokio::task::spawn_blocking(move || local_data(&cfg, &spec2)).await?;
-    let rows = match loaded {
+    let loaded = load_rows(config, &spec).await;
+    let (rows, seen) = match loaded {
         Ok(rows) => rows,
         Err(e) => {
             // Declined, not retried: the operator sees where the data is wrong (not its
@@ -238,7 +282,14 @@ async fn handle(
     };
     match a.work {
         Work::Stats => {
-            let sums = FeatureSums::of_dataset(&spec, &rows.train);
+            let mut sums = FeatureSums::of_dataset(&spec, &rows.train);
+            if spec.discovers() {
+                if config.policy.withhold_category_names {
+                    tracing::info!(task = %a.task, "policy.share_category_names = false: reporting no category names");
+                } else {
+                    sums = sums.with_categories(&spec, &seen);
+                }
+            }
             tracing::info!(task = %a.task, rows = sums.count, "reporting feature sums");
             c.submit_sums(&a.id, &sums).await?;
         }
@@ -262,22 +313,24 @@ async fn handle(
                 c.decline(&a.id, &reason).await?;
                 return Ok(());
             }
-            let (m, base) = match fetch_model(c, config, state, &spec, &a.task, base_version).await
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    let reason = format!("base model refused: {e:#}");
-                    tracing::warn!(task = %a.task, round = a.round, %reason);
-                    c.decline(&a.id, &reason).await?;
-                    return Err(e);
-                }
-            };
+            let (m, base, spec) =
+                match fetch_model(c, config, state, &spec, &a.task, base_version).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let reason = format!("base model refused: {e:#}");
+                        tracing::warn!(task = %a.task, round = a.round, %reason);
+                        c.decline(&a.id, &reason).await?;
+                        return Err(e);
+                    }
+                };
             anyhow::ensure!(
                 m.blob_sha256 == digest(&base_sha256)?,
                 "the assignment names base {base_sha256}, the manifest {}",
                 m.blob_sha256
             );
             state.accept(&a.task, base_version)?;
+            let rows = reload_for(c, config, (&a.id, &a.task, a.round), &spec, rows).await?;
+            let Some(rows) = rows else { return Ok(()) };
             let mut opts =
                 TrainOptions::from_spec(&spec, train_seed(&spec, config.name.as_str(), a.round));
             if fedprox_mu > 0.0 {
@@ -339,10 +392,7 @@ async fn handle(
                 };
                 let bytes = blob::encode(
                     &c.update.weights,
-                    &BlobMeta {
-                        spec_id: spec2.id(),
-                        role: BlobRole::Update,
-                    },
+                    &BlobMeta::new(&spec2, BlobRole::Update),
                 );
                 let env = SignedUpdate::for_blob(
                     task_id,
@@ -398,16 +448,21 @@ async fn handle(
             tracing::info!(task = %a.task, round = a.round, blob = %sha.short(), ?ack, local_metric = name, value = v, "update uploaded");
         }
         Work::Evaluate { version } => {
-            let (_, model) = match fetch_model(c, config, state, &spec, &a.task, version).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let reason = format!("published model refused: {e:#}");
-                    tracing::warn!(task = %a.task, version, %reason);
-                    c.decline(&a.id, &reason).await?;
-                    return Err(e);
-                }
-            };
+            let (_, model, spec) =
+                match fetch_model(c, config, state, &spec, &a.task, version).await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        let reason = format!("published model refused: {e:#}");
+                        tracing::warn!(task = %a.task, version, %reason);
+                        c.decline(&a.id, &reason).await?;
+                        return Err(e);
+                    }
+                };
             state.accept(&a.task, version)?;
+            let Some(rows) = reload_for(c, config, (&a.id, &a.task, a.round), &spec, rows).await?
+            else {
+                return Ok(());
+            };
             let spec2 = spec.clone();
             let stats = tokio::task::spawn_blocking(move || {
                 model.evaluate_stats(&spec2, &rows.holdout, CpuBackend::default())

@@ -277,6 +277,15 @@ impl PartyClient {
                 sum: sums.sum.clone(),
                 sum_sq: sums.sum_sq.clone(),
                 present: sums.present.clone(),
+                categories: sums
+                    .categories
+                    .iter()
+                    .map(|(column, counts)| pb::CategoryCounts {
+                        column: column.clone(),
+                        names: counts.keys().cloned().collect(),
+                        counts: counts.values().copied().collect(),
+                    })
+                    .collect(),
             }),
         };
         let req = self.req(msg, "SubmitFeatureSums");

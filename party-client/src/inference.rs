@@ -16,8 +16,9 @@ use shared_model::model::Model;
 use shared_model::network::CpuBackend;
 use shared_model::spec::{ModelSpec, TaskKind};
 
-/// Reads and strictly decodes a model blob of `spec` (any kind, any role).
-pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Model> {
+/// Reads and strictly decodes a model blob of `spec` (any kind, any role). Returns the spec the
+/// model follows — `spec` with the vocabularies its task found, when it discovers some — with it.
+pub fn load_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<(ModelSpec, Model)> {
     decode_model(spec, path, &read_model(spec, path)?)
 }
 
@@ -36,12 +37,25 @@ pub fn read_model(spec: &ModelSpec, path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading {}", path.display()))
 }
 
-/// Strictly decodes model bytes read from `path` (named in errors).
-pub fn decode_model(spec: &ModelSpec, path: &Path, bytes: &[u8]) -> anyhow::Result<Model> {
+/// Strictly decodes model bytes read from `path` (named in errors), with the spec they follow
+/// ([`load_model`]).
+pub fn decode_model(
+    spec: &ModelSpec,
+    path: &Path,
+    bytes: &[u8],
+) -> anyhow::Result<(ModelSpec, Model)> {
+    let spec = shared_model::blob::spec_for(bytes, spec, shared_model::model::model_limits(spec))
+        .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: not a model of spec {}: {e}",
+            path.display(),
+            spec.id().0.short()
+        )
+    })?;
     let mut first_error = None;
     for role in [BlobRole::Merged, BlobRole::Update, BlobRole::Initial] {
-        match Model::decode(bytes, spec, role) {
-            Ok(m) => return Ok(m),
+        match Model::decode(bytes, &spec, role) {
+            Ok(m) => return Ok((spec, m)),
             Err(e) => {
                 first_error.get_or_insert(e);
             }

@@ -19,6 +19,8 @@ use crate::progress::Progress;
 /// What a local run produced.
 #[derive(Debug)]
 pub struct LocalRun {
+    /// The spec the model follows (with the vocabularies found, when it discovers some).
+    pub spec: ModelSpec,
     /// The trained model.
     pub weights: Weights,
     /// Metrics on the site's holdout.
@@ -31,24 +33,37 @@ pub struct LocalRun {
     pub early_stop: Option<EarlyStop>,
 }
 
-/// Trains the spec on a CSV with the site's own normalisation.
+/// Trains the spec on a CSV with the site's own normalisation (and, for `discover` columns,
+/// the vocabulary of the site's own rows, found by the federation's rule).
 pub fn train_local(
     spec: &ModelSpec,
     data: &Path,
     epochs: Option<u32>,
     split_seed: u64,
 ) -> anyhow::Result<LocalRun> {
-    let size = std::fs::metadata(data).map_or(0, |m| m.len());
-    let mut progress = Progress::new(&format!("loading {}", data.display()), size, "bytes");
-    let (ds, report) = load_observed(data, spec, &mut |byte| progress.set(byte, ""))?;
-    progress.finish(size, &format!("{} rows", ds.len()));
-    if !report.is_clean() {
-        eprintln!("{}: {report}", data.display());
-    }
-    let split = ds.into_split(spec.task.kind, SplitFractions::default(), split_seed);
+    let load = |spec: &ModelSpec| -> anyhow::Result<_> {
+        let size = std::fs::metadata(data).map_or(0, |m| m.len());
+        let mut progress = Progress::new(&format!("loading {}", data.display()), size, "bytes");
+        let (ds, report) = load_observed(data, spec, &mut |byte| progress.set(byte, ""))?;
+        progress.finish(size, &format!("{} rows", ds.len()));
+        if !report.is_clean() {
+            eprintln!("{}: {report}", data.display());
+        }
+        let split = ds.into_split(spec.task.kind, SplitFractions::default(), split_seed);
+        Ok((split, report.counts.seen))
+    };
+    let (mut split, seen) = load(spec)?;
     let norm = FeatureSums::of_dataset(spec, &split.train)
+        .with_categories(spec, &seen)
         .normalization_for(spec)
         .with_context(|| format!("{}: cannot normalise the training rows", data.display()))?;
+    let spec = &spec
+        .with_vocabularies(&norm.vocabularies)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
+    if spec.discovers() {
+        // encoded again, now that the vocabularies are known
+        split = load(spec)?.0;
+    }
     let start = Weights::initial(spec, &norm);
     let mut opts = TrainOptions::from_spec(spec, spec.training.seed);
     if let Some(e) = epochs {
@@ -66,6 +81,7 @@ pub fn train_local(
     bar.finish(out.epoch_losses.len() as u64, "");
     let holdout = evaluate(spec, &out.weights, &split.holdout, CpuBackend::default());
     Ok(LocalRun {
+        spec: spec.clone(),
         weights: out.weights,
         holdout,
         rows: (
@@ -80,12 +96,6 @@ pub fn train_local(
 
 /// Writes a model as a safetensors blob.
 pub fn write_blob(path: &Path, spec: &ModelSpec, weights: &Weights) -> anyhow::Result<()> {
-    let bytes = blob::encode(
-        weights,
-        &BlobMeta {
-            spec_id: spec.id(),
-            role: BlobRole::Update,
-        },
-    );
+    let bytes = blob::encode(weights, &BlobMeta::new(spec, BlobRole::Update));
     std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }

@@ -36,6 +36,10 @@ pub struct RawPolicy {
     pub max_membership_advantage: Option<f64>,
     /// Decline tasks whose spec does not declare differential privacy (`[privacy.dp]`).
     pub require_dp: Option<bool>,
+    /// Report the values of `discover` columns (category names and their row counts) in the
+    /// statistics step (default true). When false the site reports none: its values count as
+    /// "other" unless other plants make them common enough.
+    pub share_category_names: Option<bool>,
 }
 
 const KINDS: [&str; 3] = ["binary", "multiclass", "regression"];
@@ -95,6 +99,7 @@ impl RawPolicy {
             min_other_parties: self.min_other_parties.unwrap_or(0),
             max_membership_advantage: self.max_membership_advantage,
             require_dp: self.require_dp.unwrap_or(false),
+            withhold_category_names: !self.share_category_names.unwrap_or(true),
         })
     }
 }
@@ -121,6 +126,9 @@ pub struct Policy {
     pub max_membership_advantage: Option<f64>,
     /// Differential privacy required.
     pub require_dp: bool,
+    /// Category names of `discover` columns are not reported in the statistics step
+    /// (`share_category_names = false`).
+    pub withhold_category_names: bool,
 }
 
 /// Why a piece of work is outside the site's policy. The text is what the operator reads.

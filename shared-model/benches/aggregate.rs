@@ -101,13 +101,7 @@ impl Round {
             .base_weights
             .map_trainable(|t| t.data.iter().map(|v| v + shift).collect())
             .unwrap();
-        let bytes = blob::encode(
-            &w,
-            &BlobMeta {
-                spec_id: self.spec.id(),
-                role: BlobRole::Update,
-            },
-        );
+        let bytes = blob::encode(&w, &BlobMeta::new(&self.spec, BlobRole::Update));
         drop(w);
         let (party, key) = self.party(i);
         let env = SignedUpdate::for_blob(

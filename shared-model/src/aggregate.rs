@@ -155,6 +155,7 @@ mod tests {
         let other = Weights::initial(
             &f.spec,
             &Normalization {
+                vocabularies: Default::default(),
                 mean: vec![1.0; 3],
                 std: vec![1.0; 3],
                 target: None,

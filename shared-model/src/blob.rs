@@ -111,12 +111,93 @@ pub enum BlobError {
 }
 
 /// The metadata every blob carries.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BlobMeta {
     /// The spec the weights follow.
     pub spec_id: SpecId,
     /// What the blob is for.
     pub role: BlobRole,
+    /// Names from the spec, for a reader without it (e.g. Python): `classes` (a JSON list)
+    /// when the spec names its classes, `vocabularies` (a JSON object of lists) once the
+    /// statistics step found the `discover` columns' categories. A decode requires exactly
+    /// these (a blob of another vocabulary is another model).
+    pub names: BTreeMap<&'static str, String>,
+}
+
+/// The [`BlobMeta::names`] keys.
+pub const NAME_KEYS: [&str; 2] = ["classes", "vocabularies"];
+
+impl BlobMeta {
+    /// The metadata of a blob of `spec` in `role`.
+    pub fn new(spec: &ModelSpec, role: BlobRole) -> Self {
+        let mut names = BTreeMap::new();
+        if let Some(classes) = &spec.task.class_names {
+            names.insert("classes", serde_json::to_string(classes).expect("json"));
+        }
+        let vocabularies = spec.vocabularies();
+        if !vocabularies.is_empty() {
+            names.insert(
+                "vocabularies",
+                serde_json::to_string(&vocabularies).expect("json"),
+            );
+        }
+        Self {
+            spec_id: spec.id(),
+            role,
+            names,
+        }
+    }
+}
+
+/// The vocabularies a blob says its task's statistics step found (`vocabularies` metadata),
+/// read before the blob is decoded: what [`ModelSpec::with_vocabularies`] needs to decode it.
+/// `None` when the blob names none.
+pub fn read_vocabularies(
+    bytes: &[u8],
+    limits: BlobLimits,
+) -> Result<Option<BTreeMap<String, Vec<String>>>, BlobError> {
+    let header = read_header(bytes, limits)?;
+    let Some(text) = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("vocabularies"))
+    else {
+        return Ok(None);
+    };
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| BlobError::Metadata {
+            key: "vocabularies",
+            expected: format!("a JSON object of category lists ({e})"),
+            found: Some(text.chars().take(200).collect()),
+        })
+}
+
+/// `spec` as the blob's task found its vocabularies ([`read_vocabularies`]), or as it is when
+/// the spec discovers none. Refused when the blob names none for a spec that discovers, or
+/// names ones that do not fit the spec.
+pub fn spec_for(
+    bytes: &[u8],
+    spec: &ModelSpec,
+    limits: BlobLimits,
+) -> Result<ModelSpec, BlobError> {
+    if !spec.discovers() {
+        return Ok(spec.clone());
+    }
+    let bad = |expected: String, found: Option<String>| BlobError::Metadata {
+        key: "vocabularies",
+        expected,
+        found,
+    };
+    match read_vocabularies(bytes, limits)? {
+        None => Err(bad(
+            "the vocabularies of the spec's `discover` columns".into(),
+            None,
+        )),
+        Some(v) => spec
+            .with_vocabularies(&v)
+            .map_err(|e| bad(format!("vocabularies that fit the spec ({e})"), None)),
+    }
 }
 
 /// Encodes tensors canonically as safetensors bytes.
@@ -136,7 +217,7 @@ pub fn encode_tensors_with(
         ("role", meta.role.to_string()),
         ("spec_id", meta.spec_id.to_string()),
     ]);
-    for (k, v) in extra {
+    for (k, v) in meta.names.iter().chain(extra) {
         metadata.insert(k, v.clone());
     }
     header.insert(
@@ -252,22 +333,24 @@ pub fn decode_tensors(
     bytes: &[u8],
     layout: &[TensorSpec],
     limits: BlobLimits,
-    spec_id: SpecId,
-    role: BlobRole,
+    expected: &BlobMeta,
 ) -> Result<Vec<NamedTensor>, BlobError> {
     let metadata = read_header(bytes, limits)?;
     let st = SafeTensors::deserialize(bytes).map_err(|e| BlobError::Malformed(e.to_string()))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
-    for (key, expected) in [
-        ("format", BLOB_FORMAT.to_string()),
-        ("spec_id", spec_id.to_string()),
-        ("role", role.to_string()),
-    ] {
+    for (key, want) in [
+        ("format", Some(BLOB_FORMAT.to_string())),
+        ("spec_id", Some(expected.spec_id.to_string())),
+        ("role", Some(expected.role.to_string())),
+    ]
+    .into_iter()
+    .chain(NAME_KEYS.map(|k| (k, expected.names.get(k).cloned())))
+    {
         let found = meta.get(key).cloned();
-        if found.as_deref() != Some(expected.as_str()) {
+        if found != want {
             return Err(BlobError::Metadata {
                 key,
-                expected,
+                expected: want.unwrap_or_else(|| "absent".into()),
                 found,
             });
         }
@@ -327,16 +410,16 @@ pub fn decode_limited(
     limits: BlobLimits,
 ) -> Result<Weights, BlobError> {
     let layout = spec.tensors();
-    let tensors = decode_tensors(bytes, &layout, limits, spec.id(), role)?;
+    let tensors = decode_tensors(bytes, &layout, limits, &BlobMeta::new(spec, role))?;
     Ok(Weights::from_tensors(&layout, tensors)?)
 }
 
-/// Decodes one network whose layout is `layout_spec`'s but whose blob names `spec_id` (a series
+/// Decodes one network whose layout is `layout_spec`'s but whose blob is of `spec` (a series
 /// stage: wider than the task's network, still the task's spec).
 pub fn decode_as(
     bytes: &[u8],
     layout_spec: &ModelSpec,
-    spec_id: SpecId,
+    spec: &ModelSpec,
     role: BlobRole,
 ) -> Result<Weights, BlobError> {
     let layout = layout_spec.tensors();
@@ -344,8 +427,7 @@ pub fn decode_as(
         bytes,
         &layout,
         BlobLimits::for_spec(layout_spec),
-        spec_id,
-        role,
+        &BlobMeta::new(spec, role),
     )?;
     Ok(Weights::from_tensors(&layout, tensors)?)
 }
@@ -360,10 +442,7 @@ pub(crate) mod tests {
     fn fixture() -> (ModelSpec, Weights, BlobMeta) {
         let spec = ModelSpec::parse(SMALL, "<t>").unwrap();
         let w = Weights::initial(&spec, &Normalization::identity(3));
-        let meta = BlobMeta {
-            spec_id: spec.id(),
-            role: BlobRole::Update,
-        };
+        let meta = BlobMeta::new(&spec, BlobRole::Update);
         (spec, w, meta)
     }
 

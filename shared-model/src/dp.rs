@@ -245,6 +245,7 @@ mod tests {
             mean: vec![1.0, 2.0, 3.0],
             std: vec![0.5, 1.5, 2.5],
             target: None,
+            vocabularies: Default::default(),
         };
         Weights::initial(&ModelSpec::parse(SMALL, "<t>").unwrap(), &norm)
     }

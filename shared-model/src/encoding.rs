@@ -61,12 +61,32 @@ impl Missing {
     }
 }
 
+/// Most slots a discovered vocabulary may have (`discover`).
+pub const MAX_DISCOVER_SLOTS: usize = 1_000;
+
+/// Default `min_count` of a discovered vocabulary: a category is kept only when at least this
+/// many rows across the plants hold it.
+pub const DEFAULT_MIN_COUNT: u64 = 10;
+
+/// A vocabulary found in the statistics step instead of declared (`discover = SLOTS`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Discover {
+    /// One-hot slots for the categories found (the layout is fixed by the spec: the most
+    /// frequent ones fill the slots, the rest and any unused slot are never hot).
+    pub slots: usize,
+    /// A category is kept only when at least this many rows across the plants hold it.
+    pub min_count: u64,
+}
+
 /// One feature column's declared encoding, when it is not a plain number refused when blank.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Column {
     /// The vocabulary of a categorical column (one-hot over these and [`OTHER`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub categories: Option<Vec<String>>,
+    /// A vocabulary found in the statistics step ([`Discover`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discover: Option<Discover>,
     /// What a blank cell means.
     #[serde(skip_serializing_if = "Missing::is_error")]
     pub missing: Missing,
@@ -76,6 +96,11 @@ pub struct Column {
     /// Adds a 0/1 input that is 1 where the cell was blank.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub indicator: bool,
+    /// The vocabulary the statistics step found for a `discover` column, most frequent first
+    /// (at most `slots`). Not part of the spec (nor its id): the task's model blobs carry it
+    /// ([`crate::spec::ModelSpec::with_vocabularies`]).
+    #[serde(skip)]
+    pub found: Option<Vec<String>>,
 }
 
 impl Column {
@@ -84,154 +109,39 @@ impl Column {
         *self == Self::default()
     }
 
+    /// Named one-hot slots of a categorical column (declared categories, or a discovered
+    /// vocabulary's slots); `None` for a numeric column. The "other" slot follows them.
+    pub fn one_hot(&self) -> Option<usize> {
+        match (&self.categories, &self.discover) {
+            (Some(c), _) => Some(c.len()),
+            (None, Some(d)) => Some(d.slots),
+            (None, None) => None,
+        }
+    }
+
+    /// True for a categorical column (declared or discovered vocabulary).
+    pub fn is_categorical(&self) -> bool {
+        self.one_hot().is_some()
+    }
+
+    /// The categories slot by slot: the declared ones, or those the statistics step found
+    /// (none before it).
+    pub fn vocabulary(&self) -> &[String] {
+        self.categories
+            .as_deref()
+            .or(self.found.as_deref())
+            .unwrap_or(&[])
+    }
+
     /// Network inputs this column makes.
     pub fn width(&self) -> usize {
-        self.categories.as_ref().map_or(1, |c| c.len() + 1) + usize::from(self.indicator)
+        self.one_hot().map_or(1, |c| c + 1) + usize::from(self.indicator)
     }
 }
 
-/// The raw (TOML) form of a `[task.columns.NAME]` table.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct RawColumn {
-    categories: Option<Vec<String>>,
-    missing: Option<Missing>,
-    fill: Option<f64>,
-    indicator: Option<bool>,
-}
-
-/// Resolves the task's columns: the task-wide `missing` / `missing_indicator` defaults applied,
-/// each column checked, and only columns that differ from a plain number kept (so a spec that
-/// spells out defaults keeps its id). Errors name the field.
-pub(crate) fn resolve(
-    features: &[String],
-    default_missing: Option<Missing>,
-    default_indicator: Option<bool>,
-    raw: BTreeMap<String, RawColumn>,
-) -> Result<BTreeMap<String, Column>, (&'static str, String)> {
-    if let Some(name) = raw.keys().find(|k| !features.contains(k)) {
-        return Err((
-            "task.columns",
-            format!("column {name:?} is not one of the task's features"),
-        ));
-    }
-    if default_missing == Some(Missing::Constant) {
-        return Err((
-            "task.missing",
-            "\"constant\" needs a fill per column: set it in [task.columns.NAME] with `fill`"
-                .into(),
-        ));
-    }
-    let mut raw = raw;
-    let mut out = BTreeMap::new();
-    let mut inputs = 0usize;
-    for name in features {
-        let r = raw.remove(name);
-        let categories = r.as_ref().and_then(|r| r.categories.clone());
-        let categorical = categories.is_some();
-        let explicit = r.as_ref().and_then(|r| r.missing);
-        let missing = match explicit.or(default_missing).unwrap_or_default() {
-            // The task-wide default means the natural thing for each kind of column.
-            Missing::Other if !categorical && explicit.is_none() => Missing::Mean,
-            m => m,
-        };
-        let fill = r.as_ref().and_then(|r| r.fill);
-        let indicator = r
-            .as_ref()
-            .and_then(|r| r.indicator)
-            .or(default_indicator)
-            .unwrap_or(false);
-        if let Some(cats) = &categories {
-            check_categories(name, cats)?;
-        }
-        match (missing, categorical, fill) {
-            (Missing::Other, false, _) => {
-                return Err((
-                    "task.columns.missing",
-                    format!(
-                        "column {name:?}: \"other\" is for categorical columns (declare `categories`)"
-                    ),
-                ));
-            }
-            (Missing::Constant, true, _) => {
-                return Err((
-                    "task.columns.missing",
-                    format!(
-                        "column {name:?}: a categorical column fills blanks with \"other\" or \"mean\", not a constant"
-                    ),
-                ));
-            }
-            (Missing::Constant, false, None) => {
-                return Err((
-                    "task.columns.fill",
-                    format!("column {name:?}: missing = \"constant\" needs `fill`"),
-                ));
-            }
-            (Missing::Constant, false, Some(f)) if !f.is_finite() => {
-                return Err((
-                    "task.columns.fill",
-                    format!("column {name:?}: expected a finite number, found {f}"),
-                ));
-            }
-            (m, _, Some(_)) if m != Missing::Constant => {
-                return Err((
-                    "task.columns.fill",
-                    format!("column {name:?}: `fill` is only read with missing = \"constant\""),
-                ));
-            }
-            _ => {}
-        }
-        let column = Column {
-            categories,
-            missing,
-            fill,
-            indicator,
-        };
-        inputs += column.width();
-        if !column.is_plain() {
-            out.insert(name.clone(), column);
-        }
-    }
-    if inputs > MAX_INPUTS {
-        return Err((
-            "task.columns",
-            format!(
-                "the encoded features would make {inputs} inputs; at most {MAX_INPUTS} are allowed"
-            ),
-        ));
-    }
-    Ok(out)
-}
-
-fn check_categories(name: &str, cats: &[String]) -> Result<(), (&'static str, String)> {
-    if cats.is_empty() || cats.len() > MAX_CATEGORIES {
-        return Err((
-            "task.columns.categories",
-            format!(
-                "column {name:?}: expected 1 to {MAX_CATEGORIES} categories, found {}",
-                cats.len()
-            ),
-        ));
-    }
-    let mut seen = std::collections::HashSet::new();
-    for (i, c) in cats.iter().enumerate() {
-        if c.trim() != c || c.is_empty() || c.len() > 256 {
-            return Err((
-                "task.columns.categories",
-                format!(
-                    "column {name:?}: category {i} must be 1 to 256 bytes with no surrounding spaces (cells are trimmed), found {c:?}"
-                ),
-            ));
-        }
-        if !seen.insert(c.as_str()) {
-            return Err((
-                "task.columns.categories",
-                format!("column {name:?}: category {c:?} is listed twice"),
-            ));
-        }
-    }
-    Ok(())
-}
+mod resolve;
+pub use resolve::is_category_name;
+pub(crate) use resolve::{RawColumn, check_found, resolve};
 
 /// Why one cell could not be encoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -262,6 +172,21 @@ pub struct Counts {
     pub dropped: Vec<u64>,
     /// Values outside a categorical column's vocabulary, counted as "other".
     pub unseen: Vec<u64>,
+    /// Rows holding each value of a `discover` column (empty for other columns): what a plant
+    /// reports in the statistics step, at most [`MAX_CATEGORIES`] names per column (values
+    /// first seen past that many are not counted).
+    pub seen: Vec<BTreeMap<String, u64>>,
+}
+
+impl Counts {
+    fn zeros(n: usize) -> Self {
+        Self {
+            filled: vec![0; n],
+            dropped: vec![0; n],
+            unseen: vec![0; n],
+            seen: vec![BTreeMap::new(); n],
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -281,6 +206,11 @@ pub struct Encoder {
     /// This row's fills (`true`) and unseen categories (`false`) by feature, committed to
     /// `counts` only when the row is kept.
     staged: Vec<(usize, bool)>,
+    /// Features whose values are counted (`discover` columns), counted when the row is kept.
+    discovered: Vec<usize>,
+    /// `discover` columns with no vocabulary yet (the statistics step): their values are not
+    /// "unseen", there is nothing to see them in.
+    undiscovered: Vec<bool>,
 }
 
 impl Encoder {
@@ -290,29 +220,35 @@ impl Encoder {
             .iter()
             .map(|f| {
                 let c = columns.get(f).cloned().unwrap_or_default();
-                let kind = match &c.categories {
+                let kind = match c.one_hot() {
                     None => Kind::Numeric,
-                    Some(cats) => Kind::Categorical(
-                        cats.iter()
+                    Some(slots) => Kind::Categorical(
+                        c.vocabulary()
+                            .iter()
                             .enumerate()
                             .map(|(i, c)| (c.clone(), i))
                             .collect(),
-                        cats.len(),
+                        slots,
                     ),
                 };
                 (kind, c)
             })
             .collect();
         let n = columns.len();
+        let discovered: Vec<usize> = (0..n)
+            .filter(|&j| columns[j].1.discover.is_some())
+            .collect();
+        let undiscovered = columns
+            .iter()
+            .map(|(_, c)| c.discover.is_some() && c.found.is_none())
+            .collect();
         Self {
             columns,
             predicting,
             staged: Vec::new(),
-            counts: Counts {
-                filled: vec![0; n],
-                dropped: vec![0; n],
-                unseen: vec![0; n],
-            },
+            discovered,
+            undiscovered,
+            counts: Counts::zeros(n),
         }
     }
 
@@ -388,7 +324,9 @@ impl Encoder {
                     }
                     Kind::Categorical(_, n) => {
                         let slot = declared.unwrap_or_else(|| {
-                            self.staged.push((j, false));
+                            if !self.undiscovered[j] {
+                                self.staged.push((j, false));
+                            }
                             *n
                         });
                         push_one_hot(out, slot, *n);
@@ -411,6 +349,22 @@ impl Encoder {
                 self.counts.unseen[j] += 1;
             }
         }
+        for &j in &self.discovered {
+            let v = cell(j);
+            let declared = match &self.columns[j].0 {
+                Kind::Categorical(index, _) => index.contains_key(v),
+                Kind::Numeric => false,
+            };
+            if !declared && MISSING_TOKENS.contains(&v) {
+                continue;
+            }
+            let seen = &mut self.counts.seen[j];
+            if let Some(n) = seen.get_mut(v) {
+                *n += 1;
+            } else if seen.len() < MAX_CATEGORIES {
+                seen.insert(v.to_string(), 1);
+            }
+        }
         Ok(Row::Kept)
     }
 
@@ -422,14 +376,7 @@ impl Encoder {
     /// Takes the counts, leaving zeros.
     pub fn take_counts(&mut self) -> Counts {
         let n = self.columns.len();
-        std::mem::replace(
-            &mut self.counts,
-            Counts {
-                filled: vec![0; n],
-                dropped: vec![0; n],
-                unseen: vec![0; n],
-            },
-        )
+        std::mem::replace(&mut self.counts, Counts::zeros(n))
     }
 }
 
@@ -443,10 +390,13 @@ pub fn input_names(features: &[String], columns: &BTreeMap<String, Column>) -> V
     let mut out = Vec::new();
     for f in features {
         let c = columns.get(f).cloned().unwrap_or_default();
-        match &c.categories {
+        match c.one_hot() {
             None => out.push(f.clone()),
-            Some(cats) => {
-                out.extend(cats.iter().map(|k| format!("{f}={k}")));
+            Some(slots) => {
+                let named = c.vocabulary();
+                out.extend(named.iter().map(|k| format!("{f}={k}")));
+                // a discovered vocabulary's slots left unused (or all, before it is found)
+                out.extend((named.len()..slots).map(|i| format!("{f}=(slot {i})")));
                 out.push(format!("{f}={OTHER}"));
             }
         }
@@ -458,4 +408,4 @@ pub fn input_names(features: &[String], columns: &BTreeMap<String, Column>) -> V
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -9,6 +9,7 @@ pub mod aggregate;
 pub mod auth;
 pub mod blob;
 pub mod data;
+pub mod discovery;
 pub mod dp;
 pub mod encoding;
 pub mod eval;

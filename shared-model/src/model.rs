@@ -16,7 +16,6 @@ use serde::{Deserialize, Serialize};
 use crate::blob::{self, BlobError, BlobLimits, BlobMeta, BlobRole};
 use crate::data::Dataset;
 use crate::eval::{MetricStats, Metrics, metrics_from_predictions};
-use crate::ids::SpecId;
 use crate::network::{CpuBackend, predict};
 use crate::spec::{ModelSpec, TensorSpec};
 use crate::weights::{NamedTensor, Weights};
@@ -56,8 +55,17 @@ pub enum Model {
 
 /// The largest blob a published model of `spec` may be: [`MAX_PARTS`] of its widest network.
 pub fn max_model_blob_bytes(spec: &ModelSpec) -> u64 {
+    model_limits(spec).max_bytes
+}
+
+/// The limits a model blob of `spec` of any kind is read within before any metadata is: at
+/// most [`MAX_PARTS`] of its widest network.
+pub fn model_limits(spec: &ModelSpec) -> BlobLimits {
     let widest = BlobLimits::for_spec(&stage_spec(spec, 1));
-    widest.max_bytes * MAX_PARTS as u64
+    BlobLimits {
+        max_bytes: widest.max_bytes * MAX_PARTS as u64,
+        max_header_bytes: widest.max_header_bytes * MAX_PARTS as u64,
+    }
 }
 
 /// The largest single network a party may upload for `spec` (a series stage is the widest).
@@ -261,8 +269,8 @@ impl Model {
     }
 
     /// The canonical blob.
-    pub fn encode(&self, spec_id: SpecId, role: BlobRole) -> Vec<u8> {
-        let meta = BlobMeta { spec_id, role };
+    pub fn encode(&self, spec: &ModelSpec, role: BlobRole) -> Vec<u8> {
+        let meta = BlobMeta::new(spec, role);
         match self {
             Model::Single(w) => blob::encode(w, &meta),
             Model::Ensemble(members) => {
@@ -313,15 +321,11 @@ impl Model {
         }
     }
 
-    /// Strictly decodes a blob of any kind against the task's spec, expecting `role`.
+    /// Strictly decodes a blob of any kind against the task's spec, expecting `role` (for a
+    /// spec that discovers vocabularies: the spec with the blob's, [`blob::spec_for`]).
     pub fn decode(bytes: &[u8], spec: &ModelSpec, role: BlobRole) -> Result<Model, BlobError> {
         let single = BlobLimits::for_spec(spec);
-        let widest = BlobLimits::for_spec(&stage_spec(spec, 1));
-        // Bounded before reading any metadata: at most MAX_PARTS of the widest part.
-        let limits = BlobLimits {
-            max_bytes: widest.max_bytes * MAX_PARTS as u64,
-            max_header_bytes: widest.max_header_bytes * MAX_PARTS as u64,
-        };
+        let limits = model_limits(spec);
         let meta = blob::read_header(bytes, limits)?
             .metadata()
             .clone()
@@ -362,7 +366,8 @@ impl Model {
                     layout.extend(prefixed(&format!("members.{i}."), &one));
                 }
                 let mut tensors =
-                    blob::decode_tensors(bytes, &layout, limits, spec.id(), role)?.into_iter();
+                    blob::decode_tensors(bytes, &layout, limits, &BlobMeta::new(spec, role))?
+                        .into_iter();
                 let mut members = Vec::with_capacity(list.len());
                 for (i, m) in list.into_iter().enumerate() {
                     let part: Vec<NamedTensor> = tensors.by_ref().take(one.len()).collect();
@@ -389,7 +394,8 @@ impl Model {
                     layout.extend(prefixed(&format!("stages.{j}."), l));
                 }
                 let mut tensors =
-                    blob::decode_tensors(bytes, &layout, limits, spec.id(), role)?.into_iter();
+                    blob::decode_tensors(bytes, &layout, limits, &BlobMeta::new(spec, role))?
+                        .into_iter();
                 let mut stages = Vec::with_capacity(n);
                 for (j, l) in layouts.iter().enumerate() {
                     let part: Vec<NamedTensor> = tensors.by_ref().take(l.len()).collect();
@@ -484,8 +490,8 @@ mod tests {
             Model::Series(vec![w.clone(), s1]),
         ];
         for m in &models {
-            let bytes = m.encode(spec.id(), BlobRole::Merged);
-            assert_eq!(bytes, m.encode(spec.id(), BlobRole::Merged), "canonical");
+            let bytes = m.encode(&spec, BlobRole::Merged);
+            assert_eq!(bytes, m.encode(&spec, BlobRole::Merged), "canonical");
             let back = Model::decode(&bytes, &spec, BlobRole::Merged).unwrap();
             assert_eq!(&back, m);
             assert!(
@@ -496,7 +502,7 @@ mod tests {
             assert!(SafeTensors::deserialize(&bytes).is_ok());
         }
         // A series whose count claims more stages than it holds is refused, naming the tensor.
-        let bytes = models[2].encode(spec.id(), BlobRole::Merged);
+        let bytes = models[2].encode(&spec, BlobRole::Merged);
         let forged = bytes_with_meta(&bytes, "stages", "3");
         let e = Model::decode(&forged, &spec, BlobRole::Merged).unwrap_err();
         assert!(e.to_string().contains("stages.2."), "{e}");

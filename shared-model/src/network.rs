@@ -199,6 +199,7 @@ mod tests {
             mean: vec![1.0, 0.0, 0.0],
             std: vec![2.0, 1.0, 1.0],
             target: None,
+            vocabularies: Default::default(),
         };
         let w = Weights::initial(&spec, &norm);
         let x = [3.0f32, -1.0, 0.5];

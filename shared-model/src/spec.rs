@@ -17,6 +17,7 @@ use crate::ids::{Sha256, SpecId};
 pub const SPEC_FORMAT: u32 = 1;
 
 mod raw;
+mod toml_text;
 
 use raw::{RawSpec, validate};
 
@@ -299,96 +300,6 @@ impl ModelSpec {
         SpecId(Sha256::of(&self.canonical_bytes()))
     }
 
-    /// Writes the spec back as TOML in the documented layout (round-trips through [`Self::parse`]).
-    pub fn to_toml(&self) -> String {
-        let mut s = format!(
-            "format = {SPEC_FORMAT}\nname = {}\n\n[task]\n",
-            toml_str(&self.name)
-        );
-        s += &format!("kind = \"{}\"\n", self.task.kind.name());
-        match (&self.task.class_names, self.task.kind) {
-            (Some(names), _) => s += &format!("classes = [{}]\n", toml_list(names)),
-            (None, TaskKind::Multiclass { classes }) => s += &format!("classes = {classes}\n"),
-            _ => {}
-        }
-        s += &format!("target = {}\nfeatures = [", toml_str(&self.task.target));
-        s += &toml_list(&self.task.features);
-        s += "]\n";
-        if self.task.standardize_target {
-            s += "standardize_target = true\n";
-        }
-        for (name, c) in &self.task.columns {
-            s += &format!("\n[task.columns.{}]\n", toml_str(name));
-            if let Some(cats) = &c.categories {
-                s += &format!("categories = [{}]\n", toml_list(cats));
-            }
-            if c.missing != Missing::Error {
-                s += &format!("missing = \"{}\"\n", c.missing.name());
-            }
-            if let Some(f) = c.fill {
-                s += &format!("fill = {f:?}\n");
-            }
-            if c.indicator {
-                s += "indicator = true\n";
-            }
-        }
-        s += "\n[model]\n";
-        s += &format!(
-            "hidden = [{}]\nactivation = \"{}\"\ndropout = {:?}\n\n[training]\n",
-            self.model
-                .hidden
-                .iter()
-                .map(|h| h.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-            serde_json::to_value(self.model.activation)
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            self.model.dropout
-        );
-        s += &format!(
-            "optimizer = \"{}\"\nlearning_rate = {:?}\nlocal_epochs = {}\nbatch_size = {}\nseed = {}\nweight_decay = {:?}\n",
-            serde_json::to_value(self.training.optimizer)
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            self.training.learning_rate,
-            self.training.local_epochs,
-            self.training.batch_size,
-            self.training.seed,
-            self.training.weight_decay,
-        );
-        if let Some(mu) = self.training.fedprox_mu {
-            s += &format!("fedprox_mu = {mu:?}\n");
-        }
-        if let Some(e) = self.training.early_stopping {
-            s += &format!(
-                "\n[training.early_stopping]\npatience = {}\nmin_delta = {:?}\n",
-                e.patience, e.min_delta
-            );
-        }
-        if !self.privacy.is_default() {
-            s += "\n[privacy]\n";
-            if let Some(a) = self.privacy.membership_max_advantage {
-                s += &format!("membership_max_advantage = {a:?}\n");
-            }
-            if let Some(d) = &self.privacy.dp {
-                s += &format!(
-                    "\n[privacy.dp]\nmode = \"{}\"\nclip = {:?}\nnoise_multiplier = {:?}\ndelta = {:?}\n",
-                    match d.mode {
-                        DpMode::Local => "local",
-                        DpMode::Central => "central",
-                    },
-                    d.clip,
-                    d.noise_multiplier,
-                    d.delta
-                );
-            }
-        }
-        s
-    }
-
     /// Number of network inputs: one per numeric feature, one per category and "other" of a
     /// categorical one, one per missing-value indicator.
     pub fn input_width(&self) -> usize {
@@ -417,7 +328,7 @@ impl ModelSpec {
         for f in &self.task.features {
             let c = self.task.columns.get(f);
             if f == feature {
-                return c.is_none_or(|c| c.categories.is_none()).then_some(at);
+                return c.is_none_or(|c| !c.is_categorical()).then_some(at);
             }
             at += c.map_or(1, Column::width);
         }
@@ -432,7 +343,7 @@ impl ModelSpec {
         let mut out = Vec::with_capacity(self.stats_width());
         for f in &self.task.features {
             let c = self.task.columns.get(f).cloned().unwrap_or_default();
-            let values = c.categories.as_ref().map_or(1, |k| k.len() + 1);
+            let values = c.one_hot().map_or(1, |k| k + 1);
             out.extend(std::iter::repeat_n(c.missing == Missing::Mean, values));
             if c.indicator {
                 out.push(false);
@@ -442,6 +353,52 @@ impl ModelSpec {
             out.push(false);
         }
         out
+    }
+
+    /// True when a feature's vocabulary is found in the statistics step (`discover`): the
+    /// spec's layout is fixed, but rows are encoded as the task's models say
+    /// ([`Self::with_vocabularies`]).
+    pub fn discovers(&self) -> bool {
+        self.task.columns.values().any(|c| c.discover.is_some())
+    }
+
+    /// The vocabularies the statistics step found, by column (empty before it, and for a spec
+    /// that discovers none).
+    pub fn vocabularies(&self) -> BTreeMap<String, Vec<String>> {
+        self.task
+            .columns
+            .iter()
+            .filter_map(|(name, c)| c.found.clone().map(|f| (name.clone(), f)))
+            .collect()
+    }
+
+    /// This spec with the vocabularies the statistics step found (one per `discover` column,
+    /// each at most its slots, most frequent first). The id, layout and TOML stay the
+    /// declared spec's. Refused naming the column when they do not fit.
+    pub fn with_vocabularies(
+        &self,
+        found: &BTreeMap<String, Vec<String>>,
+    ) -> Result<ModelSpec, String> {
+        if let Some(name) = found.keys().find(|k| {
+            self.task
+                .columns
+                .get(*k)
+                .is_none_or(|c| c.discover.is_none())
+        }) {
+            return Err(format!(
+                "vocabulary for column {name:?}, which the spec does not discover"
+            ));
+        }
+        let mut out = self.clone();
+        for (name, c) in out.task.columns.iter_mut() {
+            let Some(d) = c.discover else { continue };
+            let Some(f) = found.get(name) else {
+                return Err(format!("no vocabulary for column {name:?} (`discover`)"));
+            };
+            encoding::check_found(name, d.slots, f)?;
+            c.found = Some(f.clone());
+        }
+        Ok(out)
     }
 
     /// The encoder of this task's feature columns ([`encoding::Encoder`]); `predicting` fills a
@@ -513,7 +470,28 @@ impl ModelSpec {
 
     /// Largest safetensors header a blob of this spec may declare, in bytes.
     pub fn max_header_bytes(&self) -> u64 {
-        4096 + 256 * self.tensors().len() as u64
+        4096 + 256 * self.tensors().len() as u64 + self.max_names_bytes()
+    }
+
+    /// The most bytes the blob metadata's names (`classes`, `vocabularies`) may take in a
+    /// header: each name at most 256 bytes, JSON inside a JSON string (at most 12 bytes per
+    /// byte of name, with quotes and a comma), every slot of a `discover` column filled.
+    fn max_names_bytes(&self) -> u64 {
+        let name = |len: usize| 12 * len as u64 + 6;
+        let classes: u64 = self
+            .task
+            .class_names
+            .iter()
+            .flatten()
+            .map(|c| name(c.len()))
+            .sum();
+        let vocabularies: u64 = self
+            .task
+            .columns
+            .iter()
+            .filter_map(|(f, c)| c.discover.map(|d| name(f.len()) + d.slots as u64 * name(256)))
+            .sum();
+        classes + vocabularies
     }
 
     /// Largest blob of this spec, in bytes: the size prefix, the header cap and the data.

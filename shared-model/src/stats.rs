@@ -3,7 +3,11 @@
 //! up into the global mean and standard deviation. The normalisation then travels inside every
 //! model blob (`norm.mean`, `norm.std`), so published models take raw feature values.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::encoding::{self, MAX_CATEGORIES};
 
 /// Standard deviations below this are treated as constant features (scaled by 1).
 pub const MIN_STD: f64 = 1e-8;
@@ -42,6 +46,10 @@ pub enum StatsError {
         /// Rows reported.
         count: u64,
     },
+    /// Category counts of a `discover` column that no plant's rows can produce, or for a
+    /// column the spec does not discover.
+    #[error("category counts: {0}")]
+    Categories(String),
     /// A reported sum is not finite or is impossible (e.g. negative sum of squares).
     #[error("feature {index}: reported sums are not valid (sum {sum}, sum of squares {sum_sq})")]
     Invalid {
@@ -67,6 +75,11 @@ pub struct FeatureSums {
     /// with the mean are left out of the sums); empty when every row has every value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub present: Vec<u64>,
+    /// Rows holding each value, per `discover` column (all of the plant's rows, blanks not
+    /// counted): what the statistics step finds vocabularies from. Empty when the spec
+    /// discovers none, or when the plant's policy shares no category names.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub categories: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl FeatureSums {
@@ -77,7 +90,66 @@ impl FeatureSums {
             sum: vec![0.0; width],
             sum_sq: vec![0.0; width],
             present: Vec::new(),
+            categories: BTreeMap::new(),
         }
+    }
+
+    /// Attaches a load's counts of `discover` columns' values (`counts.seen`, by feature index).
+    pub fn with_categories(
+        mut self,
+        spec: &crate::spec::ModelSpec,
+        seen: &[BTreeMap<String, u64>],
+    ) -> Self {
+        for (f, counts) in spec.task.features.iter().zip(seen) {
+            if spec
+                .task
+                .columns
+                .get(f)
+                .is_some_and(|c| c.discover.is_some())
+            {
+                self.categories.insert(f.clone(), counts.clone());
+            }
+        }
+        self
+    }
+
+    /// Checks the category counts a plant reported: only `discover` columns of `spec`, at
+    /// most [`MAX_CATEGORIES`] names each, names a vocabulary could hold, counts from 1 to
+    /// [`MAX_ROWS`] in all. Errors name the column.
+    pub fn validate_categories(&self, spec: &crate::spec::ModelSpec) -> Result<(), StatsError> {
+        for (f, counts) in &self.categories {
+            if spec
+                .task
+                .columns
+                .get(f)
+                .is_none_or(|c| c.discover.is_none())
+            {
+                return Err(StatsError::Categories(format!(
+                    "column {f:?} is not a column the spec discovers a vocabulary for"
+                )));
+            }
+            if counts.len() > MAX_CATEGORIES {
+                return Err(StatsError::Categories(format!(
+                    "column {f:?}: {} names, at most {MAX_CATEGORIES} are read",
+                    counts.len()
+                )));
+            }
+            let mut total = 0u64;
+            for (name, &n) in counts {
+                if !encoding::is_category_name(name) {
+                    return Err(StatsError::Categories(format!(
+                        "column {f:?}: {name:?} is not a category name (1 to 256 bytes, no surrounding spaces)"
+                    )));
+                }
+                total = total.saturating_add(n);
+                if n == 0 || total > MAX_ROWS {
+                    return Err(StatsError::Categories(format!(
+                        "column {f:?}: count {n} of {name:?} is not between 1 and {MAX_ROWS} rows in all"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sums over the rows of a row-major matrix with `width` columns; NaN marks a missing value,
@@ -139,7 +211,63 @@ impl FeatureSums {
             let (mean, std) = (n.mean.pop(), n.std.pop());
             n.target = mean.zip(std).map(|(mean, std)| TargetScale { mean, std });
         }
+        if spec.discovers() {
+            self.discover(spec, &mut n);
+        }
         Ok(n)
+    }
+
+    /// The statistics step's vocabularies: per `discover` column, the names at least
+    /// `min_count` rows hold across the plants, most frequent first (ties by name), at most
+    /// `slots` (for a spec whose vocabularies are found already, those). Their one-hot inputs are normalised by the shares the counts give (a plant
+    /// reported every row under "other", not knowing the vocabulary yet); when no plant
+    /// shared names, the vocabulary is empty and every value is "other".
+    fn discover(&self, spec: &crate::spec::ModelSpec, n: &mut Normalization) {
+        let mut at = 0;
+        for f in &spec.task.features {
+            let column = spec.task.columns.get(f);
+            let width = column.map_or(1, crate::encoding::Column::width);
+            if let Some(d) = column.and_then(|c| c.discover) {
+                let counts = self.categories.get(f);
+                let count = |name: &String| counts.and_then(|c| c.get(name)).copied().unwrap_or(0);
+                let ranked: Vec<(&String, u64)> = match column.and_then(|c| c.found.as_ref()) {
+                    // a spec whose vocabulary is already found: that one, normalised by these counts
+                    Some(found) => found.iter().map(|k| (k, count(k))).collect(),
+                    None => {
+                        let mut r: Vec<(&String, u64)> = counts
+                            .into_iter()
+                            .flatten()
+                            .filter(|(_, c)| **c >= d.min_count)
+                            .map(|(name, c)| (name, *c))
+                            .collect();
+                        r.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+                        r.truncate(d.slots);
+                        r
+                    }
+                };
+                let total: u64 = counts.into_iter().flatten().map(|(_, c)| *c).sum();
+                if total > 0 {
+                    let total = total as f64;
+                    let kept: u64 = ranked.iter().map(|(_, c)| c).sum();
+                    let share = |c: u64| c as f64 / total;
+                    for i in 0..=d.slots {
+                        let p = match ranked.get(i) {
+                            Some((_, c)) => Some(share(*c)),
+                            None if i == d.slots => Some(1.0 - share(kept)),
+                            None => None,
+                        };
+                        let (m, s) = p.map_or((0.0, 1.0), |p| (p, (p * (1.0 - p)).max(0.0).sqrt()));
+                        n.mean[at + i] = m as f32;
+                        n.std[at + i] = if s < MIN_STD { 1.0 } else { s as f32 };
+                    }
+                }
+                n.vocabularies.insert(
+                    f.clone(),
+                    ranked.into_iter().map(|(k, _)| k.clone()).collect(),
+                );
+            }
+            at += width;
+        }
     }
 
     /// Rows whose value of feature `j` is present.
@@ -213,7 +341,19 @@ impl FeatureSums {
             self.sum[j] += other.sum[j];
             self.sum_sq[j] += other.sum_sq[j];
         }
+        self.merge_categories(other);
         Ok(())
+    }
+
+    /// Adds another site's category counts (saturating).
+    pub fn merge_categories(&mut self, other: &Self) {
+        for (f, counts) in &other.categories {
+            let mine = self.categories.entry(f.clone()).or_default();
+            for (name, &n) in counts {
+                let c = mine.entry(name.clone()).or_default();
+                *c = c.saturating_add(n);
+            }
+        }
     }
 
     /// Global mean and (population) standard deviation of the present values; constant
@@ -251,6 +391,7 @@ impl FeatureSums {
             mean,
             std,
             target: None,
+            vocabularies: BTreeMap::new(),
         })
     }
 }
@@ -267,6 +408,10 @@ pub struct Normalization {
     /// learns `(y − mean) / std` and its output `z` is read as `z · std + mean`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<TargetScale>,
+    /// The vocabularies the statistics step found, per `discover` column (the task's models
+    /// carry them: [`crate::spec::ModelSpec::with_vocabularies`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vocabularies: BTreeMap<String, Vec<String>>,
 }
 
 /// A regression target's standardisation.
@@ -303,6 +448,7 @@ impl Normalization {
             mean: vec![0.0; width],
             std: vec![1.0; width],
             target: None,
+            vocabularies: BTreeMap::new(),
         }
     }
 
@@ -363,6 +509,7 @@ mod tests {
             sum: vec![f64::NAN],
             sum_sq: vec![1.0],
             present: Vec::new(),
+            categories: Default::default(),
         };
         assert!(matches!(
             bad.normalization(),
@@ -437,6 +584,7 @@ mod lying_sums {
             sum: vec![1e39],
             sum_sq: vec![1e78],
             present: Vec::new(),
+            categories: Default::default(),
         };
         assert_eq!(huge.validate(1), Ok(()), "possible as f64 sums");
         assert!(matches!(
@@ -448,6 +596,7 @@ mod lying_sums {
             sum: vec![0.0, 3.0],
             sum_sq: vec![1e12, 9.0],
             present: vec![0, 5],
+            categories: Default::default(),
         };
         assert!(matches!(
             ghost.validate(2),
@@ -455,6 +604,7 @@ mod lying_sums {
         ));
         let too_many = FeatureSums {
             present: vec![6, 5],
+            categories: Default::default(),
             ..ghost
         };
         assert!(matches!(

@@ -420,7 +420,7 @@ pub fn verify(
             party: party.clone(),
         })?;
     let layout = crate::model::stage_spec(expect.spec, expect.stage);
-    let decode = || blob::decode_as(bytes, &layout, spec_id, BlobRole::Update);
+    let decode = || blob::decode_as(bytes, &layout, expect.spec, BlobRole::Update);
     // Small blobs keep the strict order: nothing is decoded unless the hash matches.
     let (computed, decoded) = if bytes.len() >= PARALLEL_HASH_BYTES {
         let (computed, decoded) = hash_while_decoding(bytes, &decode);
@@ -476,13 +476,7 @@ pub(crate) mod tests {
         }
 
         pub fn blob(&self, weights: &Weights) -> Vec<u8> {
-            blob::encode(
-                weights,
-                &BlobMeta {
-                    spec_id: self.spec.id(),
-                    role: BlobRole::Update,
-                },
-            )
+            blob::encode(weights, &BlobMeta::new(&self.spec, BlobRole::Update))
         }
 
         pub fn sign(&self, bytes: &[u8], samples: u64) -> SignedUpdate {
@@ -674,13 +668,7 @@ pub(crate) mod tests {
         let w = weights(&f);
         let mut t = w.tensors().to_vec();
         t[2].data[0] = f32::NAN;
-        let bytes = blob::encode_tensors(
-            &t,
-            &BlobMeta {
-                spec_id: f.spec.id(),
-                role: BlobRole::Update,
-            },
-        );
+        let bytes = blob::encode_tensors(&t, &BlobMeta::new(&f.spec, BlobRole::Update));
         let env = f.sign(&bytes, 10);
         let e = verify(&env, &bytes, &f.key.verifying_key(), &f.expect()).unwrap_err();
         assert!(
@@ -719,13 +707,7 @@ pub(crate) mod tests {
         }
         let mut t = w.tensors().to_vec();
         t[2].data[5] = f32::INFINITY;
-        let bad = blob::encode_tensors(
-            &t,
-            &BlobMeta {
-                spec_id: f.spec.id(),
-                role: BlobRole::Update,
-            },
-        );
+        let bad = blob::encode_tensors(&t, &BlobMeta::new(&f.spec, BlobRole::Update));
         let e = verify(&f.sign(&bad, 7), &bad, &key, &f.expect()).unwrap_err();
         assert!(matches!(e, VerifyError::Blob { .. }), "{e}");
     }

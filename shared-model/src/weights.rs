@@ -197,6 +197,7 @@ impl Weights {
             mean: self.tensors[0].data.clone(),
             std: self.tensors[1].data.clone(),
             target,
+            vocabularies: Default::default(),
         }
     }
 

@@ -85,10 +85,7 @@ async fn bad_uploads_and_bad_callers_are_refused_and_the_round_finishes() {
     let trained = train(&spec, &base, &slices[0], &TrainOptions::from_spec(&spec, 1))
         .unwrap()
         .weights;
-    let meta = BlobMeta {
-        spec_id: spec.id(),
-        role: BlobRole::Update,
-    };
+    let meta = BlobMeta::new(&spec, BlobRole::Update);
     let good = blob::encode(&trained, &meta);
     let envelope = |bytes: &[u8], round: u64| {
         SignedUpdate::for_blob(
@@ -355,10 +352,7 @@ async fn absurd_reports_beside_an_update_or_an_evaluation_are_refused() {
     let (signed, base_bytes) = a.download("wdbc", 0, spec.max_blob_bytes()).await.unwrap();
     let base_manifest = signed.verify(&sb.coordinator_key, now_ms()).unwrap();
     let base = blob::decode(&base_bytes, &spec, BlobRole::Initial).unwrap();
-    let meta = BlobMeta {
-        spec_id: spec.id(),
-        role: BlobRole::Update,
-    };
+    let meta = BlobMeta::new(&spec, BlobRole::Update);
     let good = blob::encode(&base, &meta);
     let env = SignedUpdate::for_blob(
         TaskId::new("wdbc").unwrap(),

@@ -379,7 +379,7 @@ fn predict_works_for_ensembles_and_series() {
     ];
     for m in &models {
         let path = dir.path().join(format!("{}.safetensors", m.kind()));
-        std::fs::write(&path, m.encode(spec.id(), BlobRole::Merged)).unwrap();
+        std::fs::write(&path, m.encode(&spec, BlobRole::Merged)).unwrap();
         let out = dir.path().join(format!("{}.csv", m.kind()));
         let printed = run_ok(
             "party-client",

@@ -403,7 +403,7 @@ async fn sigkill_during_uploads_and_merges_loses_nothing_and_counts_nothing_twic
             .collect();
         let merged = fedavg.merge(&base, &contributions).unwrap();
         assert_eq!(
-            Sha256::of(&merged.encode(spec.id(), BlobRole::Merged)).to_string(),
+            Sha256::of(&merged.encode(&spec, BlobRole::Merged)).to_string(),
             *blob,
             "round {round}: the published model is not FedAvg of its accepted updates"
         );

@@ -161,6 +161,7 @@ fn the_simulator_applies_dp_and_skips_refused_strategies() {
             spec: Some(spec),
             target: None,
             kind: None,
+            discover: false,
             parties: 3,
             partition: "iid".into(),
             strategies: strategies.into(),

@@ -13,6 +13,7 @@ fn args(out: &std::path::Path, attackers: usize) -> ExperimentArgs {
         spec: Some(yosegi_tests::data("wdbc.toml")),
         target: None,
         kind: None,
+        discover: false,
         parties: 5,
         partition: "iid".into(),
         strategies: "fedavg,median,trimmed-mean,krum,multi-krum".into(),

@@ -130,7 +130,7 @@ fn a_plant_export_runs_from_spec_init_through_a_federation_to_named_predictions(
     );
     let warned = String::from_utf8_lossy(&out.stderr);
     assert!(
-        warned.contains("values of \"line\" outside its declared categories counted as \"other\""),
+        warned.contains("values of \"line\" outside its categories counted as \"other\""),
         "{warned}"
     );
     let text = std::fs::read_to_string(p("pred.csv")).unwrap();
@@ -186,4 +186,153 @@ fn a_yield_far_from_unit_scale_is_learned_at_the_demo_defaults() {
         let floor = if name.starts_with("series") { 0.0 } else { 0.4 };
         assert!(r2 > floor, "{name}: R² {r2}\n{printed}");
     }
+}
+
+/// Vocabularies found in the statistics step: `spec init --discover` writes no name into the
+/// spec; three real daemons report how many of their rows hold each name, except one whose
+/// policy withholds names; the coordinator keeps the names common enough across the plants
+/// that shared them and publishes them in every model; the plants train with them, and
+/// `predict` with the declared spec and the pulled model writes predictions, counting a name
+/// outside the vocabulary as "other".
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vocabularies_found_in_the_statistics_step_reach_every_model_and_predict() {
+    use shared_model::plantdata::{PlantData, Target};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_str().unwrap().to_string();
+    let data = PlantData::default();
+    let text = data.csv(Target::Grade);
+    std::fs::write(p("plant.csv"), &text).unwrap();
+    let init = run(
+        "coordinator",
+        &[
+            "spec",
+            "init",
+            "--data",
+            &p("plant.csv"),
+            "--target",
+            "grade",
+            "--discover",
+            "--out",
+            &p("plant.toml"),
+        ],
+    );
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let spec_text = std::fs::read_to_string(p("plant.toml")).unwrap();
+    assert!(
+        !spec_text.contains("ACME") && spec_text.contains("discover = "),
+        "{spec_text}"
+    );
+    let spec = shared_model::spec::ModelSpec::parse(&spec_text, "plant.toml").unwrap();
+
+    // Each site's rows as its export writes them; plant-a alone buys from "ONLY-A" and
+    // plant-c alone from "SECRET-C", which its policy keeps to itself.
+    let (header, body) = text.split_once('\n').unwrap();
+    let mut sites = vec![header.to_string(); data.sites];
+    for (line, (row, _)) in body.lines().zip(data.rows()) {
+        let line = match row.site {
+            0 if row.supplier == 0 => line.replacen(",ACME,", ",ONLY-A,", 1),
+            2 if row.supplier == 0 => line.replacen(",ACME,", ",SECRET-C,", 1),
+            _ => line.to_string(),
+        };
+        sites[row.site] += &format!("\n{line}");
+    }
+    assert!(sites[0].contains("ONLY-A") && sites[2].contains("SECRET-C"));
+    let mut sb = yosegi_tests::sandbox::Sandbox::start().await;
+    let mut op = sb.operator().await;
+    let names = ["plant-a", "plant-b", "plant-c"];
+    // key files and a placeholder CSV, replaced by the site's export
+    let placeholder = shared_model::synthetic::spec(5).unwrap();
+    let empty = shared_model::data::Dataset::empty(5);
+    let pinned = sb.coordinator_pub();
+    let mut files = Vec::new();
+    for (name, csv) in names.iter().zip(&sites) {
+        let f = sb.party_files(name, &placeholder, &empty);
+        std::fs::write(&f.data, csv).unwrap();
+        let key = shared_model::keys::read_public(&f.public_key).unwrap();
+        op.enroll(name, &key).await.unwrap();
+        files.push(f);
+    }
+    for (i, f) in files.iter().enumerate() {
+        let policy = if i == 2 {
+            "share_category_names = false"
+        } else {
+            ""
+        };
+        sb.start_party_with_policy(f, &pinned, toml::from_str(policy).unwrap());
+    }
+    op.create_task("plant", &spec_text, &[]).await.unwrap();
+    op.start_round("plant", "fedavg", Default::default(), 3, 120_000, 2)
+        .await
+        .unwrap();
+    let rounds = sb
+        .wait_for("plant", Duration::from_secs(240), |rs| {
+            rs.len() == 2 && rs.iter().all(|r| r.phase == "published")
+        })
+        .await;
+    assert_eq!(rounds[1].version, 2);
+    let (manifest, bytes, signed) = op.pull("plant", 0, &sb.coordinator_key).await.unwrap();
+    assert_eq!(manifest.contributors.len(), 3, "every plant trained");
+    let found: BTreeMap<String, Vec<String>> =
+        shared_model::blob::read_vocabularies(&bytes, shared_model::model::model_limits(&spec))
+            .unwrap()
+            .expect("the model carries the vocabularies");
+    let suppliers = &found["supplier"];
+    assert!(suppliers.contains(&"ONLY-A".to_string()), "{found:?}");
+    assert!(
+        !suppliers.contains(&"SECRET-C".to_string()),
+        "a withheld name is never learned: {found:?}"
+    );
+    assert_eq!(found["shift"].len(), 3, "{found:?}");
+    std::fs::copy(&pinned, p("coordinator.pub")).unwrap();
+    sb.stop().await;
+
+    // At a plant: the declared spec and the pulled, verified model.
+    std::fs::write(p("model.safetensors"), &bytes).unwrap();
+    std::fs::write(p("model.manifest.json"), signed.to_file_json()).unwrap();
+    std::fs::write(
+        p("new.csv"),
+        "batch_id,line,product,supplier,shift,temp_c,pressure_bar,speed_mpm,humidity_pct\n\
+         N1,L2,B-200,ONLY-A,early,201.5,6.9,41.0,48\n\
+         N2,L2,B-200,SECRET-C,night,,,35.0,NA\n",
+    )
+    .unwrap();
+    let out = run(
+        "party-client",
+        &[
+            "predict",
+            "--spec",
+            &p("plant.toml"),
+            "--model",
+            &p("model.safetensors"),
+            "--manifest",
+            &p("model.manifest.json"),
+            "--coordinator-key",
+            &p("coordinator.pub"),
+            "--data",
+            &p("new.csv"),
+            "--id-column",
+            "batch_id",
+            "--out",
+            &p("pred.csv"),
+        ],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("1 values of \"supplier\" outside its categories counted as \"other\""),
+        "{said}"
+    );
+    let pred = std::fs::read_to_string(p("pred.csv")).unwrap();
+    assert_eq!(pred.lines().count(), 3, "{pred}");
+    assert!(pred.lines().skip(1).all(|l| {
+        ["ok", "rework", "scrap"]
+            .iter()
+            .any(|c| l.split(',').nth(1) == Some(c))
+    }));
 }

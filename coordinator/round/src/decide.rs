@@ -97,10 +97,23 @@ impl TaskRecord {
         self.parties.contains(party)
     }
 
-    /// The parsed spec.
+    /// The parsed spec; once the statistics step is complete, with the vocabularies it found
+    /// for `discover` columns ([`ModelSpec::with_vocabularies`]): the spec every model of the
+    /// task follows.
     pub fn spec(&self) -> Decided<ModelSpec> {
-        ModelSpec::parse(&self.spec_toml, &format!("task {}", self.name))
-            .map_err(|e| Refusal::invalid(e.to_string()))
+        let spec = ModelSpec::parse(&self.spec_toml, &format!("task {}", self.name))
+            .map_err(|e| Refusal::invalid(e.to_string()))?;
+        match &self.normalization {
+            Some(json) if spec.discovers() => {
+                let norm: shared_model::stats::Normalization =
+                    serde_json::from_str(json).map_err(|e| {
+                        Refusal::invalid(format!("task {}: stored normalisation: {e}", self.name))
+                    })?;
+                spec.with_vocabularies(&norm.vocabularies)
+                    .map_err(|e| Refusal::invalid(format!("task {}: {e}", self.name)))
+            }
+            _ => Ok(spec),
+        }
     }
 }
 

@@ -253,6 +253,19 @@ impl Limits {
                 } else {
                     present
                 },
+                // a `discover` column's counts by the same ratio: a party that claims many
+                // rows does not choose the vocabulary
+                categories: s
+                    .categories
+                    .iter()
+                    .map(|(f, counts)| {
+                        let scaled = counts
+                            .iter()
+                            .map(|(k, &c)| (k.clone(), ((c as f64 * scale).round() as u64).max(1)))
+                            .collect();
+                        (f.clone(), scaled)
+                    })
+                    .collect(),
             };
             total
                 .merge(&scaled)

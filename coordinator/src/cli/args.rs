@@ -67,6 +67,11 @@ pub enum SpecCommand {
         /// A name seen fewer times in a categorical column counts as "other".
         #[arg(long, default_value_t = crate::specinit::DEFAULT_MIN_COUNT)]
         min_count: u64,
+        /// Write no category name into the spec: a text column's vocabulary is found in the
+        /// task's statistics step (`discover`, names kept when `--min-count` rows across the
+        /// plants hold them), so a sample of one plant's names never reaches the others.
+        #[arg(long)]
+        discover: bool,
         /// Where to write the spec (refuses an existing file); stdout when not given.
         #[arg(long)]
         out: Option<PathBuf>,

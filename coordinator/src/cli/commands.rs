@@ -75,9 +75,10 @@ pub(super) fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
             target,
             kind,
             min_count,
+            discover,
             out,
         } => {
-            let inferred = crate::specinit::infer_spec(&data, &target, kind, min_count)?;
+            let inferred = crate::specinit::infer_spec(&data, &target, kind, min_count, discover)?;
             for s in &inferred.said {
                 eprintln!("{}: {s}", data.display());
             }
@@ -137,9 +138,15 @@ pub(super) fn spec_command(cmd: SpecCommand) -> anyhow::Result<()> {
                     spec.input_width()
                 );
                 for (name, c) in &spec.task.columns {
-                    let what = match &c.categories {
-                        Some(cats) => format!("categorical, {} categories + other", cats.len()),
-                        None => "numeric".into(),
+                    let what = match (&c.categories, &c.discover) {
+                        (Some(cats), _) => {
+                            format!("categorical, {} categories + other", cats.len())
+                        }
+                        (None, Some(d)) => format!(
+                            "categorical, up to {} categories found in the statistics step (kept when {} rows across the plants hold one) + other",
+                            d.slots, d.min_count
+                        ),
+                        (None, None) => "numeric".into(),
                     };
                     println!(
                         "  {name:<18} {what}, blanks: {}{}",

@@ -103,13 +103,7 @@ pub(super) fn exchange(
             .map_err(|e| anyhow::anyhow!("clipping an attacker's update: {e}"))?
             .0;
     }
-    let bytes = encode(
-        &weights,
-        &BlobMeta {
-            spec_id: s.spec.id(),
-            role: BlobRole::Update,
-        },
-    );
+    let bytes = encode(&weights, &BlobMeta::new(&s.spec, BlobRole::Update));
     let task = TaskId::new(TASK)?;
     let party_id = PartyId::new(name)?;
     let base_sha = Sha256::of(base_bytes);

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use party_client::contribute::PlantRows;
-use shared_model::data::{Dataset, SplitFractions, load_csv};
+use shared_model::data::{Dataset, SplitFractions, load as load_file};
+use shared_model::discovery;
 use shared_model::ids::PartyId;
 use shared_model::partition::{Partition, partition};
 use shared_model::spec::ModelSpec;
@@ -18,8 +19,9 @@ use yosegi_round::Limits;
 
 use super::{ExperimentArgs, Point};
 
-/// Reads the data and the spec.
-fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)> {
+/// Reads the data and the spec; the rows are encoded with the spec's
+/// [`discovery::wide_spec`] (also returned: the spec itself when it discovers nothing).
+fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, ModelSpec, Dataset)> {
     if args.data == "synthetic" {
         let spec = synthetic::spec(10)?;
         let data = Friedman1 {
@@ -29,16 +31,21 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, Dataset)
             seed,
         }
         .generate();
-        return Ok((spec, data));
+        return Ok((spec.clone(), spec, data));
     }
     let path = Path::new(&args.data);
     let spec = match (&args.spec, &args.target) {
         (Some(s), _) => ModelSpec::from_file(s)?,
-        (None, Some(target)) => derive_spec(path, target, args.kind)?,
+        (None, Some(target)) => derive_spec(path, target, args.kind, args.discover)?,
         (None, None) => anyhow::bail!("--data {} needs --spec or --target", path.display()),
     };
-    let data = load_csv(path, &spec)?;
-    Ok((spec, data))
+    let (data, report) = load_file(path, &spec)?;
+    if !spec.discovers() {
+        return Ok((spec.clone(), spec, data));
+    }
+    let wide = discovery::wide_spec(&spec, &report.counts.seen);
+    let data = load_file(path, &wide)?.0;
+    Ok((spec, wide, data))
 }
 
 /// A spec for a CSV and its target column, inferred as `spec init` does
@@ -48,9 +55,15 @@ pub fn derive_spec(
     path: &Path,
     target: &str,
     kind: Option<super::infer::Kind>,
+    discover: bool,
 ) -> anyhow::Result<ModelSpec> {
-    let inferred =
-        crate::specinit::infer_spec(path, target, kind, crate::specinit::DEFAULT_MIN_COUNT)?;
+    let inferred = crate::specinit::infer_spec(
+        path,
+        target,
+        kind,
+        crate::specinit::DEFAULT_MIN_COUNT,
+        discover,
+    )?;
     for s in &inferred.said {
         eprintln!("{}: {s}", path.display());
     }
@@ -121,9 +134,10 @@ pub(super) struct Setup {
 }
 
 pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::Result<Setup> {
-    let (mut spec, all) = load(args, seed)?;
+    let (mut spec, mut wide, all) = load(args, seed)?;
     // Every seed changes the initial weights and the batch order too.
     spec.training.seed = spec.training.seed.wrapping_add(seed);
+    wide.training.seed = spec.training.seed;
     let split = all.split(
         spec.task.kind,
         SplitFractions {
@@ -133,7 +147,7 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
         seed,
     );
     let how: Partition = point.partition.parse()?;
-    let parts = partition(&split.train, &spec, &how, point.parties, 5, seed)?;
+    let parts = partition(&split.train, &wide, &how, point.parties, 5, seed)?;
     let parties: Vec<(String, PlantRows)> = parts
         .iter()
         .enumerate()
@@ -143,30 +157,56 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
         })
         .collect();
     // The statistics step: normalisation from every party's feature sums of its training
-    // rows, each counted within the default contribution limits, as a live task does.
+    // rows (and counts of its values of `discover` columns), each counted within the default
+    // contribution limits, as a live task does.
     let sums: Vec<(PartyId, FeatureSums)> = parties
         .iter()
         .map(|(n, rows)| {
+            let all_rows = [&rows.train, &rows.validation, &rows.holdout];
             Ok((
                 PartyId::new(n)?,
-                FeatureSums::of_dataset(&spec, &rows.train),
+                discovery::plant_sums(&wide, &spec, &rows.train, &all_rows),
             ))
         })
         .collect::<anyhow::Result<_>>()?;
-    let normalised = |limits: Limits| -> anyhow::Result<Weights> {
+    let normalised = |limits: Limits, spec: &ModelSpec| -> anyhow::Result<(ModelSpec, Weights)> {
         let pooled = limits
             .pooled_sums(spec.stats_width(), &sums)
             .map_err(|e| anyhow::anyhow!(e))?;
-        Ok(Weights::initial(&spec, &pooled.normalization_for(&spec)?))
+        let norm = pooled.normalization_for(spec)?;
+        let s = spec
+            .with_vocabularies(&norm.vocabularies)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let w = Weights::initial(&s, &norm);
+        Ok((s, w))
     };
-    let initial = normalised(Limits::default())?;
-    let pooled_initial = normalised(Limits {
-        max_share: 1.0,
-        ..Limits::default()
-    })?;
+    let (task_spec, initial) = normalised(Limits::default(), &spec)?;
+    // The data-sharing baseline: every row counted, the federation's vocabularies (from
+    // here on every row is encoded with them).
+    let (_, pooled_initial) = normalised(
+        Limits {
+            max_share: 1.0,
+            ..Limits::default()
+        },
+        &task_spec,
+    )?;
+    let recode = |d: &Dataset| discovery::recode(&wide, &task_spec, d);
+    let parties = parties
+        .into_iter()
+        .map(|(n, r)| {
+            let rows = PlantRows {
+                train: recode(&r.train),
+                validation: recode(&r.validation),
+                holdout: recode(&r.holdout),
+            };
+            (n, rows)
+        })
+        .collect();
+    let holdout = recode(&split.holdout);
+    let spec = task_spec;
     Ok(Setup {
         spec,
-        holdout: split.holdout,
+        holdout,
         parties,
         initial,
         pooled_initial,

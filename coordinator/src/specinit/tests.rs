@@ -14,7 +14,7 @@ fn write(dir: &tempfile::TempDir, name: &str, text: &str) -> std::path::PathBuf 
 fn a_plant_export_is_inferred_column_by_column_and_then_loads() {
     let dir = tempfile::tempdir().unwrap();
     let csv = write(&dir, "plant.csv", &PlantData::default().csv(Target::Grade));
-    let inf = infer_spec(&csv, "grade", None, DEFAULT_MIN_COUNT).unwrap();
+    let inf = infer_spec(&csv, "grade", None, DEFAULT_MIN_COUNT, false).unwrap();
     let s = &inf.spec;
     assert_eq!(s.task.kind, TaskKind::Multiclass { classes: 3 });
     assert_eq!(
@@ -56,6 +56,34 @@ fn a_plant_export_is_inferred_column_by_column_and_then_loads() {
 }
 
 #[test]
+fn with_discover_no_category_name_is_written_into_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = PlantData::default().csv(Target::Grade);
+    let csv = write(&dir, "plant.csv", &text);
+    let inf = infer_spec(&csv, "grade", None, 7, true).unwrap();
+    for name in shared_model::plantdata::SUPPLIERS {
+        assert!(!inf.toml.contains(name), "{name} in\n{}", inf.toml);
+    }
+    let line = &inf.spec.task.columns["line"];
+    assert!(line.categories.is_none());
+    let d = line.discover.unwrap();
+    assert_eq!(
+        (d.slots, d.min_count),
+        (8, 7),
+        "twice the 4 names seen, at least 8"
+    );
+    assert!(
+        inf.said
+            .iter()
+            .any(|l| l.contains("\"supplier\"") && l.contains("found in the statistics step"))
+    );
+    // the class names of the target are still declared
+    assert!(inf.spec.task.class_names.is_some());
+    let again = ModelSpec::parse(&inf.toml, "<toml>").unwrap();
+    assert_eq!(again.id(), inf.spec.id());
+}
+
+#[test]
 fn rare_names_are_other_and_a_binary_target_of_names_says_its_positive_class() {
     let dir = tempfile::tempdir().unwrap();
     let mut text = String::from("shift,temp,result\n");
@@ -65,7 +93,7 @@ fn rare_names_are_other_and_a_binary_target_of_names_says_its_positive_class() {
         text += &format!("{shift},{},{}\n", 20 + i, ["pass", "fail"][i % 2]);
     }
     let csv = write(&dir, "b.csv", &text);
-    let inf = infer_spec(&csv, "result", None, 5).unwrap();
+    let inf = infer_spec(&csv, "result", None, 5, false).unwrap();
     assert_eq!(inf.spec.task.kind, TaskKind::Binary);
     assert_eq!(inf.spec.class_name(1), "pass");
     assert!(
@@ -80,7 +108,7 @@ fn rare_names_are_other_and_a_binary_target_of_names_says_its_positive_class() {
             .iter()
             .any(|l| l.contains("1 names seen fewer than 5 times"))
     );
-    let e = infer_spec(&csv, "result", Some(Kind::Regression), 5).unwrap_err();
+    let e = infer_spec(&csv, "result", Some(Kind::Regression), 5, false).unwrap_err();
     assert!(
         format!("{e:#}").contains("--kind regression needs numbers"),
         "{e:#}"
@@ -100,7 +128,7 @@ fn a_few_text_cells_among_numbers_are_refused_naming_their_lines() {
         text += &format!("{t},{}\n", i % 2);
     }
     let csv = write(&dir, "t.csv", &text);
-    let e = format!("{:#}", infer_spec(&csv, "y", None, 5).unwrap_err());
+    let e = format!("{:#}", infer_spec(&csv, "y", None, 5, false).unwrap_err());
     assert!(
         e.contains("column \"temp\"") && e.contains("line 13: \"hot\""),
         "{e}"
@@ -120,7 +148,7 @@ fn blank_targets_are_counted_and_left_out_never_filled() {
         text += &format!("{i},{y}\n");
     }
     let csv = write(&dir, "y.csv", &text);
-    let inf = infer_spec(&csv, "y", None, 5).unwrap();
+    let inf = infer_spec(&csv, "y", None, 5, false).unwrap();
     assert!(
         inf.said
             .iter()
@@ -148,7 +176,7 @@ fn a_numeric_target_with_a_stray_text_cell_is_refused_not_read_as_names() {
         text += &format!("{i},{y}\n");
     }
     let csv = write(&dir, "y.csv", &text);
-    let e = format!("{:#}", infer_spec(&csv, "y", None, 5).unwrap_err());
+    let e = format!("{:#}", infer_spec(&csv, "y", None, 5, false).unwrap_err());
     assert!(
         e.contains("is ambiguous") && e.contains("line 5: \"n/a?\""),
         "{e}"

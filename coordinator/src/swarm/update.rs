@@ -54,13 +54,7 @@ pub fn random_update(u: &RandomUpdate<'_>) -> anyhow::Result<(Vec<u8>, SignedUpd
             .map(|v| v + rng.random_range(-0.05f32..0.05))
             .collect()
     })?;
-    let blob = blob::encode(
-        &weights,
-        &BlobMeta {
-            spec_id: u.spec.id(),
-            role: BlobRole::Update,
-        },
-    );
+    let blob = blob::encode(&weights, &BlobMeta::new(u.spec, BlobRole::Update));
     let env = SignedUpdate::for_blob(
         u.task.clone(),
         u.spec.id(),

@@ -58,7 +58,7 @@ impl LoadReport {
             }
             if at(&self.counts.unseen) > 0 {
                 out.push(format!(
-                    "{} values of {f:?} outside its declared categories counted as \"other\"",
+                    "{} values of {f:?} outside its categories counted as \"other\"",
                     at(&self.counts.unseen)
                 ));
             }

@@ -2,7 +2,7 @@ use super::*;
 use crate::spec::ModelSpec;
 use crate::stats::FeatureSums;
 
-const PLANT: &str = r#"
+pub(crate) const PLANT: &str = r#"
 format = 1
 name = "plant"
 [task]

@@ -62,6 +62,7 @@ fn chain_input_norm(
             mean: vec![t.mean],
             std: vec![t.std],
             target: None,
+            vocabularies: Default::default(),
         };
     }
     let d = spec.input_width();
@@ -126,6 +127,7 @@ mod tests {
             mean: vec![0.5; d],
             std: vec![2.0; d],
             target: None,
+            vocabularies: Default::default(),
         };
         let s0 = Weights::initial(&spec, &norm);
         let rows: Vec<f32> = (0..5 * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();

@@ -112,7 +112,7 @@ fn a_standardised_target_is_learned_in_its_units_where_the_raw_one_is_not() {
     assert!(bad < good - 0.3, "R² {bad} unscaled vs {good} scaled");
 
     // The blob carries the scale; decoded, it predicts in kilograms.
-    let bytes = Model::Single(w.clone()).encode(scaled.id(), BlobRole::Merged);
+    let bytes = Model::Single(w.clone()).encode(&scaled, BlobRole::Merged);
     let back = Model::decode(&bytes, &scaled, BlobRole::Merged).unwrap();
     let preds = back.predict(&scaled, &test.features, CpuBackend::default());
     let mean_pred = preds.iter().map(|&p| f64::from(p)).sum::<f64>() / preds.len() as f64;

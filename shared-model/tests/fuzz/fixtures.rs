@@ -63,6 +63,7 @@ pub fn weights(spec: &ModelSpec, by: f32) -> Weights {
         mean: (0..d).map(|i| i as f32 * 0.5).collect(),
         std: (0..d).map(|i| 1.0 + i as f32).collect(),
         target: None,
+        vocabularies: Default::default(),
     };
     Weights::initial(spec, &norm)
         .map_trainable(|t| t.data.iter().map(|v| v + by).collect())
@@ -96,10 +97,7 @@ pub fn update_blob() -> Vec<u8> {
     let spec = spec();
     blob::encode(
         &weights(&spec, 0.5),
-        &BlobMeta {
-            spec_id: spec.id(),
-            role: BlobRole::Update,
-        },
+        &BlobMeta::new(&spec, BlobRole::Update),
     )
 }
 
@@ -108,10 +106,7 @@ pub fn stage_blob() -> Vec<u8> {
     let spec = spec();
     blob::encode(
         &weights(&stage_spec(&spec, 1), 0.5),
-        &BlobMeta {
-            spec_id: spec.id(),
-            role: BlobRole::Update,
-        },
+        &BlobMeta::new(&spec, BlobRole::Update),
     )
 }
 
@@ -223,7 +218,7 @@ pub fn sign_manifest_bytes(bytes: &[u8], key: &SigningKey) -> SignedManifest {
 pub fn manifest() -> (Manifest, Vec<u8>) {
     let spec = spec();
     let model = &models()[1];
-    let blob = model.encode(spec.id(), BlobRole::Merged);
+    let blob = model.encode(&spec, BlobRole::Merged);
     let rows = Dataset {
         width: 3,
         features: vec![0.5, -1.0, 2.0, 1.0, 0.0, -0.5, 3.0, 1.0, 1.0],

@@ -26,7 +26,7 @@ fn tensor_offsets_near_u64_max_are_refused_without_overflow() {
             "{e}"
         );
         assert!(blob::decode(&bytes, &spec, role).is_err());
-        assert!(blob::decode_as(&bytes, &stage_spec(&spec, 1), spec.id(), role).is_err());
+        assert!(blob::decode_as(&bytes, &stage_spec(&spec, 1), &spec, role).is_err());
     }
 }
 

@@ -68,11 +68,8 @@ pub fn blob_input(rng: &mut ChaCha8Rng, corpus: &[Vec<u8>]) -> (Vec<u8>, Expect)
 }
 
 fn round_trips(w: &Weights, spec: &ModelSpec, role: BlobRole, layout: &ModelSpec) -> bool {
-    let meta = BlobMeta {
-        spec_id: spec.id(),
-        role,
-    };
-    blob::decode_as(&blob::encode(w, &meta), layout, spec.id(), role).as_ref() == Ok(w)
+    let meta = BlobMeta::new(spec, role);
+    blob::decode_as(&blob::encode(w, &meta), layout, spec, role).as_ref() == Ok(w)
 }
 
 /// Every blob decoder on one input: single networks in each role and layout, composite
@@ -90,7 +87,7 @@ pub fn check_blob_decoders(bytes: &[u8], expect: &Expect) -> Result<(), String> 
     let mut accepted = 0;
     for role in [BlobRole::Initial, BlobRole::Update, BlobRole::Merged] {
         for layout in [&spec, &stage] {
-            if let Ok(w) = blob::decode_as(bytes, layout, spec.id(), role) {
+            if let Ok(w) = blob::decode_as(bytes, layout, &spec, role) {
                 accepted += 1;
                 if !round_trips(&w, &spec, role, layout) {
                     return Err(format!("decoded {role} weights do not round-trip"));
@@ -118,7 +115,7 @@ pub fn check_blob_decoders(bytes: &[u8], expect: &Expect) -> Result<(), String> 
 }
 
 fn check_model(model: &Model, spec: &ModelSpec, role: BlobRole) -> Result<(), String> {
-    let again = Model::decode(&model.encode(spec.id(), role), spec, role);
+    let again = Model::decode(&model.encode(spec, role), spec, role);
     if again.as_ref() != Ok(model) {
         return Err(format!(
             "decoded {} model does not round-trip",
@@ -152,7 +149,7 @@ fn fuzz_composite_model_blobs() {
     let spec = fixtures::spec();
     let corpus: Vec<Vec<u8>> = fixtures::models()
         .iter()
-        .map(|m| m.encode(spec.id(), BlobRole::Merged))
+        .map(|m| m.encode(&spec, BlobRole::Merged))
         .collect();
     run("model", |rng| blob_input(rng, &corpus), check_blob_decoders);
 }
@@ -597,10 +594,7 @@ fn fuzz_model_specs() {
             let d = spec.input_width();
             if spec.parameter_count() <= 20_000 && d <= 1_000 {
                 let w = Weights::initial(&spec, &Normalization::identity(d));
-                let meta = BlobMeta {
-                    spec_id: spec.id(),
-                    role: BlobRole::Initial,
-                };
+                let meta = BlobMeta::new(&spec, BlobRole::Initial);
                 if blob::decode(&blob::encode(&w, &meta), &spec, BlobRole::Initial) != Ok(w) {
                     return Err("the initial model does not round-trip its blob".into());
                 }

@@ -150,6 +150,13 @@ impl Engine {
             .map_err(EngineError::Invalid)?
             .normalization_for(spec)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
+        // From here on the task's models follow the spec with the vocabularies just found.
+        let spec = &spec
+            .with_vocabularies(&norm.vocabularies)
+            .map_err(EngineError::Invalid)?;
+        for (column, found) in &norm.vocabularies {
+            tracing::info!(task = %name, column = %column, categories = found.len(), "vocabulary found in the statistics step");
+        }
         let initial = Model::Single(Weights::initial(spec, &norm));
         let model = self.publish_model(
             t,
@@ -377,7 +384,7 @@ impl Engine {
             BlobRole::Initial => 0,
             _ => self.store.latest_version(t.name.as_str())?.0 + 1,
         };
-        let bytes = model.encode(spec.id(), role);
+        let bytes = model.encode(spec, role);
         let sha = self.blobs.put(&bytes)?;
         let manifest = Manifest {
             format: MANIFEST_FORMAT.into(),

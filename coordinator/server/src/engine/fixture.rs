@@ -160,13 +160,7 @@ impl Fixture {
             .model("t", r.base_version.map(|v| v.0))
             .unwrap()
             .unwrap();
-        let bytes = blob::encode(
-            w,
-            &BlobMeta {
-                spec_id: spec.id(),
-                role: BlobRole::Update,
-            },
-        );
+        let bytes = blob::encode(w, &BlobMeta::new(&spec, BlobRole::Update));
         let env = SignedUpdate::for_blob(
             TaskId::new("t").unwrap(),
             spec.id(),

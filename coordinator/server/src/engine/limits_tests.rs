@@ -13,6 +13,7 @@ fn lying_sums() -> FeatureSums {
         sum: vec![1000.0 * n as f64; 2],
         sum_sq: vec![1_000_000.0 * n as f64; 2],
         present: Vec::new(),
+        categories: Default::default(),
     }
 }
 

@@ -122,14 +122,42 @@ pub fn envelope(e: &pb::UpdateEnvelope) -> Result<SignedUpdate, Status> {
     })
 }
 
-/// Reads feature sums.
-pub fn sums(s: &pb::FeatureSums) -> FeatureSums {
-    FeatureSums {
+/// Reads feature sums; category counts must pair each name with a count, a column and a
+/// name at most once.
+pub fn sums(s: &pb::FeatureSums) -> Result<FeatureSums, String> {
+    let mut categories = std::collections::BTreeMap::new();
+    for c in &s.categories {
+        if c.names.len() != c.counts.len() {
+            return Err(format!(
+                "categories of column {:?}: {} names but {} counts",
+                c.column,
+                c.names.len(),
+                c.counts.len()
+            ));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for (name, &n) in c.names.iter().zip(&c.counts) {
+            if counts.insert(name.clone(), n).is_some() {
+                return Err(format!(
+                    "categories of column {:?}: {name:?} is listed twice",
+                    c.column
+                ));
+            }
+        }
+        if categories.insert(c.column.clone(), counts).is_some() {
+            return Err(format!(
+                "categories of column {:?} are listed twice",
+                c.column
+            ));
+        }
+    }
+    Ok(FeatureSums {
         count: s.count,
         sum: s.sum.clone(),
         sum_sq: s.sum_sq.clone(),
         present: s.present.clone(),
-    }
+        categories,
+    })
 }
 
 /// Writes a signed manifest.

@@ -174,7 +174,8 @@ impl PartyService for PartySvc {
         let sums = convert::sums(
             &r.sums
                 .ok_or_else(|| Status::invalid_argument("field sums is missing"))?,
-        );
+        )
+        .map_err(|e| Status::invalid_argument(format!("field sums: {e}")))?;
         change_engine(&self.0, move |e| {
             e.submit_sums(&party, &r.assignment_id, &sums, now_ms())
         })
