@@ -214,7 +214,7 @@ async fn reload_for(
     spec: &ModelSpec,
     rows: PlantRows,
 ) -> anyhow::Result<Option<PlantRows>> {
-    if !spec.discovers() {
+    if !spec.finds() {
         return Ok(Some(rows));
     }
     drop(rows);

@@ -286,6 +286,15 @@ impl PartyClient {
                         counts: counts.values().copied().collect(),
                     })
                     .collect(),
+                histograms: sums
+                    .histograms
+                    .iter()
+                    .map(|(column, h)| pb::ValueHistogram {
+                        column: column.clone(),
+                        buckets: h.keys().copied().collect(),
+                        counts: h.values().copied().collect(),
+                    })
+                    .collect(),
             }),
         };
         let req = self.req(msg, "SubmitFeatureSums");

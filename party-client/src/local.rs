@@ -58,9 +58,9 @@ pub fn train_local(
         .normalization_for(spec)
         .with_context(|| format!("{}: cannot normalise the training rows", data.display()))?;
     let spec = &spec
-        .with_vocabularies(&norm.vocabularies)
+        .resolved(&norm)
         .map_err(|e| anyhow::anyhow!("{}: {e}", data.display()))?;
-    if spec.discovers() {
+    if spec.finds() {
         // encoded again, now that the vocabularies are known
         split = load(spec)?.0;
     }

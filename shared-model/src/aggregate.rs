@@ -156,6 +156,7 @@ mod tests {
             &f.spec,
             &Normalization {
                 vocabularies: Default::default(),
+                medians: Default::default(),
                 mean: vec![1.0; 3],
                 std: vec![1.0; 3],
                 target: None,

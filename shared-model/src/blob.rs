@@ -120,12 +120,13 @@ pub struct BlobMeta {
     /// Names from the spec, for a reader without it (e.g. Python): `classes` (a JSON list)
     /// when the spec names its classes, `vocabularies` (a JSON object of lists) once the
     /// statistics step found the `discover` columns' categories. A decode requires exactly
-    /// these (a blob of another vocabulary is another model).
+    /// these (a blob of another vocabulary is another model); `medians` (a JSON object of
+    /// numbers) once it found the `missing = "median"` columns' medians.
     pub names: BTreeMap<&'static str, String>,
 }
 
 /// The [`BlobMeta::names`] keys.
-pub const NAME_KEYS: [&str; 2] = ["classes", "vocabularies"];
+pub const NAME_KEYS: [&str; 3] = ["classes", "medians", "vocabularies"];
 
 impl BlobMeta {
     /// The metadata of a blob of `spec` in `role`.
@@ -133,6 +134,10 @@ impl BlobMeta {
         let mut names = BTreeMap::new();
         if let Some(classes) = &spec.task.class_names {
             names.insert("classes", serde_json::to_string(classes).expect("json"));
+        }
+        let medians = spec.medians();
+        if !medians.is_empty() {
+            names.insert("medians", serde_json::to_string(&medians).expect("json"));
         }
         let vocabularies = spec.vocabularies();
         if !vocabularies.is_empty() {
@@ -156,48 +161,77 @@ pub fn read_vocabularies(
     bytes: &[u8],
     limits: BlobLimits,
 ) -> Result<Option<BTreeMap<String, Vec<String>>>, BlobError> {
+    read_found(
+        bytes,
+        limits,
+        "vocabularies",
+        "a JSON object of category lists",
+    )
+}
+
+/// The medians a blob says its task's statistics step found (`medians` metadata).
+pub fn read_medians(
+    bytes: &[u8],
+    limits: BlobLimits,
+) -> Result<Option<BTreeMap<String, f64>>, BlobError> {
+    read_found(bytes, limits, "medians", "a JSON object of numbers")
+}
+
+fn read_found<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    limits: BlobLimits,
+    key: &'static str,
+    what: &str,
+) -> Result<Option<T>, BlobError> {
     let header = read_header(bytes, limits)?;
-    let Some(text) = header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("vocabularies"))
-    else {
+    let Some(text) = header.metadata().as_ref().and_then(|m| m.get(key)) else {
         return Ok(None);
     };
     serde_json::from_str(text)
         .map(Some)
         .map_err(|e| BlobError::Metadata {
-            key: "vocabularies",
-            expected: format!("a JSON object of category lists ({e})"),
+            key,
+            expected: format!("{what} ({e})"),
             found: Some(text.chars().take(200).collect()),
         })
 }
 
-/// `spec` as the blob's task found its vocabularies ([`read_vocabularies`]), or as it is when
-/// the spec discovers none. Refused when the blob names none for a spec that discovers, or
-/// names ones that do not fit the spec.
+/// `spec` as the blob's task found it ([`ModelSpec::resolved`]: vocabularies and medians from
+/// the blob's metadata), or as it is when the spec finds nothing. Refused when the blob lacks
+/// what the spec finds, or holds values that do not fit it.
 pub fn spec_for(
     bytes: &[u8],
     spec: &ModelSpec,
     limits: BlobLimits,
 ) -> Result<ModelSpec, BlobError> {
-    if !spec.discovers() {
+    if !spec.finds() {
         return Ok(spec.clone());
     }
-    let bad = |expected: String, found: Option<String>| BlobError::Metadata {
-        key: "vocabularies",
+    let bad = |key: &'static str, expected: String| BlobError::Metadata {
+        key,
         expected,
-        found,
+        found: None,
     };
-    match read_vocabularies(bytes, limits)? {
-        None => Err(bad(
-            "the vocabularies of the spec's `discover` columns".into(),
-            None,
-        )),
-        Some(v) => spec
-            .with_vocabularies(&v)
-            .map_err(|e| bad(format!("vocabularies that fit the spec ({e})"), None)),
-    }
+    let vocabularies = match read_vocabularies(bytes, limits)? {
+        Some(v) => v,
+        None if spec.discovers() => {
+            return Err(bad(
+                "vocabularies",
+                "the vocabularies of the spec's `discover` columns".into(),
+            ));
+        }
+        None => BTreeMap::new(),
+    };
+    let medians = read_medians(bytes, limits)?.unwrap_or_default();
+    spec.with_vocabularies(&vocabularies)
+        .map_err(|e| {
+            bad(
+                "vocabularies",
+                format!("vocabularies that fit the spec ({e})"),
+            )
+        })?
+        .with_medians(&medians)
+        .map_err(|e| bad("medians", format!("medians that fit the spec ({e})")))
 }
 
 /// Encodes tensors canonically as safetensors bytes.

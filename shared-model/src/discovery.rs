@@ -61,10 +61,10 @@ pub fn counts(wide: &ModelSpec, rows: &[&Dataset]) -> BTreeMap<String, BTreeMap<
 
 /// Rows encoded with a [`wide_spec`] of `target`'s declared spec, re-encoded as `target` says:
 /// a `discover` column's value goes to its slot in `target`'s vocabulary, or to "other"
-/// (every value, before the vocabularies are found); a blank stays blank. Every other input is
-/// copied. Bit-identical to loading the same rows with `target`.
+/// (every value, before the vocabularies are found); a blank stays blank, except that of a
+/// `missing = "median"` column once `target` holds its median. Every other input is copied. Bit-identical to loading the same rows with `target`.
 pub fn recode(wide: &ModelSpec, target: &ModelSpec, ds: &Dataset) -> Dataset {
-    if !wide.discovers() {
+    if !wide.discovers() && target.medians().is_empty() {
         return ds.clone();
     }
     let from: Vec<(usize, usize, Column)> = blocks(wide)
@@ -79,6 +79,13 @@ pub fn recode(wide: &ModelSpec, target: &ModelSpec, ds: &Dataset) -> Dataset {
             let block = &row[*at..at + w];
             let (Some(d), Some(slots)) = (src.discover, dst.one_hot()) else {
                 features.extend_from_slice(block);
+                // a blank to fill with the median the statistics step found
+                if let Some(m) = dst.median
+                    && block[0].is_nan()
+                {
+                    let at = features.len() - block.len();
+                    features[at] = m as f32;
+                }
                 continue;
             };
             let named = src.vocabulary();
@@ -129,7 +136,7 @@ pub fn fix_alone(
     let norm = plant_sums(wide, declared, train, rows)
         .normalization_for(declared)
         .map_err(|e| e.to_string())?;
-    let spec = declared.with_vocabularies(&norm.vocabularies)?;
+    let spec = declared.resolved(&norm)?;
     Ok((spec, norm))
 }
 

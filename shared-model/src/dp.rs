@@ -246,6 +246,7 @@ mod tests {
             std: vec![0.5, 1.5, 2.5],
             target: None,
             vocabularies: Default::default(),
+            medians: Default::default(),
         };
         Weights::initial(&ModelSpec::parse(SMALL, "<t>").unwrap(), &norm)
     }

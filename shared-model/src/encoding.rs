@@ -38,6 +38,10 @@ pub enum Missing {
     Mean,
     /// Filled with the column's `fill` (numeric columns).
     Constant,
+    /// Filled with the federated median of the present values (numeric columns), within 1 %,
+    /// from the histograms the plants report in the statistics step (more than a mean's sums:
+    /// each plant's values counted on a 2 % grid).
+    Median,
     /// The row is left out of training and evaluation, and counted.
     DropRow,
     /// Counted as the "other" category (categorical columns).
@@ -51,6 +55,7 @@ impl Missing {
             Missing::Error => "error",
             Missing::Mean => "mean",
             Missing::Constant => "constant",
+            Missing::Median => "median",
             Missing::DropRow => "drop-row",
             Missing::Other => "other",
         }
@@ -101,6 +106,10 @@ pub struct Column {
     /// ([`crate::spec::ModelSpec::with_vocabularies`]).
     #[serde(skip)]
     pub found: Option<Vec<String>>,
+    /// The median the statistics step found for a `missing = "median"` column (not part of
+    /// the spec either; [`crate::spec::ModelSpec::resolved`]).
+    #[serde(skip)]
+    pub median: Option<f64>,
 }
 
 impl Column {
@@ -302,6 +311,8 @@ impl Encoder {
                         Kind::Categorical(_, n) => out.extend(std::iter::repeat_n(f32::NAN, n + 1)),
                     },
                     Missing::Constant => out.push(col.fill.unwrap_or(0.0) as f32),
+                    // before the statistics step: left out of the sums, as a mean's blank
+                    Missing::Median => out.push(col.median.map_or(f32::NAN, |m| m as f32)),
                     Missing::Other => {
                         if let Kind::Categorical(_, n) = kind {
                             push_one_hot(out, *n, *n);

@@ -200,6 +200,7 @@ mod tests {
             std: vec![2.0, 1.0, 1.0],
             target: None,
             vocabularies: Default::default(),
+            medians: Default::default(),
         };
         let w = Weights::initial(&spec, &norm);
         let x = [3.0f32, -1.0, 0.5];

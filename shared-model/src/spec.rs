@@ -16,6 +16,7 @@ use crate::ids::{Sha256, SpecId};
 /// The spec format this build reads and writes.
 pub const SPEC_FORMAT: u32 = 1;
 
+mod found;
 mod raw;
 mod toml_text;
 
@@ -344,7 +345,8 @@ impl ModelSpec {
         for f in &self.task.features {
             let c = self.task.columns.get(f).cloned().unwrap_or_default();
             let values = c.one_hot().map_or(1, |k| k + 1);
-            out.extend(std::iter::repeat_n(c.missing == Missing::Mean, values));
+            let filled_later = matches!(c.missing, Missing::Mean | Missing::Median);
+            out.extend(std::iter::repeat_n(filled_later, values));
             if c.indicator {
                 out.push(false);
             }
@@ -353,52 +355,6 @@ impl ModelSpec {
             out.push(false);
         }
         out
-    }
-
-    /// True when a feature's vocabulary is found in the statistics step (`discover`): the
-    /// spec's layout is fixed, but rows are encoded as the task's models say
-    /// ([`Self::with_vocabularies`]).
-    pub fn discovers(&self) -> bool {
-        self.task.columns.values().any(|c| c.discover.is_some())
-    }
-
-    /// The vocabularies the statistics step found, by column (empty before it, and for a spec
-    /// that discovers none).
-    pub fn vocabularies(&self) -> BTreeMap<String, Vec<String>> {
-        self.task
-            .columns
-            .iter()
-            .filter_map(|(name, c)| c.found.clone().map(|f| (name.clone(), f)))
-            .collect()
-    }
-
-    /// This spec with the vocabularies the statistics step found (one per `discover` column,
-    /// each at most its slots, most frequent first). The id, layout and TOML stay the
-    /// declared spec's. Refused naming the column when they do not fit.
-    pub fn with_vocabularies(
-        &self,
-        found: &BTreeMap<String, Vec<String>>,
-    ) -> Result<ModelSpec, String> {
-        if let Some(name) = found.keys().find(|k| {
-            self.task
-                .columns
-                .get(*k)
-                .is_none_or(|c| c.discover.is_none())
-        }) {
-            return Err(format!(
-                "vocabulary for column {name:?}, which the spec does not discover"
-            ));
-        }
-        let mut out = self.clone();
-        for (name, c) in out.task.columns.iter_mut() {
-            let Some(d) = c.discover else { continue };
-            let Some(f) = found.get(name) else {
-                return Err(format!("no vocabulary for column {name:?} (`discover`)"));
-            };
-            encoding::check_found(name, d.slots, f)?;
-            c.found = Some(f.clone());
-        }
-        Ok(out)
     }
 
     /// The encoder of this task's feature columns ([`encoding::Encoder`]); `predicting` fills a
@@ -475,7 +431,8 @@ impl ModelSpec {
 
     /// The most bytes the blob metadata's names (`classes`, `vocabularies`) may take in a
     /// header: each name at most 256 bytes, JSON inside a JSON string (at most 12 bytes per
-    /// byte of name, with quotes and a comma), every slot of a `discover` column filled.
+    /// byte of name, with quotes and a comma), every slot of a `discover` column filled, and
+    /// the `medians`.
     fn max_names_bytes(&self) -> u64 {
         let name = |len: usize| 12 * len as u64 + 6;
         let classes: u64 = self
@@ -489,9 +446,20 @@ impl ModelSpec {
             .task
             .columns
             .iter()
-            .filter_map(|(f, c)| c.discover.map(|d| name(f.len()) + d.slots as u64 * name(256)))
+            .filter_map(|(f, c)| {
+                c.discover
+                    .map(|d| name(f.len()) + d.slots as u64 * name(256))
+            })
             .sum();
-        classes + vocabularies
+        // a median: the column's name and a number of at most 32 characters
+        let medians: u64 = self
+            .task
+            .columns
+            .iter()
+            .filter(|(_, c)| c.missing == Missing::Median)
+            .map(|(f, _)| name(f.len()) + 40)
+            .sum();
+        classes + vocabularies + medians
     }
 
     /// Largest blob of this spec, in bytes: the size prefix, the header cap and the data.

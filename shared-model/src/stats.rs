@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::encoding::{self, MAX_CATEGORIES};
+use crate::encoding::{self, MAX_CATEGORIES, Missing};
+
+pub mod sketch;
 
 /// Standard deviations below this are treated as constant features (scaled by 1).
 pub const MIN_STD: f64 = 1e-8;
@@ -46,10 +48,10 @@ pub enum StatsError {
         /// Rows reported.
         count: u64,
     },
-    /// Category counts of a `discover` column that no plant's rows can produce, or for a
-    /// column the spec does not discover.
-    #[error("category counts: {0}")]
-    Categories(String),
+    /// Category counts or a median histogram that no plant's rows can produce, or for a
+    /// column the spec finds no vocabulary or median for.
+    #[error("{0}")]
+    Found(String),
     /// A reported sum is not finite or is impossible (e.g. negative sum of squares).
     #[error("feature {index}: reported sums are not valid (sum {sum}, sum of squares {sum_sq})")]
     Invalid {
@@ -80,6 +82,10 @@ pub struct FeatureSums {
     /// discovers none, or when the plant's policy shares no category names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub categories: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Per `missing = "median"` column, the training rows' present values counted on the
+    /// [`sketch`] grid (bucket → rows): what the median fill is found from.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub histograms: BTreeMap<String, BTreeMap<i32, u64>>,
 }
 
 impl FeatureSums {
@@ -91,6 +97,7 @@ impl FeatureSums {
             sum_sq: vec![0.0; width],
             present: Vec::new(),
             categories: BTreeMap::new(),
+            histograms: BTreeMap::new(),
         }
     }
 
@@ -113,10 +120,59 @@ impl FeatureSums {
         self
     }
 
-    /// Checks the category counts a plant reported: only `discover` columns of `spec`, at
-    /// most [`MAX_CATEGORIES`] names each, names a vocabulary could hold, counts from 1 to
-    /// [`MAX_ROWS`] in all. Errors name the column.
-    pub fn validate_categories(&self, spec: &crate::spec::ModelSpec) -> Result<(), StatsError> {
+    /// Checks what a plant reported beside its sums (after [`Self::validate`]): category
+    /// counts only for `discover` columns of `spec`, at most [`MAX_CATEGORIES`] names each,
+    /// names a vocabulary could hold, counts from 1 to [`MAX_ROWS`] in all; a histogram for
+    /// every `missing = "median"` column and no other, its buckets on the grid, counting
+    /// exactly the column's present values. Errors name the column.
+    pub fn validate_found(&self, spec: &crate::spec::ModelSpec) -> Result<(), StatsError> {
+        if let Some(f) = self
+            .histograms
+            .keys()
+            .find(|f| !spec.task.features.contains(f))
+        {
+            return Err(StatsError::Found(format!(
+                "a histogram of {f:?}, which is not a feature"
+            )));
+        }
+        for f in &spec.task.features {
+            let median = spec
+                .task
+                .columns
+                .get(f)
+                .is_some_and(|c| c.missing == Missing::Median);
+            match (median, self.histograms.get(f)) {
+                (false, None) => {}
+                (false, Some(_)) => {
+                    return Err(StatsError::Found(format!(
+                        "a histogram of column {f:?}, whose blanks the spec does not fill with the median"
+                    )));
+                }
+                (true, h) => {
+                    let present = spec.input_of(f).map_or(0, |j| self.present(j));
+                    let h = h.cloned().unwrap_or_default();
+                    if let Some(k) = h.keys().find(|k| k.abs() > sketch::MAX_KEY) {
+                        return Err(StatsError::Found(format!(
+                            "median histogram of column {f:?}: bucket {k} is off the grid (|key| ≤ {})",
+                            sketch::MAX_KEY
+                        )));
+                    }
+                    let total = h
+                        .values()
+                        .try_fold(0u64, |t, &c| (c > 0).then(|| t.checked_add(c)).flatten());
+                    if total != Some(present) {
+                        return Err(StatsError::Found(format!(
+                            "median histogram of column {f:?}: it counts {} values, the sums {present} present",
+                            total.map_or("an impossible number of".into(), |t| t.to_string())
+                        )));
+                    }
+                }
+            }
+        }
+        self.validate_categories(spec)
+    }
+
+    fn validate_categories(&self, spec: &crate::spec::ModelSpec) -> Result<(), StatsError> {
         for (f, counts) in &self.categories {
             if spec
                 .task
@@ -124,27 +180,27 @@ impl FeatureSums {
                 .get(f)
                 .is_none_or(|c| c.discover.is_none())
             {
-                return Err(StatsError::Categories(format!(
-                    "column {f:?} is not a column the spec discovers a vocabulary for"
+                return Err(StatsError::Found(format!(
+                    "category counts: column {f:?} is not a column the spec discovers a vocabulary for"
                 )));
             }
             if counts.len() > MAX_CATEGORIES {
-                return Err(StatsError::Categories(format!(
-                    "column {f:?}: {} names, at most {MAX_CATEGORIES} are read",
+                return Err(StatsError::Found(format!(
+                    "category counts: column {f:?}: {} names, at most {MAX_CATEGORIES} are read",
                     counts.len()
                 )));
             }
             let mut total = 0u64;
             for (name, &n) in counts {
                 if !encoding::is_category_name(name) {
-                    return Err(StatsError::Categories(format!(
-                        "column {f:?}: {name:?} is not a category name (1 to 256 bytes, no surrounding spaces)"
+                    return Err(StatsError::Found(format!(
+                        "category counts: column {f:?}: {name:?} is not a category name (1 to 256 bytes, no surrounding spaces)"
                     )));
                 }
                 total = total.saturating_add(n);
                 if n == 0 || total > MAX_ROWS {
-                    return Err(StatsError::Categories(format!(
-                        "column {f:?}: count {n} of {name:?} is not between 1 and {MAX_ROWS} rows in all"
+                    return Err(StatsError::Found(format!(
+                        "category counts: column {f:?}: count {n} of {name:?} is not between 1 and {MAX_ROWS} rows in all"
                     )));
                 }
             }
@@ -179,6 +235,20 @@ impl FeatureSums {
     /// when the spec standardises it, the target last ([`ModelSpec::stats_width`]).
     pub fn of_dataset(spec: &crate::spec::ModelSpec, data: &crate::data::Dataset) -> Self {
         let mut s = Self::of_rows(&data.features, spec.input_width());
+        for (f, c) in &spec.task.columns {
+            if c.missing != Missing::Median {
+                continue;
+            }
+            let Some(j) = spec.input_of(f) else { continue };
+            let mut h = BTreeMap::new();
+            for i in 0..data.len() {
+                let x = data.row(i)[j];
+                if !x.is_nan() {
+                    sketch::add(&mut h, f64::from(x));
+                }
+            }
+            s.histograms.insert(f.clone(), h);
+        }
         if spec.task.standardize_target {
             let (sum, sum_sq) = data.targets.iter().fold((0.0, 0.0), |(a, b), &y| {
                 let y = f64::from(y);
@@ -210,6 +280,17 @@ impl FeatureSums {
             }
             let (mean, std) = (n.mean.pop(), n.std.pop());
             n.target = mean.zip(std).map(|(mean, std)| TargetScale { mean, std });
+        }
+        for (f, c) in &spec.task.columns {
+            if c.missing == Missing::Median {
+                // no value anywhere: the mean's fill (0 before normalisation, as its mean)
+                let m = self
+                    .histograms
+                    .get(f)
+                    .and_then(sketch::median)
+                    .unwrap_or(0.0);
+                n.medians.insert(f.clone(), m);
+            }
         }
         if spec.discovers() {
             self.discover(spec, &mut n);
@@ -345,8 +426,15 @@ impl FeatureSums {
         Ok(())
     }
 
-    /// Adds another site's category counts (saturating).
+    /// Adds another site's category counts and histograms (saturating).
     pub fn merge_categories(&mut self, other: &Self) {
+        for (f, h) in &other.histograms {
+            let mine = self.histograms.entry(f.clone()).or_default();
+            for (&k, &n) in h {
+                let c = mine.entry(k).or_default();
+                *c = c.saturating_add(n);
+            }
+        }
         for (f, counts) in &other.categories {
             let mine = self.categories.entry(f.clone()).or_default();
             for (name, &n) in counts {
@@ -392,6 +480,7 @@ impl FeatureSums {
             std,
             target: None,
             vocabularies: BTreeMap::new(),
+            medians: Default::default(),
         })
     }
 }
@@ -412,6 +501,10 @@ pub struct Normalization {
     /// carry them: [`crate::spec::ModelSpec::with_vocabularies`]).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub vocabularies: BTreeMap<String, Vec<String>>,
+    /// The medians the statistics step found, per `missing = "median"` column (the task's
+    /// models carry them: [`crate::spec::ModelSpec::resolved`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub medians: BTreeMap<String, f64>,
 }
 
 /// A regression target's standardisation.
@@ -449,6 +542,7 @@ impl Normalization {
             std: vec![1.0; width],
             target: None,
             vocabularies: BTreeMap::new(),
+            medians: Default::default(),
         }
     }
 
@@ -510,6 +604,7 @@ mod tests {
             sum_sq: vec![1.0],
             present: Vec::new(),
             categories: Default::default(),
+            histograms: Default::default(),
         };
         assert!(matches!(
             bad.normalization(),
@@ -585,6 +680,7 @@ mod lying_sums {
             sum_sq: vec![1e78],
             present: Vec::new(),
             categories: Default::default(),
+            histograms: Default::default(),
         };
         assert_eq!(huge.validate(1), Ok(()), "possible as f64 sums");
         assert!(matches!(
@@ -597,6 +693,7 @@ mod lying_sums {
             sum_sq: vec![1e12, 9.0],
             present: vec![0, 5],
             categories: Default::default(),
+            histograms: Default::default(),
         };
         assert!(matches!(
             ghost.validate(2),
@@ -605,6 +702,7 @@ mod lying_sums {
         let too_many = FeatureSums {
             present: vec![6, 5],
             categories: Default::default(),
+            histograms: Default::default(),
             ..ghost
         };
         assert!(matches!(

@@ -198,6 +198,7 @@ impl Weights {
             std: self.tensors[1].data.clone(),
             target,
             vocabularies: Default::default(),
+            medians: Default::default(),
         }
     }
 

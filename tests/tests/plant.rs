@@ -223,11 +223,20 @@ async fn vocabularies_found_in_the_statistics_step_reach_every_model_and_predict
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
-    let spec_text = std::fs::read_to_string(p("plant.toml")).unwrap();
+    let inferred = std::fs::read_to_string(p("plant.toml")).unwrap();
     assert!(
-        !spec_text.contains("ACME") && spec_text.contains("discover = "),
-        "{spec_text}"
+        !inferred.contains("ACME") && inferred.contains("discover = "),
+        "{inferred}"
     );
+    // and the temperature's blanks filled with the federated median
+    let mean_fill = "[task.columns.\"temp_c\"]\nmissing = \"mean\"";
+    assert!(inferred.contains(mean_fill), "{inferred}");
+    let spec_text = inferred.replacen(
+        mean_fill,
+        "[task.columns.\"temp_c\"]\nmissing = \"median\"",
+        1,
+    );
+    std::fs::write(p("plant.toml"), &spec_text).unwrap();
     let spec = shared_model::spec::ModelSpec::parse(&spec_text, "plant.toml").unwrap();
 
     // Each site's rows as its export writes them; plant-a alone buys from "ONLY-A" and
@@ -289,6 +298,18 @@ async fn vocabularies_found_in_the_statistics_step_reach_every_model_and_predict
         "a withheld name is never learned: {found:?}"
     );
     assert_eq!(found["shift"].len(), 3, "{found:?}");
+    let medians =
+        shared_model::blob::read_medians(&bytes, shared_model::model::model_limits(&spec))
+            .unwrap()
+            .expect("the model carries the median");
+    let mut temps: Vec<f64> = data.rows().iter().map(|(r, _)| r.temp_c).collect();
+    temps.sort_by(f64::total_cmp);
+    let pooled = temps[temps.len() / 2];
+    // of the plants' training rows (70 %), to the grid's 1 %: close to every row's median
+    assert!(
+        (medians["temp_c"] - pooled).abs() < 0.03 * pooled.abs(),
+        "{medians:?} vs pooled {pooled}"
+    );
     std::fs::copy(&pinned, p("coordinator.pub")).unwrap();
     sb.stop().await;
 

@@ -104,12 +104,12 @@ impl TaskRecord {
         let spec = ModelSpec::parse(&self.spec_toml, &format!("task {}", self.name))
             .map_err(|e| Refusal::invalid(e.to_string()))?;
         match &self.normalization {
-            Some(json) if spec.discovers() => {
+            Some(json) if spec.finds() => {
                 let norm: shared_model::stats::Normalization =
                     serde_json::from_str(json).map_err(|e| {
                         Refusal::invalid(format!("task {}: stored normalisation: {e}", self.name))
                     })?;
-                spec.with_vocabularies(&norm.vocabularies)
+                spec.resolved(&norm)
                     .map_err(|e| Refusal::invalid(format!("task {}: {e}", self.name)))
             }
             _ => Ok(spec),

@@ -266,6 +266,18 @@ impl Limits {
                         (f.clone(), scaled)
                     })
                     .collect(),
+                // and each median column's histogram
+                histograms: s
+                    .histograms
+                    .iter()
+                    .map(|(f, h)| {
+                        let scaled = h
+                            .iter()
+                            .map(|(&k, &c)| (k, ((c as f64 * scale).round() as u64).max(1)))
+                            .collect();
+                        (f.clone(), scaled)
+                    })
+                    .collect(),
             };
             total
                 .merge(&scaled)

@@ -190,7 +190,7 @@ pub fn record_sums(
                 )),
             }
         })
-        .and_then(|()| sums.validate_categories(spec).map_err(|e| e.to_string()))
+        .and_then(|()| sums.validate_found(spec).map_err(|e| e.to_string()))
         .and_then(|()| task.limits.check_sums(spec, sums))
         .map_err(|e| {
             Refusal::invalid(format!(

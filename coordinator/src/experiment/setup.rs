@@ -174,9 +174,7 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
             .pooled_sums(spec.stats_width(), &sums)
             .map_err(|e| anyhow::anyhow!(e))?;
         let norm = pooled.normalization_for(spec)?;
-        let s = spec
-            .with_vocabularies(&norm.vocabularies)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let s = spec.resolved(&norm).map_err(|e| anyhow::anyhow!(e))?;
         let w = Weights::initial(&s, &norm);
         Ok((s, w))
     };

@@ -359,7 +359,8 @@ fn read_table(
 }
 
 /// Copies whole records of `source` (each named by the byte offset it starts at, as in
-/// [`Table::offsets`]) to several CSV files, each with the source's header: the cells exactly
+/// [`Table::offsets`]; a Parquet file's row numbers) to several CSV files, each with the
+/// source's header: the cells exactly
 /// as written, whatever their encoding. `parts[k]` lists the records of `dests[k]`.
 pub fn copy_records(source: &Path, parts: &[Vec<u64>], dests: &[PathBuf]) -> Result<(), CsvError> {
     let io = |path: &Path| {
@@ -384,6 +385,29 @@ pub fn copy_records(source: &Path, parts: &[Vec<u64>], dests: &[PathBuf]) -> Res
         for &o in offsets {
             owner.insert(o, k);
         }
+    }
+    if super::parquet::is_parquet(source) {
+        // Rows by number, each cell as the text the loader reads: the CSV files load exactly
+        // as the Parquet file's rows do.
+        let (names, rows) = super::parquet::text_rows(source)?;
+        let mut writers = Vec::with_capacity(dests.len());
+        for d in dests {
+            let mut w = csv::Writer::from_path(d).map_err(|e| csv_error(d, e))?;
+            w.write_record(&names).map_err(|e| csv_error(d, e))?;
+            writers.push(w);
+        }
+        for (i, row) in rows.enumerate() {
+            let row = row?;
+            if let Some(&k) = owner.get(&(i as u64 + 1)) {
+                writers[k]
+                    .write_record(&row)
+                    .map_err(|e| csv_error(&dests[k], e))?;
+            }
+        }
+        for (w, d) in writers.iter_mut().zip(dests) {
+            w.flush().map_err(io(d))?;
+        }
+        return Ok(());
     }
     let mut reader = reader(source)?;
     let header = without_bom(reader.headers().map_err(|e| csv_error(source, e))?);
@@ -423,14 +447,14 @@ pub fn header(path: &Path) -> Result<Vec<String>, CsvError> {
 pub(super) fn reader(
     path: &Path,
 ) -> Result<csv::Reader<std::io::BufReader<std::fs::File>>, CsvError> {
-    // Loading, evaluating, predicting and spec init's profile read Parquet; what copies text
-    // records (data split) does not.
+    // Loading, evaluating, predicting, spec init's profile and data split read Parquet
+    // (each its own way); what reads CSV records as such does not.
     if super::parquet::is_parquet(path) {
         return Err(CsvError::Io {
             path: path.to_path_buf(),
             source: std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
-                "a Parquet file: this command reads CSV (training, evaluation, prediction and spec init read Parquet too); export it as CSV",
+                "a Parquet file: this command reads CSV (training, evaluation, prediction, spec init and data split read Parquet too); export it as CSV",
             ),
         });
     }

@@ -151,7 +151,7 @@ fn plants_count_their_values_and_the_rule_keeps_the_common_ones() {
     let b = live_sums(&s, &write(dir.path(), "b.csv", PLANT_B));
     let mut merged = a.clone();
     merged.merge(&b).unwrap();
-    assert_eq!(merged.validate_categories(&s), Ok(()));
+    assert_eq!(merged.validate_found(&s), Ok(()));
     let norm = merged.normalization_for(&s).unwrap();
     // acme 5 rows, bolt 2 (min_count 2, across plants), zed 1 (too rare); line L1 4, L2 3,
     // L3 1 (two slots)
@@ -281,7 +281,7 @@ fn refused_category_counts_name_the_column() {
     sums.categories
         .insert("temp".into(), BTreeMap::from([("x".to_string(), 1)]));
     assert!(
-        sums.validate_categories(&s)
+        sums.validate_found(&s)
             .unwrap_err()
             .to_string()
             .contains("\"temp\"")
@@ -292,14 +292,14 @@ fn refused_category_counts_name_the_column() {
         BTreeMap::from([(" padded".to_string(), 1)]),
     );
     assert!(
-        sums.validate_categories(&s)
+        sums.validate_found(&s)
             .unwrap_err()
             .to_string()
             .contains("not a category name")
     );
     sums.categories
         .insert("supplier".into(), BTreeMap::from([("a".to_string(), 0)]));
-    assert!(sums.validate_categories(&s).is_err());
+    assert!(sums.validate_found(&s).is_err());
 }
 
 #[test]
@@ -326,4 +326,100 @@ fn the_widest_vocabulary_fits_the_header_cap() {
     let bytes = Model::Single(w).encode(&r, BlobRole::Initial);
     assert_eq!(blob::spec_for(&bytes, &s, model_limits(&s)).unwrap(), r);
     assert!(Model::decode(&bytes, &r, BlobRole::Initial).is_ok());
+}
+
+const MEDIAN: &str = r#"
+format = 1
+name = "median"
+[task]
+kind = "regression"
+target = "y"
+features = ["temp", "speed"]
+[task.columns.temp]
+missing = "median"
+indicator = true
+[model]
+hidden = [4]
+[training]
+learning_rate = 0.01
+local_epochs = 1
+batch_size = 8
+seed = 1
+"#;
+
+#[test]
+fn medians_are_found_from_the_plants_histograms_and_fill_blanks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = ModelSpec::parse(MEDIAN, "<median>").unwrap();
+    assert!(s.finds() && !s.discovers());
+    assert_eq!(s.may_be_missing(), [true, false, false]);
+    // plant A: temps 1, 2, 100, blank; plant B: 3, 4, blank, 1000 → pooled 1 2 3 4 100 1000
+    let a = write(
+        dir.path(),
+        "a.csv",
+        "temp,speed,y\n1,1,1\n2,1,1\n100,1,1\n,1,1\n",
+    );
+    let b = write(
+        dir.path(),
+        "b.csv",
+        "temp,speed,y\n3,1,1\n4,1,1\n,1,1\n1000,1,1\n",
+    );
+    let sums = |p: &Path| {
+        let (ds, _) = load(p, &s).unwrap();
+        assert!(
+            ds.row(3)[0].is_nan() || ds.row(2)[0].is_nan(),
+            "a blank is left out"
+        );
+        FeatureSums::of_dataset(&s, &ds)
+    };
+    let (sa, sb) = (sums(&a), sums(&b));
+    assert_eq!(sa.histograms["temp"].values().sum::<u64>(), 3);
+    assert_eq!(sa.validate(s.stats_width()), Ok(()));
+    assert_eq!(sa.validate_found(&s), Ok(()));
+    let mut merged = sa.clone();
+    merged.merge(&sb).unwrap();
+    let norm = merged.normalization_for(&s).unwrap();
+    // the lower median of 1 2 3 4 100 1000 is 3, within 1 %
+    let m = norm.medians["temp"];
+    assert!((m - 3.0).abs() <= 0.03, "median {m}");
+    // the mean and spread are of the present values only
+    assert!((f64::from(norm.mean[0]) - 1110.0 / 6.0).abs() < 1e-3);
+    // the plants then fill blanks with it; the model carries it
+    let r = s.resolved(&norm).unwrap();
+    assert_eq!(r.id(), s.id());
+    let (ds, _) = load(&b, &r).unwrap();
+    assert_eq!(ds.row(2)[..2], [m as f32, 1.0], "filled, indicator set");
+    let w = Weights::initial(&r, &norm);
+    let bytes = Model::Single(w).encode(&r, BlobRole::Initial);
+    assert_eq!(blob::spec_for(&bytes, &s, model_limits(&s)).unwrap(), r);
+    // the simulation fills the same way
+    let (raw, _) = load(&b, &s).unwrap();
+    same(&recode(&s, &r, &raw), &ds);
+    // a histogram that does not count the present values is refused, naming the column
+    let mut lying = sa.clone();
+    lying.histograms.get_mut("temp").unwrap().insert(0, 5);
+    let e = lying.validate_found(&s).unwrap_err().to_string();
+    assert!(e.contains("\"temp\"") && e.contains("3 present"), "{e}");
+    let mut none = sa.clone();
+    none.histograms.clear();
+    assert!(none.validate_found(&s).is_err());
+    let mut stray = sa;
+    stray
+        .histograms
+        .insert("speed".into(), BTreeMap::from([(1, 1)]));
+    assert!(
+        stray
+            .validate_found(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("\"speed\"")
+    );
+    // median is for numeric columns
+    let e = ModelSpec::parse(
+        &MEDIAN.replace("missing = \"median\"", "missing = \"median\"\ndiscover = 2"),
+        "<t>",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("\"median\" is for numeric columns"), "{e}");
 }

@@ -56,6 +56,7 @@ pub(crate) fn resolve(
         let missing = match explicit.or(default_missing).unwrap_or_default() {
             // The task-wide default means the natural thing for each kind of column.
             Missing::Other if !categorical && explicit.is_none() => Missing::Mean,
+            Missing::Median if categorical && explicit.is_none() => Missing::Mean,
             m => m,
         };
         let fill = r.as_ref().and_then(|r| r.fill);
@@ -73,6 +74,14 @@ pub(crate) fn resolve(
                     "task.columns.missing",
                     format!(
                         "column {name:?}: \"other\" is for categorical columns (declare `categories` or `discover`)"
+                    ),
+                ));
+            }
+            (Missing::Median, true, _) => {
+                return Err((
+                    "task.columns.missing",
+                    format!(
+                        "column {name:?}: \"median\" is for numeric columns (a categorical column fills blanks with \"other\" or \"mean\")"
                     ),
                 ));
             }
@@ -111,6 +120,7 @@ pub(crate) fn resolve(
             fill,
             indicator,
             found: None,
+            median: None,
         };
         inputs += column.width();
         if !column.is_plain() {

@@ -63,6 +63,7 @@ fn chain_input_norm(
             std: vec![t.std],
             target: None,
             vocabularies: Default::default(),
+            medians: Default::default(),
         };
     }
     let d = spec.input_width();
@@ -128,6 +129,7 @@ mod tests {
             std: vec![2.0; d],
             target: None,
             vocabularies: Default::default(),
+            medians: Default::default(),
         };
         let s0 = Weights::initial(&spec, &norm);
         let rows: Vec<f32> = (0..5 * d).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();

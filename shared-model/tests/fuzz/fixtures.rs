@@ -64,6 +64,7 @@ pub fn weights(spec: &ModelSpec, by: f32) -> Weights {
         std: (0..d).map(|i| 1.0 + i as f32).collect(),
         target: None,
         vocabularies: Default::default(),
+        medians: Default::default(),
     };
     Weights::initial(spec, &norm)
         .map_trainable(|t| t.data.iter().map(|v| v + by).collect())

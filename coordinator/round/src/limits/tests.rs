@@ -333,6 +333,7 @@ fn pooled_sums_keep_each_party_s_mean_where_values_are_missing_and_skip_absent_s
         sum_sq: vec![30.0 * 2500.0, 1000.0],
         present: vec![30, 1000],
         categories: Default::default(),
+        histograms: Default::default(),
     };
     let limits = Limits {
         max_weight: Some(10),
@@ -352,6 +353,7 @@ fn pooled_sums_keep_each_party_s_mean_where_values_are_missing_and_skip_absent_s
         sum_sq: vec![0.0, 4.0],
         present: vec![0, 4],
         categories: Default::default(),
+        histograms: Default::default(),
     };
     assert_eq!(ranged.check_sums(&spec, &absent), Ok(()));
 }

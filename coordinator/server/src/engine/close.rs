@@ -151,9 +151,7 @@ impl Engine {
             .normalization_for(spec)
             .map_err(|e| EngineError::Invalid(e.to_string()))?;
         // From here on the task's models follow the spec with the vocabularies just found.
-        let spec = &spec
-            .with_vocabularies(&norm.vocabularies)
-            .map_err(EngineError::Invalid)?;
+        let spec = &spec.resolved(&norm).map_err(EngineError::Invalid)?;
         for (column, found) in &norm.vocabularies {
             tracing::info!(task = %name, column = %column, categories = found.len(), "vocabulary found in the statistics step");
         }

@@ -14,6 +14,7 @@ fn lying_sums() -> FeatureSums {
         sum_sq: vec![1_000_000.0 * n as f64; 2],
         present: Vec::new(),
         categories: Default::default(),
+        histograms: Default::default(),
     }
 }
 

@@ -151,12 +151,39 @@ pub fn sums(s: &pb::FeatureSums) -> Result<FeatureSums, String> {
             ));
         }
     }
+    let mut histograms = std::collections::BTreeMap::new();
+    for h in &s.histograms {
+        if h.buckets.len() != h.counts.len() {
+            return Err(format!(
+                "histogram of column {:?}: {} buckets but {} counts",
+                h.column,
+                h.buckets.len(),
+                h.counts.len()
+            ));
+        }
+        let mut counts = std::collections::BTreeMap::new();
+        for (&k, &n) in h.buckets.iter().zip(&h.counts) {
+            if counts.insert(k, n).is_some() {
+                return Err(format!(
+                    "histogram of column {:?}: bucket {k} is listed twice",
+                    h.column
+                ));
+            }
+        }
+        if histograms.insert(h.column.clone(), counts).is_some() {
+            return Err(format!(
+                "histogram of column {:?} is listed twice",
+                h.column
+            ));
+        }
+    }
     Ok(FeatureSums {
         count: s.count,
         sum: s.sum.clone(),
         sum_sq: s.sum_sq.clone(),
         present: s.present.clone(),
         categories,
+        histograms,
     })
 }
 

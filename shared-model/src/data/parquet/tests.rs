@@ -112,6 +112,18 @@ fn a_parquet_file_loads_as_its_csv_export_does() {
         // What reads CSV records only says so.
         let e = crate::data::header(&pq).unwrap_err().to_string();
         assert!(e.contains("a Parquet file: this command reads CSV"), "{e}");
+        // `data split` copies its rows to CSV files that load as those rows do
+        let parts = [
+            vec![report.offsets[0], report.offsets[3]],
+            vec![report.offsets[1], report.offsets[2]],
+        ];
+        let dests = [dir.path().join("p1.csv"), dir.path().join("p2.csv")];
+        crate::data::copy_records(&pq, &parts, &dests).unwrap();
+        for (d, rows) in dests.iter().zip([[0, 3], [1, 2]]) {
+            let (part, _) = load(d, &spec).unwrap();
+            assert_eq!(bits(&part), bits(&got.subset(&rows)), "{codec:?}");
+            assert_eq!(part.targets, got.subset(&rows).targets);
+        }
     }
 }
 
