@@ -167,7 +167,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     // A spec that discovers vocabularies: the plants find them live; the baselines and the
     // evaluation here hold the rows with one slot per value the file has (`discovery`), and
     // encode them as each model's vocabularies say.
-    let wide = discovery::wide_spec(&spec, &loaded.counts.seen);
+    let wide = discovery::wide_spec(&spec, &loaded.counts.seen_among(None));
     let all = if spec.discovers() {
         load(&data_path, &wide)?.0
     } else {
@@ -327,9 +327,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     };
     let mut local = Vec::new();
     for plant in &plants {
-        let all_rows = [&plant.train, &plant.validation, &plant.holdout];
-        let (s, norm) = discovery::fix_alone(&wide, &spec, &plant.train, &all_rows)
-            .map_err(|e| anyhow::anyhow!(e))?;
+        let (s, norm) =
+            discovery::fix_alone(&wide, &spec, &plant.train).map_err(|e| anyhow::anyhow!(e))?;
         let o = opts(discovery::recode(&wide, &s, &plant.validation));
         let train_rows = discovery::recode(&wide, &s, &plant.train);
         let out = train(&s, &Weights::initial(&s, &norm), &train_rows, &o)?;
@@ -351,12 +350,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<Vec<Row>> {
     });
     let t0 = Instant::now();
     let pooled = Dataset::concat(plants.iter().map(|p| &p.train));
-    let every_row: Vec<&Dataset> = plants
-        .iter()
-        .flat_map(|p| [&p.train, &p.validation, &p.holdout])
-        .collect();
-    let (s, norm) =
-        discovery::fix_alone(&wide, &spec, &pooled, &every_row).map_err(|e| anyhow::anyhow!(e))?;
+    let (s, norm) = discovery::fix_alone(&wide, &spec, &pooled).map_err(|e| anyhow::anyhow!(e))?;
     let validation = Dataset::concat(plants.iter().map(|p| &p.validation));
     let opts = opts(discovery::recode(&wide, &s, &validation));
     let pooled = discovery::recode(&wide, &s, &pooled);

@@ -48,6 +48,16 @@ impl PlantRows {
         }
     }
 
+    /// Which of `rows` [`Self::of`] makes training rows (their indices, ascending).
+    pub fn train_indices(spec: &ModelSpec, rows: &Dataset) -> Vec<usize> {
+        let [train, _, _] = rows.split_indices(
+            spec.task.kind,
+            SplitFractions::default(),
+            spec.training.seed,
+        );
+        train
+    }
+
     /// The rows the trained model never saw: the membership audit's non-members.
     pub fn non_members(&self) -> Dataset {
         Dataset::concat([&self.validation, &self.holdout])

@@ -133,8 +133,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// The site's rows, split deterministically by the spec's seed: training rows, validation rows
 /// and holdout rows ([`PlantRows::split`]).
 ///
-/// Also returns the rows holding each value of the spec's `discover` columns (by feature index),
-/// what the statistics step reports.
+/// Also returns how many training rows hold each value of the spec's `discover` columns (by
+/// feature index), what the statistics step reports.
 fn local_data(
     config: &Config,
     spec: &ModelSpec,
@@ -146,13 +146,19 @@ fn local_data(
     if !report.is_clean() {
         tracing::info!(data = %config.data.display(), spec = %spec.name, "{report}");
     }
+    let seen = if spec.discovers() {
+        let train = PlantRows::train_indices(spec, &ds);
+        report.counts.seen_among(Some(&train))
+    } else {
+        Vec::new()
+    };
     let rows = PlantRows::of(spec, ds);
     anyhow::ensure!(
         !rows.train.is_empty(),
         "{}: no training rows after the split",
         config.data.display()
     );
-    Ok((rows, report.counts.seen))
+    Ok((rows, seen))
 }
 
 /// The site's rows encoded as `spec` says, loaded off the async runtime.

@@ -49,8 +49,10 @@ pub fn train_local(
         if !report.is_clean() {
             eprintln!("{}: {report}", data.display());
         }
+        let [train, _, _] = ds.split_indices(spec.task.kind, SplitFractions::default(), split_seed);
+        let seen = report.counts.seen_among(Some(&train));
         let split = ds.into_split(spec.task.kind, SplitFractions::default(), split_seed);
-        Ok((split, report.counts.seen))
+        Ok((split, seen))
     };
     let (mut split, seen) = load(spec)?;
     let norm = FeatureSums::of_dataset(spec, &split.train)

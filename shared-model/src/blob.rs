@@ -381,7 +381,17 @@ pub fn decode_tensors(
     .chain(NAME_KEYS.map(|k| (k, expected.names.get(k).cloned())))
     {
         let found = meta.get(key).cloned();
-        if found != want {
+        // Names are JSON: equal values match whatever the writer's spacing or escapes.
+        let json = |v: &Option<String>| {
+            v.as_deref()
+                .map(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+        };
+        let same = if NAME_KEYS.contains(&key) {
+            json(&found) == json(&want) && !matches!(json(&found), Some(None))
+        } else {
+            found == want
+        };
+        if !same {
             return Err(BlobError::Metadata {
                 key,
                 expected: want.unwrap_or_else(|| "absent".into()),

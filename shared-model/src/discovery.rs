@@ -111,29 +111,23 @@ pub fn recode(wide: &ModelSpec, target: &ModelSpec, ds: &Dataset) -> Dataset {
 }
 
 /// A simulated plant's statistics-step sums: its training rows as it encodes them before
-/// the vocabularies are known, with the counts of every row it holds (`rows`) when the spec
-/// discovers vocabularies.
-pub fn plant_sums(
-    wide: &ModelSpec,
-    declared: &ModelSpec,
-    train: &Dataset,
-    rows: &[&Dataset],
-) -> FeatureSums {
+/// the vocabularies are known, with their counts of each value when the spec discovers
+/// vocabularies.
+pub fn plant_sums(wide: &ModelSpec, declared: &ModelSpec, train: &Dataset) -> FeatureSums {
     let mut sums = FeatureSums::of_dataset(declared, &recode(wide, declared, train));
-    sums.categories = counts(wide, rows);
+    sums.categories = counts(wide, &[train]);
     sums
 }
 
-/// What one site fixes alone (a local-only or data-sharing baseline): the normalisation of
-/// `train` (rows of a [`wide_spec`]) with the vocabularies its `rows` give, and the declared
-/// spec with those vocabularies, which `train` and the rest are then [`recode`]d to.
+/// What one site fixes alone (a local-only or data-sharing baseline): the normalisation and
+/// vocabularies of `train` (rows of a [`wide_spec`]), and the declared spec with them, which
+/// `train` and the rest are then [`recode`]d to.
 pub fn fix_alone(
     wide: &ModelSpec,
     declared: &ModelSpec,
     train: &Dataset,
-    rows: &[&Dataset],
 ) -> Result<(ModelSpec, crate::stats::Normalization), String> {
-    let norm = plant_sums(wide, declared, train, rows)
+    let norm = plant_sums(wide, declared, train)
         .normalization_for(declared)
         .map_err(|e| e.to_string())?;
     let spec = declared.resolved(&norm)?;

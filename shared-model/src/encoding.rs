@@ -149,8 +149,8 @@ impl Column {
 }
 
 mod resolve;
-pub use resolve::is_category_name;
 pub(crate) use resolve::{RawColumn, check_found, resolve};
+pub use resolve::{is_category_name, is_found_name};
 
 /// Why one cell could not be encoded.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,10 +181,9 @@ pub struct Counts {
     pub dropped: Vec<u64>,
     /// Values outside a categorical column's vocabulary, counted as "other".
     pub unseen: Vec<u64>,
-    /// Rows holding each value of a `discover` column (empty for other columns): what a plant
-    /// reports in the statistics step, at most [`MAX_CATEGORIES`] names per column (values
-    /// first seen past that many are not counted).
-    pub seen: Vec<BTreeMap<String, u64>>,
+    /// The value of each kept row in each `discover` column (empty for other columns): what a
+    /// plant counts for the statistics step ([`Self::seen_among`]).
+    pub seen: Vec<Values>,
 }
 
 impl Counts {
@@ -193,8 +192,54 @@ impl Counts {
             filled: vec![0; n],
             dropped: vec![0; n],
             unseen: vec![0; n],
-            seen: vec![BTreeMap::new(); n],
+            seen: vec![Values::default(); n],
         }
+    }
+
+    /// Per feature, how many of the kept rows `among` (by index; all when `None`) hold each
+    /// value of a `discover` column — e.g. a plant's training rows.
+    pub fn seen_among(&self, among: Option<&[usize]>) -> Vec<BTreeMap<String, u64>> {
+        self.seen.iter().map(|v| v.count(among)).collect()
+    }
+}
+
+/// The values of one `discover` column, row by row: names at most [`MAX_CATEGORIES`], each a
+/// possible category ([`is_category_name`]; a longer cell, a blank or a name first met past the
+/// cap is [`Values::NONE`] and stays "other").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Values {
+    /// The names, in order of first appearance.
+    pub names: Vec<String>,
+    /// Per kept row, the index of its name in `names`, or [`Values::NONE`].
+    pub rows: Vec<u32>,
+}
+
+impl Values {
+    /// A row with no counted name.
+    pub const NONE: u32 = u32::MAX;
+
+    /// Rows holding each name among `among` (row indices; all rows when `None`).
+    pub fn count(&self, among: Option<&[usize]>) -> BTreeMap<String, u64> {
+        if self.rows.is_empty() {
+            // not a `discover` column (or no row kept)
+            return BTreeMap::new();
+        }
+        let mut n = vec![0u64; self.names.len()];
+        let mut add = |code: u32| {
+            if code != Self::NONE {
+                n[code as usize] += 1;
+            }
+        };
+        match among {
+            None => self.rows.iter().for_each(|&c| add(c)),
+            Some(idx) => idx.iter().for_each(|&i| add(self.rows[i])),
+        }
+        self.names
+            .iter()
+            .zip(n)
+            .filter(|(_, c)| *c > 0)
+            .map(|(k, c)| (k.clone(), c))
+            .collect()
     }
 }
 
@@ -215,8 +260,10 @@ pub struct Encoder {
     /// This row's fills (`true`) and unseen categories (`false`) by feature, committed to
     /// `counts` only when the row is kept.
     staged: Vec<(usize, bool)>,
-    /// Features whose values are counted (`discover` columns), counted when the row is kept.
+    /// Features whose values are counted (`discover` columns), counted when the row is kept,
+    /// and each one's name → index in [`Values::names`].
     discovered: Vec<usize>,
+    lookup: Vec<HashMap<String, u32>>,
     /// `discover` columns with no vocabulary yet (the statistics step): their values are not
     /// "unseen", there is nothing to see them in.
     undiscovered: Vec<bool>,
@@ -255,6 +302,7 @@ impl Encoder {
             columns,
             predicting,
             staged: Vec::new(),
+            lookup: vec![HashMap::new(); discovered.len()],
             discovered,
             undiscovered,
             counts: Counts::zeros(n),
@@ -360,21 +408,26 @@ impl Encoder {
                 self.counts.unseen[j] += 1;
             }
         }
-        for &j in &self.discovered {
+        for (d, &j) in self.discovered.iter().enumerate() {
             let v = cell(j);
             let declared = match &self.columns[j].0 {
                 Kind::Categorical(index, _) => index.contains_key(v),
                 Kind::Numeric => false,
             };
-            if !declared && MISSING_TOKENS.contains(&v) {
-                continue;
-            }
-            let seen = &mut self.counts.seen[j];
-            if let Some(n) = seen.get_mut(v) {
-                *n += 1;
-            } else if seen.len() < MAX_CATEGORIES {
-                seen.insert(v.to_string(), 1);
-            }
+            let values = &mut self.counts.seen[j];
+            let code = if !declared && MISSING_TOKENS.contains(&v) || !is_category_name(v) {
+                Values::NONE
+            } else if let Some(&c) = self.lookup[d].get(v) {
+                c
+            } else if values.names.len() < MAX_CATEGORIES {
+                let c = values.names.len() as u32;
+                values.names.push(v.to_string());
+                self.lookup[d].insert(v.to_string(), c);
+                c
+            } else {
+                Values::NONE
+            };
+            values.rows.push(code);
         }
         Ok(Row::Kept)
     }
@@ -387,6 +440,7 @@ impl Encoder {
     /// Takes the counts, leaving zeros.
     pub fn take_counts(&mut self) -> Counts {
         let n = self.columns.len();
+        self.lookup.iter_mut().for_each(HashMap::clear);
         std::mem::replace(&mut self.counts, Counts::zeros(n))
     }
 }

@@ -77,8 +77,8 @@ pub struct FeatureSums {
     /// with the mean are left out of the sums); empty when every row has every value.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub present: Vec<u64>,
-    /// Rows holding each value, per `discover` column (all of the plant's rows, blanks not
-    /// counted): what the statistics step finds vocabularies from. Empty when the spec
+    /// Training rows holding each value, per `discover` column (blanks and cells that cannot be
+    /// a category not counted): what the statistics step finds vocabularies from. Empty when the spec
     /// discovers none, or when the plant's policy shares no category names.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub categories: BTreeMap<String, BTreeMap<String, u64>>,
@@ -174,6 +174,8 @@ impl FeatureSums {
 
     fn validate_categories(&self, spec: &crate::spec::ModelSpec) -> Result<(), StatsError> {
         for (f, counts) in &self.categories {
+            // the rows holding a name are among the training rows with the column present
+            let present = first_input(spec, f).map_or(0, |j| self.present(j));
             if spec
                 .task
                 .columns
@@ -192,15 +194,15 @@ impl FeatureSums {
             }
             let mut total = 0u64;
             for (name, &n) in counts {
-                if !encoding::is_category_name(name) {
+                if !encoding::is_found_name(name) {
                     return Err(StatsError::Found(format!(
-                        "category counts: column {f:?}: {name:?} is not a category name (1 to 256 bytes, no surrounding spaces)"
+                        "category counts: column {f:?}: {name:?} is not a category name (1 to 256 bytes, no surrounding spaces, not a blank marker)"
                     )));
                 }
                 total = total.saturating_add(n);
-                if n == 0 || total > MAX_ROWS {
+                if n == 0 || total > present {
                     return Err(StatsError::Found(format!(
-                        "category counts: column {f:?}: count {n} of {name:?} is not between 1 and {MAX_ROWS} rows in all"
+                        "category counts: column {f:?}: count {n} of {name:?} is 0 or takes the counts past the {present} training rows with the column present"
                     )));
                 }
             }
@@ -326,8 +328,15 @@ impl FeatureSums {
                         r
                     }
                 };
-                let total: u64 = counts.into_iter().flatten().map(|(_, c)| *c).sum();
-                if total > 0 {
+                // The rows the slots' shares are of: those with the column present (a blank
+                // filled with the mean is in no slot), else every training row (a blank counted
+                // as "other" is in the other slot, as is a name left uncounted).
+                let total: u64 = match column.map(|c| c.missing) {
+                    Some(Missing::Mean) => self.present(at),
+                    _ => self.count,
+                };
+                let named: u64 = counts.into_iter().flatten().map(|(_, c)| *c).sum();
+                if named > 0 && total > 0 {
                     let total = total as f64;
                     let kept: u64 = ranked.iter().map(|(_, c)| c).sum();
                     let share = |c: u64| c as f64 / total;
@@ -483,6 +492,22 @@ impl FeatureSums {
             medians: Default::default(),
         })
     }
+}
+
+/// The first network input of feature `f` (its first one-hot slot for a categorical column).
+fn first_input(spec: &crate::spec::ModelSpec, f: &str) -> Option<usize> {
+    let mut at = 0;
+    for g in &spec.task.features {
+        if g == f {
+            return Some(at);
+        }
+        at += spec
+            .task
+            .columns
+            .get(g)
+            .map_or(1, crate::encoding::Column::width);
+    }
+    None
 }
 
 /// Per-feature affine normalisation `(x − mean) / std`, and the target's when a regression

@@ -43,7 +43,7 @@ fn load(args: &ExperimentArgs, seed: u64) -> anyhow::Result<(ModelSpec, ModelSpe
     if !spec.discovers() {
         return Ok((spec.clone(), spec, data));
     }
-    let wide = discovery::wide_spec(&spec, &report.counts.seen);
+    let wide = discovery::wide_spec(&spec, &report.counts.seen_among(None));
     let data = load_file(path, &wide)?.0;
     Ok((spec, wide, data))
 }
@@ -157,15 +157,14 @@ pub(super) fn setup(args: &ExperimentArgs, point: &Point, seed: u64) -> anyhow::
         })
         .collect();
     // The statistics step: normalisation from every party's feature sums of its training
-    // rows (and counts of its values of `discover` columns), each counted within the default
+    // rows (and their counts of each value of `discover` columns), each counted within the default
     // contribution limits, as a live task does.
     let sums: Vec<(PartyId, FeatureSums)> = parties
         .iter()
         .map(|(n, rows)| {
-            let all_rows = [&rows.train, &rows.validation, &rows.holdout];
             Ok((
                 PartyId::new(n)?,
-                discovery::plant_sums(&wide, &spec, &rows.train, &all_rows),
+                discovery::plant_sums(&wide, &spec, &rows.train),
             ))
         })
         .collect::<anyhow::Result<_>>()?;

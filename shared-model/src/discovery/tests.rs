@@ -56,7 +56,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 /// What a live plant reports: its training rows' sums (here: every row) and its counts.
 fn live_sums(spec: &ModelSpec, path: &Path) -> FeatureSums {
     let (ds, report) = load(path, spec).unwrap();
-    FeatureSums::of_dataset(spec, &ds).with_categories(spec, &report.counts.seen)
+    FeatureSums::of_dataset(spec, &ds).with_categories(spec, &report.counts.seen_among(None))
 }
 
 #[test]
@@ -212,12 +212,12 @@ fn the_simulation_encodes_as_the_plant_does() {
     let s = spec();
     let path = write(dir.path(), "a.csv", PLANT_A);
     let (declared_rows, report) = load(&path, &s).unwrap();
-    let wide = wide_spec(&s, &report.counts.seen);
+    let wide = wide_spec(&s, &report.counts.seen_among(None));
     let (wide_rows, _) = load(&path, &wide).unwrap();
     // before the vocabularies: exactly what the plant sums
     same(&recode(&wide, &s, &wide_rows), &declared_rows);
     let live = live_sums(&s, &path);
-    assert_eq!(plant_sums(&wide, &s, &wide_rows, &[&wide_rows]), live);
+    assert_eq!(plant_sums(&wide, &s, &wide_rows), live);
     // after: exactly what the plant loads with the found vocabularies
     let found = BTreeMap::from([
         (
@@ -229,7 +229,7 @@ fn the_simulation_encodes_as_the_plant_does() {
     let r = s.with_vocabularies(&found).unwrap();
     let (resolved_rows, _) = load(&path, &r).unwrap();
     same(&recode(&wide, &r, &wide_rows), &resolved_rows);
-    let (spec_alone, norm) = fix_alone(&wide, &s, &wide_rows, &[&wide_rows]).unwrap();
+    let (spec_alone, norm) = fix_alone(&wide, &s, &wide_rows).unwrap();
     assert_eq!(norm, live.normalization_for(&s).unwrap());
     assert_eq!(
         spec_alone.vocabularies()["supplier"],
@@ -422,4 +422,92 @@ fn medians_are_found_from_the_plants_histograms_and_fill_blanks() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("\"median\" is for numeric columns"), "{e}");
+}
+
+#[test]
+fn a_plant_cannot_claim_more_named_rows_than_it_has() {
+    let s = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let mut sums = live_sums(&s, &write(dir.path(), "a.csv", PLANT_A));
+    assert_eq!(sums.validate_found(&s), Ok(()));
+    // 4 of 5 rows hold a supplier: one more named row than that is refused
+    sums.categories
+        .get_mut("supplier")
+        .unwrap()
+        .insert("EVIL".into(), 1);
+    let e = sums.validate_found(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("\"supplier\"") && e.contains("4 training rows"),
+        "{e}"
+    );
+    // a blank marker is never a found name (it would turn other plants' blanks into it)
+    sums.categories
+        .insert("line".into(), BTreeMap::from([("NA".to_string(), 1)]));
+    sums.categories.get_mut("supplier").unwrap().remove("EVIL");
+    assert!(
+        sums.validate_found(&s)
+            .unwrap_err()
+            .to_string()
+            .contains("\"NA\"")
+    );
+    let bad = BTreeMap::from([
+        ("supplier".to_string(), vec!["?".to_string()]),
+        ("line".to_string(), vec![]),
+    ]);
+    assert!(s.with_vocabularies(&bad).unwrap_err().contains("blank"));
+}
+
+#[test]
+fn a_cell_too_long_to_be_a_category_is_other_not_a_refusal() {
+    let s = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let long = "x".repeat(300);
+    let path = write(
+        dir.path(),
+        "a.csv",
+        &format!("temp,supplier,line,y\n1,{long},L1,1\n2,acme,L1,2\n"),
+    );
+    let sums = live_sums(&s, &path);
+    assert_eq!(
+        sums.categories["supplier"],
+        BTreeMap::from([("acme".to_string(), 1)])
+    );
+    assert_eq!(sums.validate_found(&s), Ok(()));
+}
+
+#[test]
+fn blanks_counted_as_other_are_in_the_other_share() {
+    // line: L1 and three blanks (`missing = "other"`): shares 1/4 L1, 3/4 other
+    let s = spec();
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "a.csv",
+        "temp,supplier,line,y\n1,acme,L1,1\n2,acme,,2\n3,acme,,3\n4,acme,,4\n",
+    );
+    let norm = live_sums(&s, &path).normalization_for(&s).unwrap();
+    assert_eq!(norm.vocabularies["line"], ["L1"]);
+    let line = &norm.mean[6..9];
+    assert!(
+        (line[0] - 0.25).abs() < 1e-6 && line[1] == 0.0 && (line[2] - 0.75).abs() < 1e-6,
+        "{line:?}"
+    );
+    let sd = (0.25f32 * 0.75).sqrt();
+    assert!((norm.std[6] - sd).abs() < 1e-6 && (norm.std[8] - sd).abs() < 1e-6);
+}
+
+#[test]
+fn blob_names_match_as_json_whatever_the_spacing() {
+    let s = ModelSpec::parse(crate::encoding::tests::PLANT, "<plant>").unwrap();
+    let w = Weights::initial(&s, &crate::stats::Normalization::identity(s.input_width()));
+    let bytes = blob::encode(&w, &BlobMeta::new(&s, BlobRole::Merged));
+    // as Python's json.dumps writes it
+    let spaced = blob::tests::rewrite_header(&bytes, |h| {
+        h["__metadata__"]["classes"] = serde_json::json!("[\"ok\", \"rework\", \"scrap\"]");
+    });
+    assert!(blob::decode(&spaced, &s, BlobRole::Merged).is_ok());
+    let other = blob::tests::rewrite_header(&bytes, |h| {
+        h["__metadata__"]["classes"] = serde_json::json!("[\"ok\", \"scrap\", \"rework\"]");
+    });
+    assert!(blob::decode(&other, &s, BlobRole::Merged).is_err());
 }

@@ -187,6 +187,14 @@ pub(crate) fn check_found(name: &str, slots: usize, found: &[String]) -> Result<
     if found.is_empty() {
         return Ok(());
     }
+    if let Some(f) = found
+        .iter()
+        .find(|f| super::MISSING_TOKENS.contains(&f.as_str()))
+    {
+        return Err(format!(
+            "column {name:?}: {f:?} marks a blank cell, it cannot be a found category"
+        ));
+    }
     check_categories(name, found).map_err(|(_, m)| m)
 }
 
@@ -194,6 +202,12 @@ pub(crate) fn check_found(name: &str, slots: usize, found: &[String]) -> Result<
 /// report in the statistics step.
 pub fn is_category_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 256 && name.trim() == name
+}
+
+/// True when a vocabulary the statistics step found may hold `name`: a category name that is
+/// not a blank marker (a found name never turns another plant's blanks into a category).
+pub fn is_found_name(name: &str) -> bool {
+    is_category_name(name) && !super::MISSING_TOKENS.contains(&name)
 }
 
 fn check_categories(name: &str, cats: &[String]) -> Result<(), (&'static str, String)> {

@@ -123,7 +123,15 @@ fn write(tx: &Transaction<'_>, t: &Transition, now: i64, by: Option<&str>) -> Re
                 format!("the statistics step of {task} is already complete")
             })?;
             let names: Vec<&str> = reported.iter().map(PartyId::as_str).collect();
-            let detail = json!({ "parties": names });
+            let mut detail = json!({ "parties": names });
+            // What the statistics step found, when the spec asked it to find something.
+            let norm: serde_json::Value =
+                serde_json::from_str(normalization_json).unwrap_or_default();
+            for key in ["vocabularies", "medians"] {
+                if let Some(v) = norm.get(key) {
+                    detail[key] = v.clone();
+                }
+            }
             let event = AuditEvent::new(AuditKind::NormalizationFixed, detail).task(task.as_str());
             audit::append(tx, now, &event)?;
             insert_model(tx, task, initial, now)?;
