@@ -15,6 +15,7 @@ mod fixtures;
 mod mutate;
 mod regressions;
 mod targets;
+mod text_targets;
 
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
